@@ -1,0 +1,48 @@
+# The same targets run on a laptop and in CI (.ci/run).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint format protos check-protos check clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv with orderflow and the dev tools
+
+run: $(STAMP)  ## one process, demo data: gateway on :8080, gRPC on :50051
+	$(BIN)/orderflow run --demo
+
+test: $(STAMP)  ## every test: unit, integration (SQLite + PostgreSQL), end-to-end
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)  ## unit tests only
+	$(BIN)/pytest -q tests/unit
+
+lint: $(STAMP) check-protos  ## ruff, formatting, mypy (strict on src/), buf lint
+	$(BIN)/ruff check src tests scripts bench
+	$(BIN)/ruff format --check src tests scripts bench
+	$(BIN)/mypy
+	$(BIN)/buf lint
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix src tests scripts bench
+	$(BIN)/ruff format src tests scripts bench
+
+protos: $(STAMP)  ## regenerate the gRPC stubs from proto/
+	$(BIN)/python scripts/gen_protos.py
+
+check-protos: $(STAMP)  ## fail when the committed stubs are stale
+	$(BIN)/python scripts/gen_protos.py --check
+
+check: lint test
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP)  ## benchmark every mode against the floor; records bench/RESULTS.md
+	$(BIN)/python -m bench.run --record bench/RESULTS.md

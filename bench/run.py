@@ -1,0 +1,379 @@
+"""Benchmark POST /api/v1/orders against the floor, in the same run, on this machine.
+
+For each mode it starts orderflow as real processes, loads a catalog that never runs
+out, drives orders with wrk at fixed concurrencies for a fixed time, samples the
+resident memory of every process, then does the same against the floor (bench/floor.py:
+the same number of sequential gRPC calls, each one small write, same ports and storage).
+orderflow is reported as a ratio of the floor, so the figure holds on a noisy machine.
+
+    python -m bench.run                                   # every mode, c = 1, 8, 64, 10 s each
+    python -m bench.run --modes per-service-sqlite --duration 5 --record bench/RESULTS.md
+
+A run in which orderflow answered anything but 201, or wrk saw socket errors, is
+reported as failed and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.system import Process, System, free_port, one_process, per_service
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "order.lua"
+MODES = ("per-service-sqlite", "one-process", "per-service-pg")
+SKUS = 50
+CUSTOMERS = 100
+# Sequential gRPC calls orderflow makes per order: create, reserve, apply, confirm,
+# commit stock, commit loyalty, settle.
+CALLS_PER_ORDER = 7
+PG_ADMIN = os.environ.get("ORDERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+_RESULT = re.compile(r"RESULT (.*)")
+
+
+@dataclasses.dataclass
+class Measurement:
+    system: str
+    mode: str
+    concurrency: int
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    peak_rss_mb: dict[str, float]
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def failed(self) -> bool:
+        return self.errors > 0 or self.requests == 0
+
+
+def parse_wrk(output: str) -> dict[str, int]:
+    """The RESULT line the Lua script prints, as numbers. Raises if wrk printed none."""
+    match = _RESULT.search(output)
+    if not match:
+        raise RuntimeError(f"wrk printed no RESULT line:\n{output[-2000:]}")
+    return {k: int(v) for k, v in (pair.split("=") for pair in match.group(1).split())}
+
+
+def measurement(
+    system: str, mode: str, concurrency: int, fields: dict[str, int], rss: dict[str, float]
+) -> Measurement:
+    errors = sum(fields[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
+    return Measurement(
+        system=system,
+        mode=mode,
+        concurrency=concurrency,
+        requests=fields["requests"],
+        seconds=fields["duration_us"] / 1e6,
+        p50_ms=fields["p50_us"] / 1000,
+        p99_ms=fields["p99_us"] / 1000,
+        errors=errors,
+        peak_rss_mb=rss,
+    )
+
+
+class RssSampler:
+    """Samples the resident memory of processes (and their children) until stopped."""
+
+    def __init__(self, pids: dict[str, int], every: float = 0.2) -> None:
+        self.pids = pids
+        self.every = every
+        self.peak: dict[str, float] = dict.fromkeys(pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                try:
+                    proc = psutil.Process(pid)
+                    rss = proc.memory_info().rss + sum(
+                        c.memory_info().rss for c in proc.children(recursive=True)
+                    )
+                except psutil.Error:
+                    continue
+                self.peak[name] = max(self.peak[name], rss / 2**20)
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_wrk(url: str, concurrency: int, seconds: float) -> dict[str, int]:
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
+    env = {**os.environ, "BENCH_SKUS": str(SKUS), "BENCH_CUSTOMERS": str(CUSTOMERS)}
+    out = subprocess.run(
+        [
+            wrk,
+            "-t1",
+            f"-c{concurrency}",
+            f"-d{seconds}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(SCRIPT),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    return parse_wrk(out.stdout + out.stderr)
+
+
+def seed(base_url: str) -> None:
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for n in range(SKUS):
+            response = client.post(
+                "/api/v1/items",
+                json={"sku": f"BENCH-{n}", "name": f"Bench {n}", "price": 1000, "stock": 10**9},
+            )
+            if response.status_code not in (201, 409):
+                raise RuntimeError(f"seeding failed: {response.status_code} {response.text}")
+
+
+def wait_http(url: str, timeout: float = 30) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return time.monotonic() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.02)
+    raise TimeoutError(url)
+
+
+@contextmanager
+def databases(mode: str, workdir: Path, labels: list[str]) -> Iterator[dict[str, str]]:
+    if not mode.endswith("-pg"):
+        yield {label: f"sqlite+aiosqlite:///{workdir}/{label}.db" for label in labels}
+        return
+    from tests.conftest import pg_databases_sync
+
+    urls, drop = pg_databases_sync(labels)
+    try:
+        yield urls
+    finally:
+        drop()
+
+
+def orderflow_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
+    env = {"ORDERFLOW_LOG_LEVEL": "WARNING"}
+    if mode == "one-process":
+        return one_process(workdir, env)
+    return per_service(workdir, urls, env)
+
+
+def floor_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
+    base = [sys.executable, "-m", "bench.floor"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    http = free_port()
+    system = System(f"floor-{mode}", f"http://127.0.0.1:{http}")
+    if mode == "one-process":
+        argv = [*base, "onebox", "--port", str(http), "--grpc-port", str(free_port())]
+        for label in ("orders", "inventory", "loyalty"):
+            argv += ["--database-url", urls[label]]
+        argv += ["--calls", str(CALLS_PER_ORDER)]
+        system.processes["onebox"] = Process("onebox", argv, env, http, workdir / "floor.log")
+        return system
+    targets = []
+    for label in ("orders", "inventory", "loyalty"):
+        port = free_port()
+        argv = [*base, "service", "--port", str(port), "--database-url", urls[label]]
+        system.processes[label] = Process(label, argv, env, port, workdir / f"floor-{label}.log")
+        targets.append(f"127.0.0.1:{port}")
+    argv = [*base, "gateway", "--port", str(http), "--targets", ",".join(targets)]
+    argv += ["--calls", str(CALLS_PER_ORDER)]
+    system.processes["gateway"] = Process("gateway", argv, env, http, workdir / "floor-gw.log")
+    return system
+
+
+def drive(
+    system: System,
+    name: str,
+    mode: str,
+    levels: list[int],
+    seconds: float,
+    say: Callable[[str], None],
+) -> list[Measurement]:
+    url = f"{system.base_url}/api/v1/orders"
+    say(f"  {name}: warming up")
+    run_wrk(url, 8, 2)
+    results = []
+    for concurrency in levels:
+        say(f"  {name}: {concurrency} concurrent clients for {seconds:g}s ...")
+        pids = {n: p.popen.pid for n, p in system.processes.items() if p.popen}
+        with RssSampler(pids) as sampler:
+            fields = run_wrk(url, concurrency, seconds)
+        m = measurement(name, mode, concurrency, fields, sampler.peak)
+        say(
+            f"    {m.rps:8.1f} orders/s  p50 {m.p50_ms:6.1f} ms  p99 {m.p99_ms:6.1f} ms"
+            f"  errors {m.errors}"
+        )
+        results.append(m)
+    return results
+
+
+def idle_rss(system: System) -> dict[str, float]:
+    time.sleep(1.0)
+    return {
+        n: psutil.Process(p.popen.pid).memory_info().rss / 2**20
+        for n, p in system.processes.items()
+        if p.popen
+    }
+
+
+def bench_mode(mode: str, levels: list[int], seconds: float, say: Callable[[str], None]) -> dict:
+    say(f"[{mode}]")
+    with tempfile.TemporaryDirectory(prefix="orderflow-bench-") as tmp:
+        workdir = Path(tmp)
+        with databases(mode, workdir, ["orders", "inventory", "loyalty"]) as urls:
+            system = orderflow_system(mode, workdir, urls)
+            started = time.monotonic()
+            system.start()
+            try:
+                system.wait_ready(60)
+                ready_s = time.monotonic() - started
+                idle = idle_rss(system)
+                seed(system.base_url)
+                ours = drive(system, "orderflow", mode, levels, seconds, say)
+            finally:
+                system.stop()
+        with databases(mode, workdir / "floor", ["orders", "inventory", "loyalty"]) as urls:
+            (workdir / "floor").mkdir(exist_ok=True)
+            floor = floor_system(mode, workdir, urls)
+            floor.start()
+            try:
+                wait_http(f"{floor.base_url}/healthz")
+                theirs = drive(floor, "floor", mode, levels, seconds, say)
+            finally:
+                floor.stop()
+    return {
+        "mode": mode,
+        "ready_s": ready_s,
+        "idle_rss_mb": idle,
+        "orderflow": ours,
+        "floor": theirs,
+    }
+
+
+def report(runs: list[dict], seconds: float) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+    ).stdout.strip()
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}; "
+        f"commit {commit or 'unknown'}; {time.strftime('%Y-%m-%d', time.gmtime())}.",
+        "",
+        f"Each level runs {seconds:g} s of `POST /api/v1/orders` (1 unit of one of {SKUS} skus, "
+        f"{CUSTOMERS} customers) with wrk (1 thread). The floor makes {CALLS_PER_ORDER} sequential "
+        "gRPC calls, each one small write transaction, over persistent channels "
+        "(bench/floor.py).",
+        "",
+        "Reproduce: `make bench` (or `python -m bench.run --record bench/RESULTS.md`).",
+        "",
+    ]
+    for run in runs:
+        lines += [
+            f"## {run['mode']}",
+            "",
+            f"Ready in {run['ready_s']:.2f} s; idle resident memory: "
+            + ", ".join(f"{n} {mb:.0f} MB" for n, mb in run["idle_rss_mb"].items())
+            + ".",
+            "",
+            "| clients | orderflow orders/s | floor orders/s | ratio "
+            "| p50 ms | p99 ms | errors | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
+        for ours, theirs in zip(run["orderflow"], run["floor"], strict=True):
+            ratio = ours.rps / theirs.rps if theirs.rps else 0.0
+            rss = ", ".join(f"{n} {mb:.0f}" for n, mb in ours.peak_rss_mb.items())
+            lines.append(
+                f"| {ours.concurrency} | {ours.rps:.1f} | {theirs.rps:.1f} | {ratio:.0%} "
+                f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} | {ours.errors} | {rss} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--record", type=Path, help="write the results (Markdown) here")
+    parser.add_argument("--json", type=Path, help="also write raw results as JSON")
+    args = parser.parse_args(argv)
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    runs = [bench_mode(mode, levels, args.duration, say) for mode in modes]
+    text = report(runs, args.duration)
+    print(text)
+    if args.record:
+        args.record.write_text(text + "\n")
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                [
+                    {
+                        **r,
+                        "orderflow": [dataclasses.asdict(m) for m in r["orderflow"]],
+                        "floor": [dataclasses.asdict(m) for m in r["floor"]],
+                    }
+                    for r in runs
+                ],
+                indent=2,
+            )
+        )
+    failed = [m for r in runs for m in r["orderflow"] if m.failed]
+    for m in failed:
+        print(
+            f"FAILED: {m.mode} c={m.concurrency}: {m.errors} errors of {m.requests}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

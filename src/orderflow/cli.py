@@ -1,0 +1,184 @@
+"""The `orderflow` command: run everything in one process, serve one component, migrate, ..."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import sys
+from collections.abc import Callable, Coroutine
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import ValidationError
+
+app = typer.Typer(
+    help="orderflow: an order-placement backend of gRPC services behind a REST gateway.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+T = TypeVar("T")
+
+
+class Service(StrEnum):
+    orders = "orders"
+    inventory = "inventory"
+    loyalty = "loyalty"
+
+
+class Component(StrEnum):
+    orders = "orders"
+    inventory = "inventory"
+    loyalty = "loyalty"
+    gateway = "gateway"
+
+
+def _settings(factory: Callable[[], T]) -> T:
+    """Build a settings object, or stop with a readable message naming the bad variables."""
+    try:
+        return factory()
+    except ValidationError as exc:
+        config = getattr(factory, "model_config", {})
+        prefix = str(config.get("env_prefix", "ORDERFLOW_"))
+        lines = [f"invalid settings ({exc.error_count()} problem(s)):"]
+        for error in exc.errors():
+            where = ".".join(str(p) for p in error["loc"]) or "(settings)"
+            env = f"{prefix}{where.upper()}" if error["loc"] else prefix.rstrip("_")
+            lines.append(f"  {env}: {error['msg']}")
+        typer.echo("\n".join(lines), err=True)
+        raise typer.Exit(2) from None
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    try:
+        import uvloop
+
+        return uvloop.run(coro)
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return asyncio.run(coro)
+
+
+def _service_settings(service: str) -> Any:
+    from orderflow import settings
+
+    cls = {
+        "orders": settings.OrdersSettings,
+        "inventory": settings.InventorySettings,
+        "loyalty": settings.LoyaltySettings,
+    }[service]
+    return _settings(cls)
+
+
+async def build_component(service: str, service_settings: Any, common: Any) -> Any:
+    """Build (and migrate) one service from its settings."""
+    module = importlib.import_module(f"orderflow.{service}.app")
+    return await module.build(service_settings, common)
+
+
+@app.command()
+def serve(
+    component: Annotated[Component, typer.Argument(help="which component to run")],
+) -> None:
+    """Run one component in this process (per-service mode); settings from ORDERFLOW_*."""
+    from orderflow.platform.logging import configure_logging
+    from orderflow.settings import CommonSettings
+
+    common = _settings(CommonSettings)
+    configure_logging(common.log_level, common.log_format, component=component.value)
+    if component is Component.gateway:
+        from orderflow.gateway.server import serve_gateway
+        from orderflow.settings import GatewaySettings
+
+        gateway_settings = _settings(GatewaySettings)
+        _run(serve_gateway(gateway_settings, common))
+        return
+    service_settings = _service_settings(component.value)
+
+    async def main() -> None:
+        from orderflow.platform.component import serve_components
+
+        built = await build_component(component.value, service_settings, common)
+        await serve_components(
+            [built],
+            service_settings.host,
+            service_settings.port,
+            grace_seconds=service_settings.grace_seconds,
+            health_interval=service_settings.health_interval_seconds,
+            max_concurrent_rpcs=service_settings.max_concurrent_rpcs,
+        )
+
+    _run(main())
+
+
+@app.command()
+def run(
+    host: Annotated[str, typer.Option(help="address of the gateway and the gRPC server")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port of the gateway")] = 8080,
+    grpc_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="gRPC port of the three services")
+    ] = 50051,
+    data_dir: Annotated[
+        Path, typer.Option(help="where the SQLite files go (one per service)")
+    ] = Path("data"),
+    demo: Annotated[bool, typer.Option(help="load a demo catalog and loyalty accounts")] = False,
+) -> None:
+    """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
+    from orderflow.onebox import run_onebox
+    from orderflow.platform.logging import configure_logging
+    from orderflow.settings import CommonSettings, GatewaySettings
+
+    common = _settings(CommonSettings)
+    gateway = _settings(GatewaySettings)
+    gateway = gateway.model_copy(update={"host": host, "port": port})
+    configure_logging(common.log_level, common.log_format, component="orderflow")
+    _run(
+        run_onebox(
+            common=common,
+            gateway=gateway,
+            grpc_port=grpc_port,
+            data_dir=data_dir,
+            demo=demo,
+            announce=lambda line: typer.echo(line, err=True),
+        )
+    )
+
+
+@app.command()
+def migrate(
+    services: Annotated[
+        list[Service] | None, typer.Argument(help="services to migrate (default: all three)")
+    ] = None,
+) -> None:
+    """Apply database migrations of the given services (each to its own database)."""
+    from orderflow.platform.db import create_database
+    from orderflow.platform.migrations import current_revision, upgrade
+
+    chosen = [s.value for s in (services or list(Service))]
+    configured = {name: _service_settings(name) for name in chosen}
+
+    async def main() -> None:
+        for name, cfg in configured.items():
+            database = create_database(cfg.database_url, pool_size=1)
+            try:
+                await upgrade(database, name)
+                typer.echo(f"{name}: at revision {await current_revision(database)}")
+            finally:
+                await database.dispose()
+
+    _run(main())
+
+
+def main() -> None:
+    """Entry point of the console script."""
+    try:
+        app()
+    except KeyboardInterrupt:  # pragma: no cover
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""The one tree of domain errors shared by every orderflow service (no framework imports).
+
+    OrderflowError                    code            meaning
+    ├── InvalidArgumentError          INVALID_ARGUMENT  malformed or out-of-range input
+    │   └── UnknownSkuError           UNKNOWN_SKU       an order line names no catalog item
+    ├── NotFoundError                 NOT_FOUND         the thing asked for does not exist
+    ├── AlreadyExistsError            ALREADY_EXISTS    a create collided with an existing key
+    │   └── IdempotencyKeyReusedError IDEMPOTENCY_KEY_REUSED  same key, different request
+    ├── BusinessRuleError             (abstract)        the request is valid but refused
+    │   ├── OutOfStockError           OUT_OF_STOCK
+    │   ├── InsufficientPointsError   INSUFFICIENT_POINTS
+    │   ├── NegativeBalanceError      NEGATIVE_BALANCE  an adjustment would go below zero
+    │   ├── NotCancellableError       NOT_CANCELLABLE
+    │   └── InvalidStateError         INVALID_STATE     a transition not allowed from here
+    ├── ConflictError                 (abstract)        retrying later may succeed or never will
+    │   ├── CompensatedError          ALREADY_COMPENSATED  the step was undone (tombstone)
+    │   ├── LeaseHeldError            LEASE_HELD        another driver holds the order's lease
+    │   └── RequestInProgressError    REQUEST_IN_PROGRESS  the same idempotent request is running
+    └── DependencyError               (abstract)        a needed service did not answer well
+        ├── ServiceUnavailableError   SERVICE_UNAVAILABLE  no answer in time: it may have acted
+        └── UpstreamError             UPSTREAM_ERROR    it answered with an unexpected failure
+
+The gRPC layer maps these to status codes in one table (orderflow.platform.grpc_errors);
+the gateway maps status codes and codes back to HTTP in one table of its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrderflowError(Exception):
+    """Base of every error orderflow raises on purpose."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class InvalidArgumentError(OrderflowError):
+    code = "INVALID_ARGUMENT"
+
+
+class UnknownSkuError(InvalidArgumentError):
+    code = "UNKNOWN_SKU"
+
+
+class NotFoundError(OrderflowError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExistsError(OrderflowError):
+    code = "ALREADY_EXISTS"
+
+
+class IdempotencyKeyReusedError(AlreadyExistsError):
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
+class BusinessRuleError(OrderflowError):
+    code = "FAILED_PRECONDITION"
+
+
+class OutOfStockError(BusinessRuleError):
+    code = "OUT_OF_STOCK"
+
+
+class InsufficientPointsError(BusinessRuleError):
+    code = "INSUFFICIENT_POINTS"
+
+
+class NegativeBalanceError(BusinessRuleError):
+    code = "NEGATIVE_BALANCE"
+
+
+class NotCancellableError(BusinessRuleError):
+    code = "NOT_CANCELLABLE"
+
+
+class InvalidStateError(BusinessRuleError):
+    code = "INVALID_STATE"
+
+
+class ConflictError(OrderflowError):
+    code = "CONFLICT"
+
+
+class CompensatedError(ConflictError):
+    code = "ALREADY_COMPENSATED"
+
+
+class LeaseHeldError(ConflictError):
+    code = "LEASE_HELD"
+
+
+class RequestInProgressError(ConflictError):
+    code = "REQUEST_IN_PROGRESS"
+
+
+class DependencyError(OrderflowError):
+    code = "DEPENDENCY_FAILED"
+
+
+class ServiceUnavailableError(DependencyError):
+    code = "SERVICE_UNAVAILABLE"
+
+
+class UpstreamError(DependencyError):
+    code = "UPSTREAM_ERROR"
+
+
+# Every concrete error by its code, so a client can rebuild the error it was sent.
+ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {
+    cls.code: cls
+    for cls in (
+        OrderflowError,
+        InvalidArgumentError,
+        UnknownSkuError,
+        NotFoundError,
+        AlreadyExistsError,
+        IdempotencyKeyReusedError,
+        BusinessRuleError,
+        OutOfStockError,
+        InsufficientPointsError,
+        NegativeBalanceError,
+        NotCancellableError,
+        InvalidStateError,
+        ConflictError,
+        CompensatedError,
+        LeaseHeldError,
+        RequestInProgressError,
+        DependencyError,
+        ServiceUnavailableError,
+        UpstreamError,
+    )
+}

@@ -1,0 +1,238 @@
+"""The gateway app: routes, middleware, error handlers, and the lifespan that wires the clients."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orderflow.errors import OrderflowError
+from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty, GrpcOrders
+from orderflow.gateway.deps import Gateway, Services
+from orderflow.gateway.errors import error_response, from_exception
+from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.readiness import Readiness
+from orderflow.gateway.recovery import RecoveryWorker
+from orderflow.gateway.routes import health, items, loyalty, orders
+from orderflow.gateway.saga import OrderSaga
+from orderflow.settings import CommonSettings, GatewaySettings
+
+log = structlog.get_logger("orderflow.gateway")
+
+_STATUS_CODES = {
+    400: "MALFORMED_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def create_app(
+    settings: GatewaySettings,
+    common: CommonSettings,
+    *,
+    services: Services | None = None,
+    readiness: Readiness | None = None,
+    recovery: bool = True,
+) -> FastAPI:
+    """Build the gateway. Without `services`, gRPC clients are made from settings at start-up."""
+    metrics = GatewayMetrics()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        channels = Channels()
+        wired = services
+        ready = readiness
+        if wired is None:
+            by_name = {
+                "orders": channels.get(settings.orders_target),
+                "inventory": channels.get(settings.inventory_target),
+                "loyalty": channels.get(settings.loyalty_target),
+            }
+            wired = Services(
+                orders=GrpcOrders(by_name["orders"], settings),
+                inventory=GrpcInventory(by_name["inventory"], settings),
+                loyalty=GrpcLoyalty(by_name["loyalty"], settings),
+            )
+            ready = ready or Readiness.over_grpc(by_name, timeout=1.0)
+        saga = OrderSaga(
+            wired.orders,
+            wired.inventory,
+            wired.loyalty,
+            lease_seconds=settings.lease_seconds,
+            observer=metrics,
+        )
+        app.state.gateway = Gateway(
+            settings=settings,
+            common=common,
+            services=wired,
+            saga=saga,
+            metrics=metrics,
+            readiness=ready or Readiness({}),
+        )
+        worker = RecoveryWorker(
+            saga,
+            wired.orders,
+            interval=settings.recovery_interval_seconds,
+            batch=settings.recovery_batch,
+            lease_seconds=settings.lease_seconds,
+            step_seconds=settings.request_timeout_seconds,
+        )
+        app.state.recovery = worker
+        if recovery:
+            worker.start()
+        try:
+            yield
+        finally:
+            await worker.stop()
+            await channels.close()
+
+    app = FastAPI(
+        title="orderflow",
+        version="1",
+        summary="Order placement over gRPC services: stock, loyalty, and a saga that undoes.",
+        lifespan=lifespan,
+    )
+    app.include_router(orders.router)
+    app.include_router(items.router)
+    app.include_router(loyalty.router)
+    app.include_router(health.router)
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(OrderflowError)
+    async def _domain(_request: Request, exc: OrderflowError) -> JSONResponse:
+        return from_exception(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
+        return error_response("VALIDATION_ERROR", f"{where}: {first['msg']}", {"errors": problems})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _STATUS_CODES.get(exc.status_code, "INTERNAL")
+        response = error_response(code, str(exc.detail), headers=dict(exc.headers or {}))
+        response.status_code = exc.status_code
+        return response
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled_error", error=str(exc))
+        return error_response("INTERNAL", "internal error")
+
+
+class RequestContextMiddleware:
+    """Binds a request id (X-Request-ID, or a new one) to logs and replies; records metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())
+        raw = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = raw if 0 < len(raw) <= 128 and raw.isprintable() else uuid.uuid4().hex
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            elapsed = time.perf_counter() - start
+            self.metrics.http_requests.labels(scope["method"], path, str(status)).inc()
+            self.metrics.http_latency.labels(scope["method"], path).observe(elapsed)
+            log.info(
+                "http",
+                method=scope["method"],
+                path=scope["path"],
+                status=status,
+                ms=round(elapsed * 1000, 2),
+            )
+            structlog.contextvars.clear_contextvars()
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over max_bytes with 413, before anything parses them."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = error_response(
+            "PAYLOAD_TOO_LARGE", f"request bodies are limited to {self.max_bytes} bytes"
+        )
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.max_bytes + 1
+                if declared > self.max_bytes:
+                    await too_large(scope, receive, send)
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
+__all__ = ["create_app"]

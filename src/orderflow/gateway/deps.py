@@ -1,0 +1,41 @@
+"""What routes need, built once at start-up and reached through short Annotated aliases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.ports import InventoryPort, LoyaltyPort, OrdersPort
+from orderflow.gateway.readiness import Readiness
+from orderflow.gateway.saga import OrderSaga
+from orderflow.settings import CommonSettings, GatewaySettings
+
+
+@dataclass
+class Services:
+    """The three services as the gateway sees them (gRPC clients, or fakes in tests)."""
+
+    orders: OrdersPort
+    inventory: InventoryPort
+    loyalty: LoyaltyPort
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    common: CommonSettings
+    services: Services
+    saga: OrderSaga
+    metrics: GatewayMetrics
+    readiness: Readiness
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]

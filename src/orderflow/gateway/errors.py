@@ -1,0 +1,58 @@
+"""The one table mapping error codes to HTTP statuses, and the JSON error shape of every reply."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from orderflow.errors import OrderflowError
+
+HTTP_STATUS_BY_CODE: dict[str, int] = {
+    "INVALID_ARGUMENT": 422,
+    "VALIDATION_ERROR": 422,
+    "UNKNOWN_SKU": 422,
+    "IDEMPOTENCY_KEY_REUSED": 422,
+    "MALFORMED_REQUEST": 400,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "PAYLOAD_TOO_LARGE": 413,
+    "UNSUPPORTED_MEDIA_TYPE": 415,
+    "ALREADY_EXISTS": 409,
+    "OUT_OF_STOCK": 409,
+    "INSUFFICIENT_POINTS": 409,
+    "NEGATIVE_BALANCE": 409,
+    "NOT_CANCELLABLE": 409,
+    "INVALID_STATE": 409,
+    "ALREADY_COMPENSATED": 409,
+    "LEASE_HELD": 409,
+    "REQUEST_IN_PROGRESS": 409,
+    "SERVICE_UNAVAILABLE": 503,
+    "UPSTREAM_ERROR": 502,
+    "INTERNAL": 500,
+}
+
+
+def http_status(code: str) -> int:
+    return HTTP_STATUS_BY_CODE.get(code, 500)
+
+
+def error_response(
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    return JSONResponse(body, status_code=http_status(code), headers=headers)
+
+
+def from_exception(exc: OrderflowError) -> JSONResponse:
+    return error_response(exc.code, exc.message, exc.details)
+
+
+def error_responses(statuses: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries documenting the error shape for these statuses."""
+    from orderflow.gateway.schemas import ErrorOut
+
+    return {status: {"model": ErrorOut, "description": "error"} for status in statuses}

@@ -1,0 +1,148 @@
+"""What the gateway needs from the three services: Protocols over plain data, for fakes too."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, Protocol, TypeVar
+
+T = TypeVar("T")
+
+PENDING = "PENDING"
+CONFIRMED = "CONFIRMED"
+REJECTED = "REJECTED"
+CANCELLED = "CANCELLED"
+STATUSES = (PENDING, CONFIRMED, REJECTED, CANCELLED)
+
+
+@dataclass(frozen=True)
+class Line:
+    sku: str
+    quantity: int
+    unit_price: int = 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Order:
+    id: str
+    customer_id: str
+    status: str
+    lines: tuple[Line, ...]
+    currency: str = ""
+    subtotal: int = 0
+    discount: int = 0
+    redeem_points: int = 0
+    points_redeemed: int = 0
+    total: int = 0
+    points_earned: int = 0
+    failure: Failure | None = None
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+    idempotency_key: str = ""
+    settled: bool = False
+    cancel_requested: bool = False
+    lease_owner: str = ""
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    entries: list[T]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    lines: tuple[Line, ...]
+    currency: str
+
+
+@dataclass(frozen=True)
+class Discount:
+    """The loyalty figures of one order."""
+
+    discount: int
+    points_redeemed: int
+    total: int
+    points_earned: int
+    discount_percent: int = 0
+    tier: str = ""
+
+
+@dataclass(frozen=True)
+class Item:
+    sku: str
+    name: str
+    price: int
+    currency: str
+    available: int
+    reserved: int
+    sold: int
+
+
+@dataclass(frozen=True)
+class Account:
+    customer_id: str
+    tier: str
+    discount_percent: int
+    points: int
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    customer_id: str
+    lines: tuple[Line, ...]
+    redeem_points: int
+    idempotency_key: str
+    fingerprint: str
+    lease_owner: str
+    lease_seconds: float
+
+
+class OrdersPort(Protocol):
+    async def create_order(self, new: NewOrder) -> tuple[Order, bool]: ...
+    async def get_order(self, order_id: str) -> Order: ...
+    async def list_orders(
+        self, customer_id: str, status: str, limit: int, cursor: str
+    ) -> Page[Order]: ...
+    async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order: ...
+    async def confirm_order(
+        self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
+    ) -> Order: ...
+    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order: ...
+    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order: ...
+    async def withdraw_cancel(self, order_id: str, owner: str) -> Order: ...
+    async def cancel_order(self, order_id: str, owner: str) -> Order: ...
+    async def settle_order(self, order_id: str, owner: str) -> Order: ...
+    async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]: ...
+
+
+class InventoryPort(Protocol):
+    async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation: ...
+    async def release(self, order_id: str) -> None: ...
+    async def commit(self, order_id: str) -> None: ...
+    async def return_stock(self, order_id: str) -> None: ...
+    async def create_item(self, sku: str, name: str, price: int, stock: int) -> Item: ...
+    async def get_item(self, sku: str) -> Item: ...
+    async def list_items(self, limit: int, cursor: str) -> Page[Item]: ...
+    async def update_item(
+        self, sku: str, name: str | None, price: int | None, restock: int | None
+    ) -> Item: ...
+
+
+class LoyaltyPort(Protocol):
+    async def apply(
+        self, order_id: str, customer_id: str, subtotal: int, redeem_points: int
+    ) -> Discount: ...
+    async def cancel(self, order_id: str) -> None: ...
+    async def commit(self, order_id: str) -> None: ...
+    async def refund(self, order_id: str) -> None: ...
+    async def get_account(self, customer_id: str) -> Account: ...
+    async def set_tier(self, customer_id: str, tier: str) -> Account: ...
+    async def adjust_points(self, customer_id: str, delta: int, reason: str) -> Account: ...

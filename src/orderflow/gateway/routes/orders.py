@@ -1,0 +1,125 @@
+"""Orders: place (the saga), read, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import JSONResponse
+
+from orderflow.gateway.budget import budget
+from orderflow.gateway.deps import Gateway, GatewayDep
+from orderflow.gateway.errors import error_responses, http_status
+from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, NewOrder, Order
+from orderflow.gateway.saga import new_owner
+from orderflow.gateway.schemas import OrderListOut, OrderOut, PlaceOrderIn, Status
+
+router = APIRouter(prefix="/api/v1/orders", tags=["orders"])
+
+OrderId = Annotated[str, Path(min_length=1, max_length=64)]
+
+
+def _order_json(gateway: Gateway, order: Order) -> dict[str, Any]:
+    return OrderOut.of(order, gateway.common.currency).model_dump(mode="json")
+
+
+def placed_response(gateway: Gateway, order: Order, created: bool) -> JSONResponse:
+    """The reply for an order as it stands: the same order always gives the same reply."""
+    body = _order_json(gateway, order)
+    if order.status in (CONFIRMED, CANCELLED):
+        return JSONResponse(body, status_code=201)
+    if order.status == PENDING:
+        code, message = (
+            ("SERVICE_UNAVAILABLE", "the order could not be completed now; it will be finished")
+            if created
+            else ("REQUEST_IN_PROGRESS", "a request with this Idempotency-Key is still running")
+        )
+    else:
+        failure = order.failure
+        code = failure.code if failure else "REJECTED"
+        message = failure.message if failure else "the order was rejected"
+    error = {
+        "code": code,
+        "message": message,
+        "details": {"order_id": order.id, "status": order.status},
+    }
+    status = http_status(code)
+    if status < 400:  # a failure code with no HTTP meaning of its own
+        status = 409
+    return JSONResponse({"error": error, "order": body}, status_code=status)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=OrderOut,
+    responses=error_responses((409, 422, 503)),
+    summary="Place an order (reserve stock, apply loyalty, confirm)",
+)
+async def place_order(
+    body: PlaceOrderIn,
+    gateway: GatewayDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            description="Makes retries safe: the same key and body give the same order.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    settings = gateway.settings
+    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+    new = NewOrder(
+        customer_id=body.customer_id,
+        lines=tuple(Line(x.sku, x.quantity) for x in body.items),
+        redeem_points=body.redeem_points,
+        # Without a client key the gateway still sends one of its own, so that its retry
+        # of CreateOrder after a lost answer cannot create a second order.
+        idempotency_key=idempotency_key or f"gw-{uuid.uuid4().hex}",
+        fingerprint=fingerprint,
+        lease_owner=new_owner(gateway.saga.owner_prefix),
+        lease_seconds=settings.lease_seconds,
+    )
+    with budget(settings.request_timeout_seconds):
+        placed = await gateway.saga.place(new)
+    return placed_response(gateway, placed.order, placed.created)
+
+
+@router.get("/{order_id}", response_model=OrderOut, responses=error_responses((404,)))
+async def get_order(order_id: OrderId, gateway: GatewayDep) -> dict[str, Any]:
+    with budget(gateway.settings.request_timeout_seconds):
+        order = await gateway.services.orders.get_order(order_id)
+    return _order_json(gateway, order)
+
+
+@router.get("", response_model=OrderListOut, responses=error_responses((422,)))
+async def list_orders(
+    gateway: GatewayDep,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    status: Status | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+) -> dict[str, Any]:
+    with budget(gateway.settings.request_timeout_seconds):
+        page = await gateway.services.orders.list_orders(
+            customer_id or "", status or "", limit, cursor or ""
+        )
+    return {
+        "orders": [_order_json(gateway, o) for o in page.entries],
+        "next_cursor": page.next_cursor,
+    }
+
+
+@router.post(
+    "/{order_id}/cancel",
+    response_model=OrderOut,
+    responses=error_responses((404, 409, 503)),
+    summary="Cancel a confirmed order: stock back, points refunded and taken back",
+)
+async def cancel_order(order_id: OrderId, gateway: GatewayDep) -> dict[str, Any]:
+    with budget(gateway.settings.request_timeout_seconds):
+        order = await gateway.saga.cancel(order_id)
+    return _order_json(gateway, order)

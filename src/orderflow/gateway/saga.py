@@ -1,0 +1,262 @@
+"""The order saga: place an order across the three services, undo what was done when a step fails.
+
+Placing: CreateOrder (PENDING, leased to this driver) -> Reserve -> Apply -> Confirm ->
+then Commit stock and loyalty and mark the order settled. A business failure at a step
+undoes the steps before it, in reverse; a step that failed without a clear answer
+(unreachable, out of time) may have acted, so it is undone too. The order is REJECTED
+first — the durable decision — and the undo steps follow; any that cannot run now are
+left to the recovery worker (the order stays unsettled until they have run).
+
+Cancelling a CONFIRMED order: mark it, refund loyalty, return the stock, then CANCELLED.
+
+Every step is idempotent on the order id, so `resume()` can drive any order found
+unsettled from wherever it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+
+from orderflow.errors import (
+    DependencyError,
+    InvalidStateError,
+    LeaseHeldError,
+    NotCancellableError,
+    OrderflowError,
+)
+from orderflow.gateway.ports import (
+    CANCELLED,
+    CONFIRMED,
+    PENDING,
+    REJECTED,
+    Failure,
+    InventoryPort,
+    LoyaltyPort,
+    NewOrder,
+    Order,
+    OrdersPort,
+)
+
+log = structlog.get_logger("orderflow.saga")
+
+T = TypeVar("T")
+
+# Outcomes reported to metrics and logs.
+OUTCOME_CONFIRMED = "confirmed"
+OUTCOME_REJECTED = "rejected"
+OUTCOME_UNFINISHED = "unfinished"
+
+
+class SagaObserver:
+    """Receives saga events (metrics hook); the default does nothing."""
+
+    def outcome(self, outcome: str, reason: str) -> None:
+        """An order reached an outcome (confirmed, rejected with a reason, unfinished)."""
+
+    def step(self, step: str, seconds: float, ok: bool) -> None:
+        """A saga step ran."""
+
+    def recovery(self, action: str) -> None:
+        """The recovery worker acted on an order."""
+
+
+@dataclass(frozen=True)
+class Placed:
+    """The result of placing: the order as it stands and whether this call created it."""
+
+    order: Order
+    created: bool
+
+
+def new_owner(prefix: str) -> str:
+    return f"{prefix}:{uuid.uuid4().hex[:12]}"
+
+
+class OrderSaga:
+    def __init__(
+        self,
+        orders: OrdersPort,
+        inventory: InventoryPort,
+        loyalty: LoyaltyPort,
+        *,
+        lease_seconds: float,
+        owner_prefix: str = "gateway",
+        observer: SagaObserver | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.orders = orders
+        self.inventory = inventory
+        self.loyalty = loyalty
+        self.lease_seconds = lease_seconds
+        self.owner_prefix = owner_prefix
+        self.observer = observer or SagaObserver()
+        self._clock = clock or time.perf_counter
+
+    async def _step(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
+        start = self._clock()
+        ok = False
+        try:
+            result = await call()
+            ok = True
+            return result
+        finally:
+            self.observer.step(name, self._clock() - start, ok)
+
+    # -- placing -----------------------------------------------------------------------
+
+    async def place(self, new: NewOrder) -> Placed:
+        """Create the order and drive it; an existing order for the same key is returned as is."""
+        order, created = await self._step("create", lambda: self.orders.create_order(new))
+        if not created:
+            return Placed(order, created=False)
+        structlog.contextvars.bind_contextvars(order_id=order.id)
+        return Placed(await self.drive(order, new.lease_owner), created=True)
+
+    async def drive(self, order: Order, owner: str) -> Order:
+        """Run a PENDING order forward; on failure reject it and undo what was done."""
+        done: list[str] = []  # undoable steps that went through, in order
+        step = "reserve"
+        try:
+            reservation = await self._step(
+                "reserve", lambda: self.inventory.reserve(order.id, order.lines)
+            )
+            done.append(step)
+            subtotal = sum(line.quantity * line.unit_price for line in reservation.lines)
+            step = "apply"
+            discount = await self._step(
+                "apply",
+                lambda: self.loyalty.apply(
+                    order.id, order.customer_id, subtotal, order.redeem_points
+                ),
+            )
+            done.append(step)
+            step = "confirm"
+            confirmed = await self._step(
+                "confirm",
+                lambda: self.orders.confirm_order(order.id, owner, reservation, subtotal, discount),
+            )
+        except OrderflowError as exc:
+            if step == "confirm" and isinstance(exc, (LeaseHeldError, InvalidStateError)):
+                # Another driver (the recovery worker) owns the order now: leave it to them.
+                self.observer.outcome(OUTCOME_UNFINISHED, "lease_lost")
+                return await self.orders.get_order(order.id)
+            if isinstance(exc, DependencyError) and step != "confirm":
+                # No clear answer: the step may have acted, so it is undone too.
+                done.append(step)
+            return await self._reject(order, owner, done, Failure(exc.code, exc.message))
+        self.observer.outcome(OUTCOME_CONFIRMED, "")
+        return await self.finish_confirmed(confirmed, owner)
+
+    async def _reject(self, order: Order, owner: str, done: list[str], failure: Failure) -> Order:
+        try:
+            rejected = await self._step(
+                "reject", lambda: self.orders.reject_order(order.id, owner, failure)
+            )
+        except DependencyError:
+            # The orders service itself is out of reach: the order stays PENDING and the
+            # recovery worker finishes it once its lease runs out.
+            self.observer.outcome(OUTCOME_UNFINISHED, failure.code)
+            log.warning("saga_unfinished", order_id=order.id, reason=failure.code)
+            return order
+        except (LeaseHeldError, InvalidStateError):
+            self.observer.outcome(OUTCOME_UNFINISHED, "lease_lost")
+            return await self.orders.get_order(order.id)
+        if rejected.status != REJECTED:  # confirmed by another driver meanwhile
+            return rejected
+        self.observer.outcome(OUTCOME_REJECTED, rejected.failure.code if rejected.failure else "")
+        return await self.compensate(rejected, owner, done)
+
+    async def compensate(self, order: Order, owner: str, done: list[str]) -> Order:
+        """Undo `done` in reverse, then settle the order if every undo went through."""
+        undo: dict[str, Callable[[], Awaitable[None]]] = {
+            "apply": lambda: self.loyalty.cancel(order.id),
+            "reserve": lambda: self.inventory.release(order.id),
+        }
+        complete = True
+        for step in reversed(done):
+            try:
+                await self._step(f"undo_{step}", undo[step])
+            except DependencyError as exc:
+                complete = False
+                log.warning("undo_deferred", order_id=order.id, step=step, error=exc.message)
+        if not complete:
+            return order
+        return await self._settle(order, owner)
+
+    async def finish_confirmed(self, order: Order, owner: str) -> Order:
+        """Commit stock and loyalty of a CONFIRMED order, then settle it."""
+        try:
+            await self._step("commit_stock", lambda: self.inventory.commit(order.id))
+            await self._step("commit_loyalty", lambda: self.loyalty.commit(order.id))
+        except DependencyError as exc:
+            log.warning("commit_deferred", order_id=order.id, error=exc.message)
+            return order
+        return await self._settle(order, owner)
+
+    async def _settle(self, order: Order, owner: str) -> Order:
+        try:
+            return await self._step("settle", lambda: self.orders.settle_order(order.id, owner))
+        except (DependencyError, LeaseHeldError) as exc:
+            log.warning("settle_deferred", order_id=order.id, error=exc.message)
+            return order
+
+    # -- cancelling --------------------------------------------------------------------
+
+    async def cancel(self, order_id: str) -> Order:
+        """Cancel a CONFIRMED order (NotCancellableError otherwise); a CANCELLED one is returned."""
+        owner = new_owner(self.owner_prefix)
+        order = await self._step(
+            "request_cancel",
+            lambda: self.orders.request_cancel(order_id, owner, self.lease_seconds),
+        )
+        if order.status == CANCELLED:
+            return order
+        return await self.continue_cancel(order, owner)
+
+    async def continue_cancel(self, order: Order, owner: str) -> Order:
+        try:
+            await self._step("refund_loyalty", lambda: self.loyalty.refund(order.id))
+        except NotCancellableError:
+            # Nothing was undone yet: the order stays CONFIRMED, as it was.
+            withdrawn = await self.orders.withdraw_cancel(order.id, owner)
+            await self.finish_confirmed(withdrawn, owner)
+            raise
+        await self._step("return_stock", lambda: self.inventory.return_stock(order.id))
+        return await self._step("cancel", lambda: self.orders.cancel_order(order.id, owner))
+
+    # -- recovery ----------------------------------------------------------------------
+
+    async def resume(self, order: Order, owner: str) -> Order:
+        """Drive an unsettled order (claimed by the recovery worker) to a settled state."""
+        structlog.contextvars.bind_contextvars(order_id=order.id)
+        if order.status == PENDING:
+            self.observer.recovery("drive_pending")
+            return await self.drive(order, owner)
+        if order.status == CONFIRMED and order.cancel_requested:
+            self.observer.recovery("finish_cancel")
+            try:
+                return await self.continue_cancel(order, owner)
+            except NotCancellableError:
+                return await self.orders.get_order(order.id)
+        if order.status == CONFIRMED:
+            self.observer.recovery("commit_confirmed")
+            return await self.finish_confirmed(order, owner)
+        if order.status == REJECTED:
+            self.observer.recovery("compensate_rejected")
+            # Which steps ran is not recorded: every undo is idempotent and tombstones, so run all.
+            return await self.compensate(order, owner, ["reserve", "apply"])
+        self.observer.recovery("settle")
+        return await self._settle(order, owner)
+
+
+def is_terminal(order: Order) -> bool:
+    return order.status in (CONFIRMED, REJECTED, CANCELLED)
+
+
+__all__ = ["OrderSaga", "OrderflowError", "Placed", "SagaObserver", "is_terminal", "new_owner"]

@@ -1,0 +1,29 @@
+"""Serve the gateway app with uvicorn inside the running event loop."""
+
+from __future__ import annotations
+
+import uvicorn
+from fastapi import FastAPI
+
+from orderflow.gateway.app import create_app
+from orderflow.settings import CommonSettings, GatewaySettings
+
+
+def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        log_config=None,
+        access_log=False,  # the request middleware logs each request with its ids
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    return uvicorn.Server(config)
+
+
+async def serve_gateway(settings: GatewaySettings, common: CommonSettings) -> None:
+    """Run the gateway until SIGTERM/SIGINT (per-service mode)."""
+    app = create_app(settings, common)
+    await uvicorn_server(app, settings.host, settings.port).serve()

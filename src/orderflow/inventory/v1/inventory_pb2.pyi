@@ -1,0 +1,177 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReservationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESERVATION_STATE_UNSPECIFIED: _ClassVar[ReservationState]
+    RESERVATION_STATE_RESERVED: _ClassVar[ReservationState]
+    RESERVATION_STATE_RELEASED: _ClassVar[ReservationState]
+    RESERVATION_STATE_COMMITTED: _ClassVar[ReservationState]
+    RESERVATION_STATE_RETURNED: _ClassVar[ReservationState]
+RESERVATION_STATE_UNSPECIFIED: ReservationState
+RESERVATION_STATE_RESERVED: ReservationState
+RESERVATION_STATE_RELEASED: ReservationState
+RESERVATION_STATE_COMMITTED: ReservationState
+RESERVATION_STATE_RETURNED: ReservationState
+
+class Item(_message.Message):
+    __slots__ = ("sku", "name", "price", "currency", "available", "reserved", "sold", "received")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
+    SOLD_FIELD_NUMBER: _ClassVar[int]
+    RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    name: str
+    price: int
+    currency: str
+    available: int
+    reserved: int
+    sold: int
+    received: int
+    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., currency: _Optional[str] = ..., available: _Optional[int] = ..., reserved: _Optional[int] = ..., sold: _Optional[int] = ..., received: _Optional[int] = ...) -> None: ...
+
+class StockLine(_message.Message):
+    __slots__ = ("sku", "quantity")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    quantity: int
+    def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ...) -> None: ...
+
+class ReservedLine(_message.Message):
+    __slots__ = ("sku", "quantity", "unit_price")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    QUANTITY_FIELD_NUMBER: _ClassVar[int]
+    UNIT_PRICE_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    quantity: int
+    unit_price: int
+    def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_price: _Optional[int] = ...) -> None: ...
+
+class CreateItemRequest(_message.Message):
+    __slots__ = ("sku", "name", "price", "stock")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    STOCK_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    name: str
+    price: int
+    stock: int
+    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., stock: _Optional[int] = ...) -> None: ...
+
+class CreateItemResponse(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class GetItemRequest(_message.Message):
+    __slots__ = ("sku",)
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    def __init__(self, sku: _Optional[str] = ...) -> None: ...
+
+class GetItemResponse(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("limit", "cursor")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    cursor: str
+    def __init__(self, limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class ListItemsResponse(_message.Message):
+    __slots__ = ("items", "next_cursor")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    next_cursor: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
+
+class UpdateItemRequest(_message.Message):
+    __slots__ = ("sku", "name", "price", "restock")
+    SKU_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PRICE_FIELD_NUMBER: _ClassVar[int]
+    RESTOCK_FIELD_NUMBER: _ClassVar[int]
+    sku: str
+    name: str
+    price: int
+    restock: int
+    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., restock: _Optional[int] = ...) -> None: ...
+
+class UpdateItemResponse(_message.Message):
+    __slots__ = ("item",)
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    item: Item
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ...) -> None: ...
+
+class ReserveStockRequest(_message.Message):
+    __slots__ = ("order_id", "lines")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    lines: _containers.RepeatedCompositeFieldContainer[StockLine]
+    def __init__(self, order_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[StockLine, _Mapping]]] = ...) -> None: ...
+
+class ReserveStockResponse(_message.Message):
+    __slots__ = ("lines", "currency", "state")
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    CURRENCY_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[ReservedLine]
+    currency: str
+    state: ReservationState
+    def __init__(self, lines: _Optional[_Iterable[_Union[ReservedLine, _Mapping]]] = ..., currency: _Optional[str] = ..., state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
+
+class ReleaseStockRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class ReleaseStockResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ReservationState
+    def __init__(self, state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
+
+class CommitStockRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class CommitStockResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ReservationState
+    def __init__(self, state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
+
+class ReturnStockRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class ReturnStockResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ReservationState
+    def __init__(self, state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...

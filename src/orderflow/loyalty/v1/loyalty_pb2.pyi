@@ -1,0 +1,142 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ApplicationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    APPLICATION_STATE_UNSPECIFIED: _ClassVar[ApplicationState]
+    APPLICATION_STATE_APPLIED: _ClassVar[ApplicationState]
+    APPLICATION_STATE_CANCELLED: _ClassVar[ApplicationState]
+    APPLICATION_STATE_COMMITTED: _ClassVar[ApplicationState]
+    APPLICATION_STATE_REFUNDED: _ClassVar[ApplicationState]
+APPLICATION_STATE_UNSPECIFIED: ApplicationState
+APPLICATION_STATE_APPLIED: ApplicationState
+APPLICATION_STATE_CANCELLED: ApplicationState
+APPLICATION_STATE_COMMITTED: ApplicationState
+APPLICATION_STATE_REFUNDED: ApplicationState
+
+class Account(_message.Message):
+    __slots__ = ("customer_id", "tier", "discount_percent", "points")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    POINTS_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    tier: str
+    discount_percent: int
+    points: int
+    def __init__(self, customer_id: _Optional[str] = ..., tier: _Optional[str] = ..., discount_percent: _Optional[int] = ..., points: _Optional[int] = ...) -> None: ...
+
+class GetAccountRequest(_message.Message):
+    __slots__ = ("customer_id",)
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    def __init__(self, customer_id: _Optional[str] = ...) -> None: ...
+
+class GetAccountResponse(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: Account
+    def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
+
+class SetTierRequest(_message.Message):
+    __slots__ = ("customer_id", "tier")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    tier: str
+    def __init__(self, customer_id: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class SetTierResponse(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: Account
+    def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
+
+class AdjustPointsRequest(_message.Message):
+    __slots__ = ("customer_id", "delta", "reason")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    delta: int
+    reason: str
+    def __init__(self, customer_id: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class AdjustPointsResponse(_message.Message):
+    __slots__ = ("account",)
+    ACCOUNT_FIELD_NUMBER: _ClassVar[int]
+    account: Account
+    def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
+
+class ApplyDiscountRequest(_message.Message):
+    __slots__ = ("order_id", "customer_id", "subtotal", "redeem_points")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    SUBTOTAL_FIELD_NUMBER: _ClassVar[int]
+    REDEEM_POINTS_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    customer_id: str
+    subtotal: int
+    redeem_points: int
+    def __init__(self, order_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., subtotal: _Optional[int] = ..., redeem_points: _Optional[int] = ...) -> None: ...
+
+class ApplyDiscountResponse(_message.Message):
+    __slots__ = ("tier", "discount_percent", "discount", "points_redeemed", "total", "points_earned", "state")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    DISCOUNT_FIELD_NUMBER: _ClassVar[int]
+    POINTS_REDEEMED_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    POINTS_EARNED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    discount_percent: int
+    discount: int
+    points_redeemed: int
+    total: int
+    points_earned: int
+    state: ApplicationState
+    def __init__(self, tier: _Optional[str] = ..., discount_percent: _Optional[int] = ..., discount: _Optional[int] = ..., points_redeemed: _Optional[int] = ..., total: _Optional[int] = ..., points_earned: _Optional[int] = ..., state: _Optional[_Union[ApplicationState, str]] = ...) -> None: ...
+
+class CancelDiscountRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class CancelDiscountResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ApplicationState
+    def __init__(self, state: _Optional[_Union[ApplicationState, str]] = ...) -> None: ...
+
+class CommitDiscountRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class CommitDiscountResponse(_message.Message):
+    __slots__ = ("state", "points_earned")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    POINTS_EARNED_FIELD_NUMBER: _ClassVar[int]
+    state: ApplicationState
+    points_earned: int
+    def __init__(self, state: _Optional[_Union[ApplicationState, str]] = ..., points_earned: _Optional[int] = ...) -> None: ...
+
+class RefundDiscountRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class RefundDiscountResponse(_message.Message):
+    __slots__ = ("state",)
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    state: ApplicationState
+    def __init__(self, state: _Optional[_Union[ApplicationState, str]] = ...) -> None: ...

@@ -1,0 +1,1 @@
+"""What every orderflow service needs and nothing domain-specific."""

@@ -1,0 +1,52 @@
+"""A gRPC service built from settings, ready to host, and how to run a set of them in one server."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from orderflow.platform.db import Database
+from orderflow.platform.grpc_server import ServiceSpec, create_server, wait_for_signal
+
+log = structlog.get_logger("orderflow.serve")
+
+
+@dataclass
+class Component:
+    """One service with its own database: what `build()` of every service package returns."""
+
+    spec: ServiceSpec
+    database: Database
+
+    async def close(self) -> None:
+        await self.database.dispose()
+
+
+async def serve_components(
+    components: Sequence[Component],
+    host: str,
+    port: int,
+    *,
+    grace_seconds: float = 5.0,
+    health_interval: float = 2.0,
+    max_concurrent_rpcs: int | None = None,
+) -> None:
+    """Host components on one gRPC server until SIGTERM/SIGINT, then shut down gracefully."""
+    running = await create_server(
+        [c.spec for c in components],
+        host,
+        port,
+        max_concurrent_rpcs=max_concurrent_rpcs,
+        health_interval=health_interval,
+    )
+    names = [c.spec.name for c in components]
+    log.info("grpc_serving", address=f"{host}:{running.port}", services=names)
+    try:
+        await wait_for_signal()
+        log.info("grpc_stopping", grace_seconds=grace_seconds)
+    finally:
+        await running.stop(grace_seconds)
+        for component in components:
+            await component.close()

@@ -1,0 +1,197 @@
+"""gRPC server bootstrap shared by every service: health, reflection, errors, ids, shutdown.
+
+`create_server()` builds and binds a server (port 0 picks a free port, for tests) and
+returns it with the bound port; `serve()` runs it until SIGTERM/SIGINT, then reports
+NOT_SERVING and lets running calls finish within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from orderflow.errors import OrderflowError
+from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
+from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
+
+log = structlog.get_logger("orderflow.grpc")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.so_reuseport", 0),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+)
+
+_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One gRPC service to host: its full name, how to add it, how to tell it is healthy."""
+
+    name: str
+    register: Callable[[grpc.aio.Server], None]
+    probe: Callable[[], Awaitable[None]]
+
+
+@dataclass
+class RunningServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    specs: Sequence[ServiceSpec]
+    monitor: asyncio.Task[None] | None = field(default=None)
+
+    async def stop(self, grace: float = 1.0) -> None:
+        if self.monitor is not None:
+            self.monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.monitor
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Binds request and order ids from metadata, logs each call, maps domain errors."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        if method.startswith(_QUIET_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        inner = handler.unary_unary
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            ids = {"request_id": metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex}
+            if metadata.get(ORDER_ID_KEY):
+                ids["order_id"] = metadata[ORDER_ID_KEY]
+            start = time.perf_counter()
+            outcome = "OK"
+            with structlog.contextvars.bound_contextvars(**ids):
+                try:
+                    return await inner(request, context)
+                except OrderflowError as exc:
+                    outcome = exc.code
+                    context.set_trailing_metadata(
+                        (
+                            (ERROR_CODE_KEY, exc.code),
+                            (ERROR_DETAILS_KEY, json.dumps(exc.details, default=str)),
+                        )
+                    )
+                    await context.abort(status_for(exc), exc.message)
+                except grpc.aio.AbortError:
+                    outcome = "ABORTED_BY_HANDLER"
+                    raise
+                except Exception:
+                    outcome = "INTERNAL"
+                    log.exception("rpc_failed", method=method)
+                    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                finally:
+                    log.info(
+                        "rpc",
+                        method=method,
+                        outcome=outcome,
+                        ms=round((time.perf_counter() - start) * 1000, 2),
+                    )
+
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+async def create_server(
+    specs: Sequence[ServiceSpec],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    max_concurrent_rpcs: int | None = None,
+    health_interval: float = 2.0,
+) -> RunningServer:
+    """Build, bind and start a server hosting specs plus health and reflection."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor()],
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
+    for spec in specs:
+        spec.register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [spec.name for spec in specs]
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind gRPC server to {host}:{port}")
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.start()
+    running = RunningServer(server, bound, health_servicer, specs)
+    await check_health(running)
+    running.monitor = asyncio.create_task(_monitor(running, health_interval))
+    return running
+
+
+async def check_health(running: RunningServer, probe_seconds: float = 2.0) -> bool:
+    """Probe each service's database once and publish SERVING or NOT_SERVING."""
+    all_ok = True
+    for spec in running.specs:
+        try:
+            await asyncio.wait_for(spec.probe(), probe_seconds)
+            status = health_pb2.HealthCheckResponse.SERVING
+        except Exception as exc:
+            all_ok = False
+            status = health_pb2.HealthCheckResponse.NOT_SERVING
+            log.warning("health_probe_failed", service=spec.name, error=str(exc))
+        await running.health.set(spec.name, status)
+    overall = (
+        health_pb2.HealthCheckResponse.SERVING
+        if all_ok
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    await running.health.set("", overall)
+    return all_ok
+
+
+async def _monitor(running: RunningServer, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        await check_health(running, probe_seconds=interval)
+
+
+async def wait_for_signal() -> None:
+    """Return when the process receives SIGTERM or SIGINT."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)

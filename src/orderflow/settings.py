@@ -1,0 +1,140 @@
+"""Every setting of orderflow, read from ORDERFLOW_* environment variables, checked at start-up.
+
+Each component has its own class and prefix (ORDERFLOW_<COMPONENT>_<SETTING>); settings
+shared by all components use the bare ORDERFLOW_ prefix. A bad value raises
+pydantic's ValidationError, which the CLI turns into a clear message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class CommonSettings(_Base):
+    """Settings every component reads: ORDERFLOW_<SETTING>."""
+
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore", frozen=True)
+
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "USD"
+    # How many minor units make one whole currency unit (100 for USD cents).
+    minor_units: Annotated[int, Field(ge=1, le=10_000)] = 100
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto: readable on a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+class ServiceSettings(_Base):
+    """What every gRPC service needs: where it listens and where its database is."""
+
+    host: str = "127.0.0.1"
+    port: Port = 0
+    database_url: str = ""
+    # Seconds a stopping server lets running calls finish.
+    grace_seconds: PositiveSeconds = 5.0
+    # How often the health status is refreshed from a database ping.
+    health_interval_seconds: PositiveSeconds = 2.0
+    db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
+    max_concurrent_rpcs: Annotated[int, Field(ge=1, le=100_000)] = 2000
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_driver(cls, value: str) -> str:
+        if not value.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://")):
+            raise ValueError(
+                "must start with sqlite+aiosqlite:// or postgresql+asyncpg:// "
+                f"(got {value.split('://', 1)[0] or 'nothing'}://...)"
+            )
+        return value
+
+
+class OrdersSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_ORDERS_")
+
+    port: Port = 50051
+    database_url: str = "sqlite+aiosqlite:///./data/orders.db"
+
+
+class InventorySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_INVENTORY_")
+
+    port: Port = 50052
+    database_url: str = "sqlite+aiosqlite:///./data/inventory.db"
+
+
+DEFAULT_TIERS = {"standard": 0, "silver": 5, "gold": 10}
+
+
+class LoyaltySettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_LOYALTY_")
+
+    port: Port = 50053
+    database_url: str = "sqlite+aiosqlite:///./data/loyalty.db"
+    # Tier name -> discount percent, as JSON in ORDERFLOW_LOYALTY_TIERS.
+    tiers: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
+    default_tier: str = "standard"
+
+    @field_validator("tiers", mode="before")
+    @classmethod
+    def _parse_tiers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> LoyaltySettings:
+        if not self.tiers:
+            raise ValueError("tiers: at least one tier is needed")
+        for name, percent in self.tiers.items():
+            if not name or len(name) > 32:
+                raise ValueError(f"tiers: tier name {name!r} must be 1..32 characters")
+            if not 0 <= percent <= 100:
+                raise ValueError(f"tiers: discount of {name!r} must be 0..100, got {percent}")
+        if self.default_tier not in self.tiers:
+            raise ValueError(
+                f"default_tier {self.default_tier!r} is not one of the tiers {sorted(self.tiers)}"
+            )
+        return self
+
+
+class GatewaySettings(_Base):
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_GATEWAY_")
+
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    orders_target: str = "127.0.0.1:50051"
+    inventory_target: str = "127.0.0.1:50052"
+    loyalty_target: str = "127.0.0.1:50053"
+    # Budget of one REST request; every gRPC deadline comes out of what is left of it.
+    request_timeout_seconds: PositiveSeconds = 5.0
+    # Deadline of one gRPC call when no request budget applies (recovery, reads).
+    rpc_timeout_seconds: PositiveSeconds = 2.0
+    # Attempts of a call that failed with UNAVAILABLE, with exponential backoff between them.
+    rpc_attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    rpc_backoff_seconds: PositiveSeconds = 0.05
+    # Lease a saga driver takes on an order; must outlast the request budget.
+    lease_seconds: PositiveSeconds = 10.0
+    # How often the recovery worker looks for abandoned orders.
+    recovery_interval_seconds: PositiveSeconds = 2.0
+    recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
+    max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+
+    @model_validator(mode="after")
+    def _lease_outlasts_request(self) -> GatewaySettings:
+        if self.lease_seconds <= self.request_timeout_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must be longer than "
+                f"request_timeout_seconds ({self.request_timeout_seconds}), or the recovery "
+                "worker could take over an order while its request is still driving it"
+            )
+        return self

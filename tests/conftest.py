@@ -1,0 +1,109 @@
+"""Fixtures shared by every test layer: database URLs for SQLite and PostgreSQL.
+
+PostgreSQL tests use a fresh database per test on the local server
+(ORDERFLOW_TEST_PG, default postgresql://postgres@127.0.0.1:5432). Without a server
+they are skipped, except under CI=true, where a missing server fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import asyncpg
+import pytest
+
+PG_ADMIN_DSN = os.environ.get("ORDERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+async def _pg_admin() -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(PG_ADMIN_DSN, timeout=5)
+    except (OSError, asyncpg.PostgresError) as exc:
+        if IN_CI:
+            pytest.fail(f"PostgreSQL is required under CI=true but unreachable: {exc}")
+        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_DSN}: {exc}")
+
+
+def _pg_url(name: str) -> str:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
+    return f"{base}/{name}"
+
+
+class PgDatabases:
+    """Creates throwaway PostgreSQL databases and drops them after the test."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    async def create(self, label: str = "db") -> str:
+        name = f"of_test_{label}_{uuid.uuid4().hex[:10]}"
+        conn = await _pg_admin()
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+        self.names.append(name)
+        return _pg_url(name)
+
+    async def drop_all(self) -> None:
+        if not self.names:
+            return
+        conn = await _pg_admin()
+        try:
+            for name in self.names:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@pytest.fixture
+async def pg_databases() -> AsyncIterator[PgDatabases]:
+    dbs = PgDatabases()
+    yield dbs
+    await dbs.drop_all()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: os.PathLike[str]) -> Callable[[str], str]:
+    """sqlite_url("inventory") -> a SQLite URL for a fresh file in the test's tmp dir."""
+
+    def make(label: str = "db") -> str:
+        return f"sqlite+aiosqlite:///{tmp_path}/{label}.db"
+
+    return make
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Parametrises a test over both storage backends."""
+    yield request.param
+
+
+@pytest.fixture
+async def make_db_url(
+    backend: str, sqlite_url: Callable[[str], str], pg_databases: PgDatabases
+) -> Callable[[str], object]:
+    """await make_db_url("inventory") -> a fresh database URL on the test's backend."""
+
+    async def make(label: str = "db") -> str:
+        if backend == "sqlite":
+            return sqlite_url(label)
+        return await pg_databases.create(label)
+
+    return make
+
+
+def pg_databases_sync(labels: list[str]) -> tuple[dict[str, str], Callable[[], None]]:
+    """Create one fresh PostgreSQL database per label (for module-scoped systems)."""
+    import asyncio
+
+    dbs = PgDatabases()
+
+    async def create() -> dict[str, str]:
+        return {label: await dbs.create(label) for label in labels}
+
+    urls = asyncio.run(create())
+    return urls, lambda: asyncio.run(dbs.drop_all())

@@ -1,0 +1,97 @@
+"""Started systems for end-to-end tests, over real HTTP, real gRPC and real databases."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import pg_databases_sync
+from tests.system import System, one_process, per_service
+
+SERVICES = ["orders", "inventory", "loyalty"]
+
+
+def start(system: System) -> System:
+    try:
+        system.start()
+        system.wait_ready()
+    except Exception:
+        print(system.logs())
+        system.stop()
+        raise
+    return system
+
+
+@pytest.fixture(scope="module")
+def onebox_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    system = start(one_process(tmp_path_factory.mktemp("onebox")))
+    yield system
+    system.stop()
+
+
+@pytest.fixture(scope="module")
+def per_service_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    urls, drop = pg_databases_sync(SERVICES)
+    system = per_service(tmp_path_factory.mktemp("per-service"), urls)
+    try:
+        yield start(system)
+    finally:
+        system.stop()
+        drop()
+
+
+@pytest.fixture(scope="module", params=["one-process", "per-service"])
+def system(request: pytest.FixtureRequest) -> System:
+    """Parametrises a test over both ways of running (per-service on PostgreSQL)."""
+    if request.param == "one-process":
+        return request.getfixturevalue("onebox_system")  # type: ignore[no-any-return]
+    return request.getfixturevalue("per_service_system")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30, limits=limits) as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def new_item(api: httpx.AsyncClient, price: int, stock: int) -> str:
+    sku = unique("SKU")
+    response = await api.post(
+        "/api/v1/items", json={"sku": sku, "name": f"Item {sku}", "price": price, "stock": stock}
+    )
+    assert response.status_code == 201, response.text
+    return sku
+
+
+async def new_customer(api: httpx.AsyncClient, tier: str = "standard", points: int = 0) -> str:
+    customer = unique("cust")
+    response = await api.put(f"/api/v1/customers/{customer}/loyalty", json={"tier": tier})
+    assert response.status_code == 200, response.text
+    if points:
+        response = await api.post(
+            f"/api/v1/customers/{customer}/loyalty/points",
+            json={"delta": points, "reason": "test setup"},
+        )
+        assert response.status_code == 200, response.text
+    return customer
+
+
+async def item(api: httpx.AsyncClient, sku: str) -> dict[str, Any]:
+    response = await api.get(f"/api/v1/items/{sku}")
+    assert response.status_code == 200, response.text
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def points(api: httpx.AsyncClient, customer: str) -> int:
+    response = await api.get(f"/api/v1/customers/{customer}/loyalty")
+    assert response.status_code == 200, response.text
+    return int(response.json()["points"])

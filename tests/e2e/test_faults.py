@@ -1,0 +1,190 @@
+"""Failures of real processes: a service stopped or frozen, the gateway killed mid-flight."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import pg_databases_sync
+from tests.e2e.conftest import SERVICES, item, new_customer, new_item, points, start, unique
+from tests.system import System, per_service
+
+pytestmark = pytest.mark.postgres
+
+# Short leases and a quick recovery loop, so a test does not wait long for recovery.
+FAST_RECOVERY = {
+    "ORDERFLOW_GATEWAY_REQUEST_TIMEOUT_SECONDS": "3",
+    "ORDERFLOW_GATEWAY_RPC_TIMEOUT_SECONDS": "1",
+    "ORDERFLOW_GATEWAY_LEASE_SECONDS": "4",
+    "ORDERFLOW_GATEWAY_RECOVERY_INTERVAL_SECONDS": "0.5",
+}
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    urls, drop = pg_databases_sync(SERVICES)
+    system = per_service(tmp_path_factory.mktemp("faults"), urls, FAST_RECOVERY)
+    try:
+        yield start(system)
+    finally:
+        system.stop()
+        drop()
+
+
+@pytest.fixture
+async def api(faulty: System) -> Any:
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    async with httpx.AsyncClient(base_url=faulty.base_url, timeout=30, limits=limits) as client:
+        yield client
+
+
+async def wait_until(predicate: Any, timeout: float, what: str) -> float:
+    """Poll an async predicate; return the seconds it took."""
+    start_at = time.monotonic()
+    while time.monotonic() - start_at < timeout:
+        if await predicate():
+            return time.monotonic() - start_at
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"not within {timeout}s: {what}")
+
+
+async def test_loyalty_down_gives_503_compensates_and_recovers(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    sku = await new_item(api, price=1000, stock=5)
+    customer = await new_customer(api, tier="gold", points=100)
+    body = {"customer_id": customer, "items": [{"sku": sku, "quantity": 2}], "redeem_points": 50}
+    faulty.stop("loyalty")
+    try:
+        started = time.monotonic()
+        response = await api.post("/api/v1/orders", json=body)
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "SERVICE_UNAVAILABLE"
+        order_id = error["details"]["order_id"]
+        assert error["details"]["status"] == "REJECTED"
+        assert elapsed < 3 + 1  # the request budget, plus slack for a loaded machine
+        # Stock released; reads that do not need loyalty keep working.
+        after = await item(api, sku)
+        assert (after["available"], after["reserved"], after["sold"]) == (5, 0, 0)
+        fetched = await api.get(f"/api/v1/orders/{order_id}")
+        assert fetched.status_code == 200 and fetched.json()["status"] == "REJECTED"
+        listing = await api.get("/api/v1/orders", params={"customer_id": customer})
+        assert [o["id"] for o in listing.json()["orders"]] == [order_id]
+        ready = await api.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["details"]["services"]["loyalty"] != "SERVING"
+    finally:
+        faulty.start("loyalty")
+    faulty.wait_ready()
+    # Without restarting anything else, orders are confirmed again.
+    response = await api.post("/api/v1/orders", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "CONFIRMED"
+    assert await points(api, customer) == 100 - 50 + response.json()["points_earned"]
+
+
+async def test_duplicate_while_the_first_is_stuck_gets_409(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    sku = await new_item(api, price=1000, stock=5)
+    customer = await new_customer(api)
+    body = {"customer_id": customer, "items": [{"sku": sku, "quantity": 1}]}
+    headers = {"Idempotency-Key": unique("key")}
+    loyalty = faulty.processes["loyalty"].popen
+    assert loyalty is not None
+    os.kill(loyalty.pid, signal.SIGSTOP)  # the first request hangs at ApplyDiscount
+    try:
+        first = asyncio.create_task(api.post("/api/v1/orders", json=body, headers=headers))
+        await asyncio.sleep(0.5)
+        duplicate = await api.post("/api/v1/orders", json=body, headers=headers)
+        assert duplicate.status_code == 409, duplicate.text
+        assert duplicate.json()["error"]["code"] == "REQUEST_IN_PROGRESS"
+    finally:
+        os.kill(loyalty.pid, signal.SIGCONT)
+    original = await first
+    replay = await api.post("/api/v1/orders", json=body, headers=headers)
+    assert replay.status_code == original.status_code
+    assert (
+        replay.json()["error" if replay.status_code >= 400 else "id"]
+        == original.json()["error" if original.status_code >= 400 else "id"]
+    )
+
+
+async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    stock = 60
+    skus = [await new_item(api, price=1500, stock=stock) for _ in range(3)]
+    customers = [await new_customer(api, tier="silver", points=1000) for _ in range(5)]
+    rng = random.Random(7)
+    bodies = [
+        {
+            "customer_id": rng.choice(customers),
+            "items": [{"sku": sku, "quantity": rng.randint(1, 2)} for sku in rng.sample(skus, 2)],
+            "redeem_points": rng.choice([0, 10]),
+        }
+        for _ in range(200)
+    ]
+
+    async def place(body: dict[str, Any]) -> int:
+        try:
+            return (await api.post("/api/v1/orders", json=body)).status_code
+        except httpx.HTTPError:
+            return -1
+
+    in_flight = [asyncio.create_task(place(b)) for b in bodies]
+    await asyncio.sleep(0.4)
+    faulty.kill("gateway")
+    codes = await asyncio.gather(*in_flight)
+    assert -1 in codes, "the gateway died after every order had finished: nothing was in flight"
+    faulty.start("gateway")
+    faulty.wait_ready()
+
+    async def all_orders() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        for customer in customers:
+            cursor = None
+            while True:
+                params: dict[str, Any] = {"customer_id": customer, "limit": 100}
+                if cursor:
+                    params["cursor"] = cursor
+                page = (await api.get("/api/v1/orders", params=params)).json()
+                found += page["orders"]
+                cursor = page["next_cursor"]
+                if not cursor:
+                    break
+        return found
+
+    async def settled() -> bool:
+        orders = await all_orders()
+        if any(o["status"] == "PENDING" for o in orders):
+            return False
+        return all((await item(api, sku))["reserved"] == 0 for sku in skus)
+
+    took = await wait_until(settled, timeout=30, what="every order terminal and settled")
+    print(f"recovered in {took:.1f}s after the gateway restarted")
+    orders = await all_orders()
+    assert orders, "no order reached the orders service"
+    assert {o["status"] for o in orders} <= {"CONFIRMED", "REJECTED"}
+    confirmed = [o for o in orders if o["status"] == "CONFIRMED"]
+    for sku in skus:
+        now = await item(api, sku)
+        assert now["available"] + now["reserved"] + now["sold"] == stock
+        assert min(now["available"], now["reserved"], now["sold"]) >= 0
+        sold = sum(x["quantity"] for o in confirmed for x in o["items"] if x["sku"] == sku)
+        assert now["sold"] == sold
+    for customer in customers:
+        mine = [o for o in confirmed if o["customer_id"] == customer]
+        expected = 1000 - sum(o["points_redeemed"] for o in mine)
+        expected += sum(o["points_earned"] for o in mine)
+        assert await points(api, customer) == expected

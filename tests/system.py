@@ -1,0 +1,159 @@
+"""Start orderflow as real processes for end-to-end tests: one process, or one per service.
+
+A `System` knows its gateway URL and can stop, kill (SIGKILL) and start any of its
+processes, so tests can take a service down, crash the gateway mid-flight, and
+bring things back — exactly what an operator would do.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+COMPONENTS = ("orders", "inventory", "loyalty", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {port} after {timeout}s")
+
+
+@dataclass
+class Process:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    port: int
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        try:
+            wait_for_port(self.port)
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(
+                f"{self.name} did not start; its log:\n{self.log_path.read_text()[-4000:]}"
+            ) from None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+@dataclass
+class System:
+    mode: str
+    base_url: str
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    def start(self, name: str | None = None) -> None:
+        for proc in [self.processes[name]] if name else self.processes.values():
+            proc.start()
+
+    def stop(self, name: str | None = None) -> None:
+        targets = [self.processes[name]] if name else list(self.processes.values())[::-1]
+        for proc in targets:
+            proc.stop()
+
+    def kill(self, name: str) -> None:
+        self.processes[name].kill()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                response = httpx.get(f"{self.base_url}/readyz", timeout=2)
+                if response.status_code == 200:
+                    return
+                last = response.text
+            except httpx.HTTPError as exc:
+                last = str(exc)
+            time.sleep(0.1)
+        raise TimeoutError(f"{self.mode} system not ready: {last}")
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.name} ---\n{p.log_path.read_text()[-3000:]}"
+            for p in self.processes.values()
+            if p.log_path.exists()
+        )
+
+
+def _base_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
+    env.update(
+        {
+            "ORDERFLOW_LOG_FORMAT": "json",
+            "ORDERFLOW_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def one_process(workdir: Path, extra_env: dict[str, str] | None = None) -> System:
+    http, grpc_port = free_port(), free_port()
+    argv = [
+        sys.executable, "-m", "orderflow.cli", "run",
+        "--port", str(http), "--grpc-port", str(grpc_port),
+        "--data-dir", str(workdir / "data"),
+    ]  # fmt: skip
+    proc = Process("onebox", argv, _base_env(extra_env or {}), http, workdir / "onebox.log")
+    return System("one-process", f"http://127.0.0.1:{http}", {"onebox": proc})
+
+
+def per_service(
+    workdir: Path, database_urls: dict[str, str], extra_env: dict[str, str] | None = None
+) -> System:
+    ports = {name: free_port() for name in COMPONENTS}
+    env = _base_env(extra_env or {})
+    for name in ("orders", "inventory", "loyalty"):
+        env[f"ORDERFLOW_{name.upper()}_PORT"] = str(ports[name])
+        env[f"ORDERFLOW_{name.upper()}_DATABASE_URL"] = database_urls[name]
+        env[f"ORDERFLOW_GATEWAY_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
+    env["ORDERFLOW_GATEWAY_PORT"] = str(ports["gateway"])
+    system = System("per-service", f"http://127.0.0.1:{ports['gateway']}")
+    for name in COMPONENTS:
+        argv = [sys.executable, "-m", "orderflow.cli", "serve", name]
+        system.processes[name] = Process(name, argv, env, ports[name], workdir / f"{name}.log")
+    return system

@@ -1,0 +1,183 @@
+"""The saga with fakes: a failure runs exactly the undo steps of the steps before it, reversed."""
+
+from __future__ import annotations
+
+import pytest
+
+from orderflow.errors import (
+    InsufficientPointsError,
+    InvalidArgumentError,
+    NotCancellableError,
+    OrderflowError,
+    OutOfStockError,
+    ServiceUnavailableError,
+)
+from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, REJECTED, Line, NewOrder
+from orderflow.gateway.saga import OrderSaga
+from tests.fakes import Calls, FakeInventory, FakeLoyalty, FakeOrders
+
+FORWARD = ["orders.create", "inventory.reserve", "loyalty.apply", "orders.confirm"]
+FINISH = ["inventory.commit", "loyalty.commit", "orders.settle"]
+
+
+def make(points: int = 500) -> tuple[OrderSaga, Calls, FakeOrders, FakeInventory, FakeLoyalty]:
+    calls = Calls()
+    orders = FakeOrders(calls)
+    inventory = FakeInventory(calls, {"MUG-1": (1250, 10), "TEE-1": (2000, 5)})
+    loyalty = FakeLoyalty(calls, {"c-1": points}, percent=10)
+    saga = OrderSaga(orders, inventory, loyalty, lease_seconds=10)
+    return saga, calls, orders, inventory, loyalty
+
+
+def new_order(key: str = "k-1", redeem: int = 100, quantity: int = 2) -> NewOrder:
+    return NewOrder(
+        customer_id="c-1",
+        lines=(Line("MUG-1", quantity), Line("TEE-1", 1)),
+        redeem_points=redeem,
+        idempotency_key=key,
+        fingerprint="f",
+        lease_owner="gw:1",
+        lease_seconds=10,
+    )
+
+
+async def test_happy_path_confirms_with_exact_totals_and_commits() -> None:
+    saga, calls, _orders, inventory, loyalty = make()
+    placed = await saga.place(new_order())
+    order = placed.order
+    assert placed.created
+    assert order.status == CONFIRMED and order.settled
+    # subtotal 2*1250 + 2000 = 4500; 10% = 450; 100 points; total 3950; earns 39
+    assert (order.subtotal, order.discount, order.points_redeemed, order.total) == (
+        4500,
+        450,
+        100,
+        3950,
+    )
+    assert order.points_earned == 39
+    assert calls.log == FORWARD + FINISH
+    assert inventory.items["MUG-1"] == {"price": 1250, "available": 8, "reserved": 0, "sold": 2}
+    assert loyalty.points["c-1"] == 500 - 100 + 39
+
+
+UNDO_CASES = [
+    # (failing call, error, expected undo calls after orders.reject)
+    ("inventory.reserve", OutOfStockError("out"), []),
+    ("loyalty.apply", InsufficientPointsError("no points"), ["inventory.release"]),
+    ("orders.confirm", InvalidArgumentError("bad totals"), ["loyalty.cancel", "inventory.release"]),
+    # No clear answer: the failed step may have acted, so it is undone as well.
+    ("inventory.reserve", ServiceUnavailableError("down"), ["inventory.release"]),
+    ("loyalty.apply", ServiceUnavailableError("down"), ["loyalty.cancel", "inventory.release"]),
+]
+
+
+@pytest.mark.parametrize(("failing", "error", "undo"), UNDO_CASES)
+async def test_failure_at_each_step_undoes_exactly_the_steps_before_it_in_reverse(
+    failing: str, error: OrderflowError, undo: list[str]
+) -> None:
+    saga, calls, _orders, inventory, loyalty = make()
+    calls.fail(failing, error)
+    order = (await saga.place(new_order())).order
+    upto = FORWARD.index(failing) + 1
+    assert calls.log == [*FORWARD[:upto], "orders.reject", *undo, "orders.settle"]
+    assert order.status == REJECTED and order.settled
+    assert order.failure is not None and order.failure.code == error.code
+    # Nothing is left held: stock all available, points as they were.
+    assert inventory.items["MUG-1"]["available"] == 10
+    assert inventory.items["MUG-1"]["reserved"] == 0
+    assert loyalty.points["c-1"] == 500
+
+
+async def test_orders_unreachable_at_confirm_leaves_the_order_to_recovery() -> None:
+    saga, calls, orders, inventory, loyalty = make()
+    calls.fail("orders.confirm", ServiceUnavailableError("down"))
+    calls.fail("orders.reject", ServiceUnavailableError("down"))
+    order = (await saga.place(new_order())).order
+    assert order.status == PENDING and not order.settled
+    # Once orders answers again, recovery drives the order forward (every step idempotent).
+    calls.heal()
+    (claimed,) = await orders.claim_stale("recovery", 10, 10)
+    resumed = await saga.resume(claimed, "recovery")
+    assert resumed.status == CONFIRMED and resumed.settled
+    assert inventory.items["MUG-1"]["sold"] == 2
+    assert loyalty.points["c-1"] == 500 - 100 + 39
+
+
+async def test_undo_that_cannot_run_now_is_finished_by_recovery() -> None:
+    saga, calls, orders, inventory, loyalty = make()
+    calls.fail("loyalty.apply", ServiceUnavailableError("loyalty down"))
+    calls.fail("loyalty.cancel", ServiceUnavailableError("loyalty down"))
+    order = (await saga.place(new_order())).order
+    # REJECTED at once (the durable decision), stock released, the loyalty undo still owed.
+    assert order.status == REJECTED and not order.settled
+    assert inventory.items["MUG-1"]["reserved"] == 0
+    calls.heal()
+    calls.log.clear()
+    (claimed,) = await orders.claim_stale("recovery", 10, 10)
+    resumed = await saga.resume(claimed, "recovery")
+    assert calls.log[1:] == ["loyalty.cancel", "inventory.release", "orders.settle"]
+    assert resumed.status == REJECTED and resumed.settled
+    # The cancel left a tombstone: a late Apply for this order is refused.
+    assert loyalty.applications[order.id][0] == "CANCELLED"
+
+
+async def test_commit_that_cannot_run_now_is_finished_by_recovery() -> None:
+    saga, calls, orders, inventory, loyalty = make()
+    calls.fail("loyalty.commit", ServiceUnavailableError("down"))
+    order = (await saga.place(new_order())).order
+    assert order.status == CONFIRMED and not order.settled
+    calls.heal()
+    (claimed,) = await orders.claim_stale("recovery", 10, 10)
+    resumed = await saga.resume(claimed, "recovery")
+    assert resumed.settled
+    assert loyalty.points["c-1"] == 500 - 100 + 39
+
+
+async def test_same_key_returns_the_existing_order_without_running_again() -> None:
+    saga, calls, _orders, inventory, _loyalty = make()
+    first = await saga.place(new_order())
+    calls.log.clear()
+    again = await saga.place(new_order())
+    assert not again.created and again.order.id == first.order.id
+    assert calls.log == ["orders.create"]
+    assert inventory.items["MUG-1"]["sold"] == 2
+
+
+async def test_cancel_refunds_returns_stock_then_cancels() -> None:
+    saga, calls, _orders, inventory, loyalty = make()
+    order = (await saga.place(new_order())).order
+    calls.log.clear()
+    cancelled = await saga.cancel(order.id)
+    assert calls.log == [
+        "orders.request_cancel",
+        "loyalty.refund",
+        "inventory.return",
+        "orders.cancel",
+    ]
+    assert cancelled.status == CANCELLED
+    assert inventory.items["MUG-1"] == {"price": 1250, "available": 10, "reserved": 0, "sold": 0}
+    assert loyalty.points["c-1"] == 500
+    # Cancelling again returns the same, with no further effect.
+    calls.log.clear()
+    assert (await saga.cancel(order.id)).status == CANCELLED
+    assert calls.log == ["orders.request_cancel"]
+
+
+async def test_cancel_refused_when_earned_points_were_spent_keeps_the_order() -> None:
+    saga, calls, _orders, inventory, loyalty = make(points=0)
+    order = (await saga.place(new_order(redeem=0))).order
+    loyalty.points["c-1"] = 0  # the customer spent the points the order earned
+    with pytest.raises(NotCancellableError):
+        await saga.cancel(order.id)
+    current = await _orders.get_order(order.id)
+    assert current.status == CONFIRMED and not current.cancel_requested and current.settled
+    assert inventory.items["MUG-1"]["sold"] == 2
+    assert "inventory.return" not in calls.log
+
+
+async def test_cancel_of_a_rejected_order_is_refused() -> None:
+    saga, calls, _orders, _inventory, _loyalty = make()
+    calls.fail("inventory.reserve", OutOfStockError("out"))
+    order = (await saga.place(new_order())).order
+    with pytest.raises(NotCancellableError):
+        await saga.cancel(order.id)
