@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.sql.dml import Insert
 
 T = TypeVar("T")
+U = TypeVar("U", bound="UnitOfWork")
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
@@ -182,3 +183,19 @@ async def retry_transaction(
                 raise
             await asyncio.sleep(base_delay * (2 ** (n - 1)) * (0.5 + random.random()))
     raise AssertionError("unreachable")
+
+
+async def transact(make_uow: Callable[[], U], work: Callable[[U], Awaitable[T]]) -> T:
+    """Run work(uow) in one transaction, committed unless it raised; retried when retryable.
+
+    A domain error raised by work rolls everything back, so a refused request changes nothing.
+    """
+
+    async def attempt() -> T:
+        async with make_uow() as uow:
+            result = await work(uow)
+            if not uow.readonly:
+                await uow.commit()
+            return result
+
+    return await retry_transaction(attempt)

@@ -1,0 +1,102 @@
+"""Inventory domain: items with stock counters, reservations and their states (no I/O).
+
+Per sku, available + reserved + sold == received, and no counter is ever negative.
+A reservation belongs to one order and moves RESERVED -> COMMITTED or RELEASED, and
+COMMITTED or RESERVED -> RETURNED; RELEASED and RETURNED are final (tombstones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orderflow.errors import InvalidArgumentError
+from orderflow.validation import (
+    MAX_STOCK,
+    check_id,
+    check_lines,
+    check_money,
+    check_range,
+    check_sku,
+    check_text,
+)
+
+
+class ReservationState(StrEnum):
+    RESERVED = "RESERVED"
+    RELEASED = "RELEASED"
+    COMMITTED = "COMMITTED"
+    RETURNED = "RETURNED"
+
+    @property
+    def compensated(self) -> bool:
+        """Released or returned: a late Reserve for the order must be refused."""
+        return self in (ReservationState.RELEASED, ReservationState.RETURNED)
+
+
+@dataclass(frozen=True)
+class Item:
+    sku: str
+    name: str
+    price: int
+    currency: str
+    available: int
+    reserved: int
+    sold: int
+    received: int
+
+
+@dataclass(frozen=True)
+class ReservedLine:
+    sku: str
+    quantity: int
+    unit_price: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    order_id: str
+    state: ReservationState
+    lines: tuple[ReservedLine, ...]
+    currency: str
+
+
+@dataclass(frozen=True)
+class NewItem:
+    sku: str
+    name: str
+    price: int
+    stock: int
+
+
+@dataclass(frozen=True)
+class ItemChange:
+    sku: str
+    name: str | None
+    price: int | None
+    restock: int | None
+
+
+def new_item(sku: str, name: str, price: int, stock: int) -> NewItem:
+    return NewItem(
+        sku=check_sku(sku),
+        name=check_text("name", name),
+        price=check_money("price", price),
+        stock=check_range("stock", stock, 0, MAX_STOCK),
+    )
+
+
+def item_change(sku: str, name: str | None, price: int | None, restock: int | None) -> ItemChange:
+    if name is None and price is None and restock is None:
+        raise InvalidArgumentError("give at least one of name, price and restock", field="sku")
+    return ItemChange(
+        sku=check_sku(sku),
+        name=None if name is None else check_text("name", name),
+        price=None if price is None else check_money("price", price),
+        restock=None if restock is None else check_range("restock", restock, 1, MAX_STOCK),
+    )
+
+
+def order_lines(order_id: str, lines: list[tuple[str, int]]) -> tuple[str, list[tuple[str, int]]]:
+    """The order id and its lines, checked, with lines sorted by sku (the lock order)."""
+    return check_id("order_id", order_id), sorted(check_lines(lines))
