@@ -9,7 +9,7 @@ several server processes may share one database. A reservation row is locked
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -93,7 +93,7 @@ _ITEM_COLUMNS = (
 )
 
 
-def _item(row: Row[Unpack[tuple[Any, ...]]]) -> Item:
+def _item(row: Row[*tuple[Any, ...]]) -> Item:
     return Item(**row._mapping)
 
 

@@ -58,14 +58,16 @@ class SetTierResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
 
 class AdjustPointsRequest(_message.Message):
-    __slots__ = ("customer_id", "delta", "reason")
+    __slots__ = ("customer_id", "delta", "reason", "idempotency_key")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     delta: int
     reason: str
-    def __init__(self, customer_id: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, customer_id: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class AdjustPointsResponse(_message.Message):
     __slots__ = ("account",)

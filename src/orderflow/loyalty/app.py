@@ -1,0 +1,26 @@
+"""Build the loyalty component from settings: its database (migrated) and its gRPC service."""
+
+from __future__ import annotations
+
+from orderflow.loyalty.domain import Tiers
+from orderflow.loyalty.grpc_api import service_spec
+from orderflow.loyalty.service import LoyaltyService
+from orderflow.platform import migrations
+from orderflow.platform.component import Component
+from orderflow.platform.db import create_database
+from orderflow.settings import CommonSettings, LoyaltySettings
+
+
+async def build(settings: LoyaltySettings, common: CommonSettings) -> Component:
+    database = create_database(settings.database_url, pool_size=settings.db_pool_size)
+    try:
+        await migrations.upgrade(database, "loyalty")
+    except BaseException:
+        await database.dispose()
+        raise
+    service = LoyaltyService(
+        database,
+        tiers=Tiers(settings.tiers, settings.default_tier),
+        minor_units=common.minor_units,
+    )
+    return Component(service_spec(service, database), database)

@@ -1,0 +1,159 @@
+"""Loyalty domain: tiers and discounts, points, and per-order applications (no I/O).
+
+An account's points equal the sum of its ledger entries and are never negative. An
+application belongs to one order and moves APPLIED -> COMMITTED or CANCELLED, and
+APPLIED or COMMITTED -> REFUNDED; CANCELLED and REFUNDED are final (tombstones).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from orderflow.errors import InvalidArgumentError
+from orderflow.validation import MAX_MONEY, check_id, check_money, check_range, check_text
+
+
+class ApplicationState(StrEnum):
+    APPLIED = "APPLIED"
+    CANCELLED = "CANCELLED"
+    COMMITTED = "COMMITTED"
+    REFUNDED = "REFUNDED"
+
+    @property
+    def compensated(self) -> bool:
+        """Cancelled or refunded: a late Apply for the order must be refused."""
+        return self in (ApplicationState.CANCELLED, ApplicationState.REFUNDED)
+
+
+class EntryKind(StrEnum):
+    """Why a ledger entry exists; per order there is at most one entry of each kind."""
+
+    REDEEM = "REDEEM"
+    REFUND_REDEEM = "REFUND_REDEEM"
+    EARN = "EARN"
+    REVOKE_EARN = "REVOKE_EARN"
+    ADJUST = "ADJUST"
+
+
+@dataclass(frozen=True)
+class Account:
+    customer_id: str
+    tier: str
+    discount_percent: int
+    points: int
+
+
+@dataclass(frozen=True)
+class Application:
+    order_id: str
+    customer_id: str
+    state: ApplicationState
+    tier: str
+    discount_percent: int
+    subtotal: int
+    discount: int
+    points_redeemed: int
+    total: int
+    points_earned: int
+
+
+class Tiers:
+    """The configured tier table: tier name -> discount percent, and the tier of new accounts."""
+
+    def __init__(self, percents: Mapping[str, int], default: str) -> None:
+        if default not in percents:
+            raise ValueError(f"default tier {default!r} is not one of {sorted(percents)}")
+        self.percents = dict(percents)
+        self.default = default
+
+    def check(self, tier: str) -> str:
+        if tier not in self.percents:
+            raise InvalidArgumentError(
+                f"unknown tier {tier!r}; tiers are {', '.join(sorted(self.percents))}",
+                field="tier",
+                tiers=sorted(self.percents),
+            )
+        return tier
+
+    def percent(self, tier: str) -> int:
+        """Discount of a tier; a tier dropped from the configuration counts as the default."""
+        return self.percents.get(tier, self.percents[self.default])
+
+
+def price_order(
+    order_id: str,
+    customer_id: str,
+    tier: str,
+    percent: int,
+    subtotal: int,
+    redeem_points: int,
+    minor_units: int,
+) -> Application:
+    """The loyalty figures of an order: discount by tier, points redeemed, total, points earned.
+
+    discount = floor(subtotal * percent / 100); one point pays one minor unit, up to what is
+    due after the discount; points earned = whole currency units of the total paid.
+    """
+    discount = subtotal * percent // 100
+    due = subtotal - discount
+    if redeem_points > due:
+        raise InvalidArgumentError(
+            f"cannot redeem {redeem_points} points on an order of which {due} is due",
+            field="redeem_points",
+            requested=redeem_points,
+            due=due,
+        )
+    total = due - redeem_points
+    return Application(
+        order_id=order_id,
+        customer_id=customer_id,
+        state=ApplicationState.APPLIED,
+        tier=tier,
+        discount_percent=percent,
+        subtotal=subtotal,
+        discount=discount,
+        points_redeemed=redeem_points,
+        total=total,
+        points_earned=total // minor_units,
+    )
+
+
+@dataclass(frozen=True)
+class ApplyRequest:
+    order_id: str
+    customer_id: str
+    subtotal: int
+    redeem_points: int
+
+
+def apply_request(
+    order_id: str, customer_id: str, subtotal: int, redeem_points: int
+) -> ApplyRequest:
+    return ApplyRequest(
+        order_id=check_id("order_id", order_id),
+        customer_id=check_id("customer_id", customer_id),
+        subtotal=check_money("subtotal", subtotal),
+        redeem_points=check_money("redeem_points", redeem_points),
+    )
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    customer_id: str
+    delta: int
+    reason: str
+    idempotency_key: str
+
+
+def adjustment(customer_id: str, delta: int, reason: str, idempotency_key: str) -> Adjustment:
+    if delta == 0:
+        raise InvalidArgumentError("delta must not be 0", field="delta")
+    check_range("delta", delta, -MAX_MONEY, MAX_MONEY)
+    return Adjustment(
+        customer_id=check_id("customer_id", customer_id),
+        delta=delta,
+        reason=check_text("reason", reason),
+        idempotency_key=check_id("idempotency_key", idempotency_key) if idempotency_key else "",
+    )

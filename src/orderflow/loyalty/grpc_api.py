@@ -1,0 +1,96 @@
+"""The LoyaltyService gRPC servicer: translates messages to use cases and back."""
+
+from __future__ import annotations
+
+import grpc
+
+from orderflow.loyalty.domain import Account, ApplicationState
+from orderflow.loyalty.service import LoyaltyService
+from orderflow.loyalty.v1 import loyalty_pb2 as pb
+from orderflow.loyalty.v1 import loyalty_pb2_grpc as pb_grpc
+from orderflow.platform.db import Database
+from orderflow.platform.grpc_server import ServiceSpec
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["LoyaltyService"].full_name
+
+_STATE = {
+    ApplicationState.APPLIED: pb.APPLICATION_STATE_APPLIED,
+    ApplicationState.CANCELLED: pb.APPLICATION_STATE_CANCELLED,
+    ApplicationState.COMMITTED: pb.APPLICATION_STATE_COMMITTED,
+    ApplicationState.REFUNDED: pb.APPLICATION_STATE_REFUNDED,
+}
+
+
+def account_pb(account: Account) -> pb.Account:
+    return pb.Account(
+        customer_id=account.customer_id,
+        tier=account.tier,
+        discount_percent=account.discount_percent,
+        points=account.points,
+    )
+
+
+class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
+    def __init__(self, service: LoyaltyService) -> None:
+        self.service = service
+
+    async def GetAccount(
+        self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetAccountResponse:
+        account = await self.service.get_account(request.customer_id)
+        return pb.GetAccountResponse(account=account_pb(account))
+
+    async def SetTier(
+        self, request: pb.SetTierRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetTierResponse:
+        account = await self.service.set_tier(request.customer_id, request.tier)
+        return pb.SetTierResponse(account=account_pb(account))
+
+    async def AdjustPoints(
+        self, request: pb.AdjustPointsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AdjustPointsResponse:
+        account = await self.service.adjust_points(
+            request.customer_id, request.delta, request.reason, request.idempotency_key
+        )
+        return pb.AdjustPointsResponse(account=account_pb(account))
+
+    async def ApplyDiscount(
+        self, request: pb.ApplyDiscountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApplyDiscountResponse:
+        app = await self.service.apply(
+            request.order_id, request.customer_id, request.subtotal, request.redeem_points
+        )
+        return pb.ApplyDiscountResponse(
+            tier=app.tier,
+            discount_percent=app.discount_percent,
+            discount=app.discount,
+            points_redeemed=app.points_redeemed,
+            total=app.total,
+            points_earned=app.points_earned,
+            state=_STATE[app.state],
+        )
+
+    async def CancelDiscount(
+        self, request: pb.CancelDiscountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelDiscountResponse:
+        return pb.CancelDiscountResponse(state=_STATE[await self.service.cancel(request.order_id)])
+
+    async def CommitDiscount(
+        self, request: pb.CommitDiscountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CommitDiscountResponse:
+        state, earned = await self.service.commit(request.order_id)
+        return pb.CommitDiscountResponse(state=_STATE[state], points_earned=earned)
+
+    async def RefundDiscount(
+        self, request: pb.RefundDiscountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RefundDiscountResponse:
+        return pb.RefundDiscountResponse(state=_STATE[await self.service.refund(request.order_id)])
+
+
+def service_spec(service: LoyaltyService, database: Database) -> ServiceSpec:
+    servicer = LoyaltyServicer(service)
+    return ServiceSpec(
+        name=SERVICE_NAME,
+        register=lambda server: pb_grpc.add_LoyaltyServiceServicer_to_server(servicer, server),
+        probe=database.ping,
+    )

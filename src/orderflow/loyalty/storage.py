@@ -1,0 +1,182 @@
+"""Loyalty tables and the unit of work that reads and changes them (SQLAlchemy Core).
+
+Balances change only through conditional UPDATEs (`... WHERE points + :delta >= 0`), each
+with its ledger entry in the same transaction; UNIQUE(order_id, kind) on the ledger makes
+"an order redeems or earns at most once" a property of the database itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    select,
+    update,
+)
+from sqlalchemy.engine import Row
+
+from orderflow.loyalty.domain import Application, ApplicationState, EntryKind
+from orderflow.platform.db import UnitOfWork
+
+metadata = MetaData()
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("customer_id", String(64), primary_key=True),
+    Column("tier", String(32), nullable=False),
+    Column("points", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+    CheckConstraint("points >= 0", name="ck_accounts_points"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("customer_id", String(64), nullable=False, index=True),
+    Column("order_id", String(64), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("delta", BigInteger, nullable=False),
+    Column("reason", String(200), nullable=False),
+    Column("idempotency_key", String(64), nullable=True),
+    Column("created_us", BigInteger, nullable=False),
+    UniqueConstraint("order_id", "kind", name="uq_ledger_order_kind"),
+    UniqueConstraint("customer_id", "idempotency_key", name="uq_ledger_customer_key"),
+)
+
+applications = Table(
+    "applications",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("customer_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("tier", String(32), nullable=False),
+    Column("discount_percent", Integer, nullable=False),
+    Column("subtotal", BigInteger, nullable=False),
+    Column("discount", BigInteger, nullable=False),
+    Column("points_redeemed", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=False),
+    Column("points_earned", BigInteger, nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("updated_us", BigInteger, nullable=False),
+)
+
+_APPLICATION_COLUMNS = [c for c in applications.c if c.name not in ("created_us", "updated_us")]
+
+
+def _application(row: Row[*tuple[Any, ...]]) -> Application:
+    values = dict(row._mapping)
+    values["state"] = ApplicationState(values["state"])
+    return Application(**values)
+
+
+class LoyaltyUnitOfWork(UnitOfWork):
+    # -- accounts ----------------------------------------------------------------------
+
+    async def get_account(self, customer_id: str) -> tuple[str, int] | None:
+        """(tier, points) of the customer's account, or None."""
+        row = (
+            await self.connection.execute(
+                select(accounts.c.tier, accounts.c.points).where(
+                    accounts.c.customer_id == customer_id
+                )
+            )
+        ).first()
+        return None if row is None else (row.tier, row.points)
+
+    async def ensure_account(self, customer_id: str, tier: str, now: int) -> None:
+        """Open an account at tier with no points unless the customer has one."""
+        await self.connection.execute(
+            self.database.insert_ignore(accounts, ["customer_id"]).values(
+                customer_id=customer_id, tier=tier, points=0, created_us=now, updated_us=now
+            )
+        )
+
+    async def set_tier(self, customer_id: str, tier: str, now: int) -> None:
+        await self.connection.execute(
+            update(accounts)
+            .where(accounts.c.customer_id == customer_id)
+            .values(tier=tier, updated_us=now)
+        )
+
+    async def add_points(
+        self,
+        customer_id: str,
+        delta: int,
+        kind: EntryKind,
+        now: int,
+        *,
+        order_id: str | None = None,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Change the balance by delta with its ledger entry; False (nothing done) if it would
+        go negative. A zero delta records nothing."""
+        if delta == 0:
+            return True
+        result = await self.connection.execute(
+            update(accounts)
+            .where(accounts.c.customer_id == customer_id, accounts.c.points + delta >= 0)
+            .values(points=accounts.c.points + delta, updated_us=now)
+        )
+        if result.rowcount != 1:
+            return False
+        await self.connection.execute(
+            ledger.insert().values(
+                customer_id=customer_id,
+                order_id=order_id,
+                kind=kind.value,
+                delta=delta,
+                reason=reason or kind.value.lower(),
+                idempotency_key=idempotency_key,
+                created_us=now,
+            )
+        )
+        return True
+
+    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
+        """The delta of an earlier adjustment made with this key, or None."""
+        row = (
+            await self.connection.execute(
+                select(ledger.c.delta).where(
+                    ledger.c.customer_id == customer_id,
+                    ledger.c.idempotency_key == idempotency_key,
+                )
+            )
+        ).first()
+        return None if row is None else int(row.delta)
+
+    # -- applications ------------------------------------------------------------------
+
+    async def get_application(self, order_id: str, *, lock: bool = False) -> Application | None:
+        query = select(*_APPLICATION_COLUMNS).where(applications.c.order_id == order_id)
+        if lock:
+            query = query.with_for_update()
+        row = (await self.connection.execute(query)).first()
+        return None if row is None else _application(row)
+
+    async def add_application(self, application: Application, now: int) -> None:
+        values = {c.name: getattr(application, c.name) for c in _APPLICATION_COLUMNS}
+        values["state"] = application.state.value
+        await self.connection.execute(
+            applications.insert().values(**values, created_us=now, updated_us=now)
+        )
+
+    async def set_application_state(self, order_id: str, state: ApplicationState, now: int) -> None:
+        await self.connection.execute(
+            update(applications)
+            .where(applications.c.order_id == order_id)
+            .values(state=state.value, updated_us=now)
+        )
