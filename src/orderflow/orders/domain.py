@@ -1,0 +1,301 @@
+"""Orders domain: an order, its lines, its status as the saga's durable state, and the lease
+a driver holds on it while it acts (no I/O).
+
+Every change is a pure function from an order to its next version; the storage layer
+writes it as a compare-and-set on the version it was computed from. Statuses move
+PENDING -> CONFIRMED | REJECTED and CONFIRMED -> CANCELLED, never back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from orderflow.errors import (
+    InvalidArgumentError,
+    InvalidStateError,
+    LeaseHeldError,
+    NotCancellableError,
+)
+from orderflow.validation import (
+    MAX_MONEY,
+    check_id,
+    check_lines,
+    check_money,
+    check_range,
+)
+
+MAX_IDEMPOTENCY_KEY = 255
+MAX_OWNER = 128
+MAX_FINGERPRINT = 128
+MAX_FAILURE_MESSAGE = 500
+MIN_LEASE_SECONDS = 0.1
+MAX_LEASE_SECONDS = 3600.0
+
+
+class OrderStatus(StrEnum):
+    PENDING = "PENDING"
+    CONFIRMED = "CONFIRMED"
+    REJECTED = "REJECTED"
+    CANCELLED = "CANCELLED"
+
+
+@dataclass(frozen=True)
+class OrderLine:
+    sku: str
+    quantity: int
+    unit_price: int = 0
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Order:
+    id: str
+    customer_id: str
+    status: OrderStatus
+    lines: tuple[OrderLine, ...]
+    currency: str
+    subtotal: int
+    discount: int
+    redeem_points: int
+    points_redeemed: int
+    total: int
+    points_earned: int
+    failure: Failure | None
+    idempotency_key: str
+    request_fingerprint: str
+    settled: bool
+    cancel_requested: bool
+    lease_owner: str
+    lease_expires_us: int
+    created_us: int
+    updated_us: int
+    version: int
+
+
+@dataclass(frozen=True)
+class NewOrder:
+    customer_id: str
+    lines: tuple[OrderLine, ...]
+    redeem_points: int
+    idempotency_key: str
+    request_fingerprint: str
+    lease_owner: str
+    lease_us: int
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What the saga found out: priced lines and the loyalty figures."""
+
+    lines: tuple[OrderLine, ...]
+    currency: str
+    subtotal: int
+    discount: int
+    points_redeemed: int
+    total: int
+    points_earned: int
+
+
+def check_owner(owner: str) -> str:
+    return check_id("lease_owner", owner, max_len=MAX_OWNER)
+
+
+def lease_us(seconds: float) -> int:
+    if not MIN_LEASE_SECONDS <= seconds <= MAX_LEASE_SECONDS:
+        raise InvalidArgumentError(
+            f"lease_seconds must be between {MIN_LEASE_SECONDS} and {MAX_LEASE_SECONDS}, "
+            f"got {seconds}",
+            field="lease_seconds",
+        )
+    return int(seconds * 1_000_000)
+
+
+def new_order(
+    customer_id: str,
+    lines: list[tuple[str, int]],
+    redeem_points: int,
+    idempotency_key: str,
+    request_fingerprint: str,
+    lease_owner: str,
+    lease_seconds: float,
+) -> NewOrder:
+    if idempotency_key:
+        check_id("idempotency_key", idempotency_key, max_len=MAX_IDEMPOTENCY_KEY)
+    if len(request_fingerprint) > MAX_FINGERPRINT:
+        raise InvalidArgumentError(
+            f"request_fingerprint is longer than {MAX_FINGERPRINT} characters",
+            field="request_fingerprint",
+        )
+    return NewOrder(
+        customer_id=check_id("customer_id", customer_id),
+        lines=tuple(OrderLine(sku, quantity) for sku, quantity in check_lines(lines)),
+        redeem_points=check_money("redeem_points", redeem_points),
+        idempotency_key=idempotency_key,
+        request_fingerprint=request_fingerprint,
+        lease_owner=check_owner(lease_owner),
+        lease_us=lease_us(lease_seconds),
+    )
+
+
+def _may_act(order: Order, owner: str, now: int) -> None:
+    """Raise LeaseHeldError unless owner holds the lease, or nobody holds a live one."""
+    if order.lease_owner and order.lease_owner != owner and order.lease_expires_us > now:
+        raise LeaseHeldError(
+            f"order {order.id} is being handled by another driver",
+            order_id=order.id,
+            lease_owner=order.lease_owner,
+        )
+
+
+def _touch(order: Order, now: int, **changes: object) -> Order:
+    return replace(order, updated_us=now, version=order.version + 1, **changes)  # type: ignore[arg-type]
+
+
+def acquire_lease(order: Order, owner: str, lease: int, now: int) -> Order:
+    _may_act(order, owner, now)
+    return _touch(order, now, lease_owner=owner, lease_expires_us=now + lease)
+
+
+def check_totals(order: Order, totals: Totals) -> Totals:
+    """Totals that belong to this order and add up; InvalidArgumentError otherwise."""
+    if sorted((x.sku, x.quantity) for x in totals.lines) != sorted(
+        (x.sku, x.quantity) for x in order.lines
+    ):
+        raise InvalidArgumentError(
+            "the confirmed lines must be the order's lines", field="lines", order_id=order.id
+        )
+    for line in totals.lines:
+        check_money(f"unit_price of {line.sku}", line.unit_price)
+    for name in ("subtotal", "discount", "points_redeemed", "total", "points_earned"):
+        check_range(name, getattr(totals, name), 0, MAX_MONEY)
+    if len(totals.currency) != 3 or not totals.currency.isalpha():
+        raise InvalidArgumentError("currency must be a three-letter code", field="currency")
+    subtotal = sum(x.quantity * x.unit_price for x in totals.lines)
+    if totals.subtotal != subtotal:
+        raise InvalidArgumentError(
+            f"subtotal {totals.subtotal} is not the sum of the lines ({subtotal})",
+            field="subtotal",
+        )
+    if totals.total != totals.subtotal - totals.discount - totals.points_redeemed:
+        raise InvalidArgumentError(
+            "total must be subtotal - discount - points_redeemed", field="total"
+        )
+    if totals.points_redeemed > order.redeem_points:
+        raise InvalidArgumentError(
+            f"points_redeemed {totals.points_redeemed} exceeds the {order.redeem_points} "
+            "points the order asked to redeem",
+            field="points_redeemed",
+        )
+    return totals
+
+
+def confirm(order: Order, owner: str, totals: Totals, now: int) -> Order:
+    if order.status == OrderStatus.CONFIRMED:
+        return order
+    _may_act(order, owner, now)
+    _require(order, OrderStatus.PENDING, "confirmed")
+    check_totals(order, totals)
+    by_sku = {x.sku: x for x in totals.lines}
+    return _touch(
+        order,
+        now,
+        status=OrderStatus.CONFIRMED,
+        lines=tuple(by_sku[x.sku] for x in order.lines),
+        currency=totals.currency,
+        subtotal=totals.subtotal,
+        discount=totals.discount,
+        points_redeemed=totals.points_redeemed,
+        total=totals.total,
+        points_earned=totals.points_earned,
+    )
+
+
+def reject(order: Order, owner: str, failure: Failure, now: int) -> Order:
+    if order.status == OrderStatus.REJECTED:
+        return order
+    _may_act(order, owner, now)
+    _require(order, OrderStatus.PENDING, "rejected")
+    code = check_id("failure.code", failure.code)
+    message = failure.message.strip()[:MAX_FAILURE_MESSAGE] or code
+    return _touch(order, now, status=OrderStatus.REJECTED, failure=Failure(code, message))
+
+
+def request_cancel(order: Order, owner: str, lease: int, now: int) -> Order:
+    if order.status == OrderStatus.CANCELLED:
+        return order
+    if order.status != OrderStatus.CONFIRMED:
+        raise NotCancellableError(
+            f"order {order.id} is {order.status.value}; only a CONFIRMED order can be cancelled",
+            order_id=order.id,
+            status=order.status.value,
+        )
+    _may_act(order, owner, now)
+    return _touch(
+        order,
+        now,
+        cancel_requested=True,
+        settled=False,
+        lease_owner=owner,
+        lease_expires_us=now + lease,
+    )
+
+
+def withdraw_cancel(order: Order, owner: str, now: int) -> Order:
+    if order.status != OrderStatus.CONFIRMED or not order.cancel_requested:
+        return order
+    _may_act(order, owner, now)
+    return _touch(order, now, cancel_requested=False)
+
+
+def cancel(order: Order, owner: str, now: int) -> Order:
+    if order.status == OrderStatus.CANCELLED:
+        return order
+    _may_act(order, owner, now)
+    if order.status != OrderStatus.CONFIRMED or not order.cancel_requested:
+        raise InvalidStateError(
+            f"order {order.id} is {order.status.value} without a cancellation request; "
+            "request the cancellation first",
+            order_id=order.id,
+            status=order.status.value,
+        )
+    return _touch(
+        order,
+        now,
+        status=OrderStatus.CANCELLED,
+        settled=True,
+        lease_owner="",
+        lease_expires_us=0,
+    )
+
+
+def settle(order: Order, owner: str, now: int) -> Order:
+    if order.settled:
+        return order
+    _may_act(order, owner, now)
+    if order.status == OrderStatus.PENDING:
+        raise InvalidStateError(
+            f"order {order.id} is still PENDING; it cannot be settled",
+            order_id=order.id,
+            status=order.status.value,
+        )
+    return _touch(order, now, settled=True, lease_owner="", lease_expires_us=0)
+
+
+def is_stale(order: Order, now: int) -> bool:
+    """Unsettled, with no live lease: a recovery worker may take it."""
+    return not order.settled and (not order.lease_owner or order.lease_expires_us <= now)
+
+
+def _require(order: Order, status: OrderStatus, becoming: str) -> None:
+    if order.status != status:
+        raise InvalidStateError(
+            f"order {order.id} is {order.status.value}; it cannot be {becoming}",
+            order_id=order.id,
+            status=order.status.value,
+        )

@@ -1,0 +1,210 @@
+"""Orders use cases: each one checks its input, then runs as one retried transaction."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+
+from orderflow.errors import IdempotencyKeyReusedError, InvalidArgumentError, NotFoundError
+from orderflow.orders import domain
+from orderflow.orders.domain import Failure, Order, OrderStatus, Totals
+from orderflow.orders.storage import OrdersUnitOfWork
+from orderflow.platform.db import Database, transact
+from orderflow.validation import check_id, check_limit, check_range, decode_cursor, encode_cursor
+
+DEFAULT_PAGE = 20
+MAX_CLAIM = 100
+
+Change = Callable[[Order, int], Order]
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
+class OrdersService:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        clock: Callable[[], int] = _now_us,
+        new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+    ) -> None:
+        self.database = database
+        self.now = clock
+        self.new_id = new_id
+
+    def _uow(self, readonly: bool = False) -> Callable[[], OrdersUnitOfWork]:
+        return lambda: OrdersUnitOfWork(self.database, readonly=readonly)
+
+    async def create(
+        self,
+        customer_id: str,
+        lines: list[tuple[str, int]],
+        redeem_points: int,
+        idempotency_key: str,
+        request_fingerprint: str,
+        lease_owner: str,
+        lease_seconds: float,
+    ) -> tuple[Order, bool]:
+        """A new PENDING order leased to lease_owner, or the order made earlier with the key."""
+        new = domain.new_order(
+            customer_id,
+            lines,
+            redeem_points,
+            idempotency_key,
+            request_fingerprint,
+            lease_owner,
+            lease_seconds,
+        )
+
+        async def work(uow: OrdersUnitOfWork) -> tuple[Order, bool]:
+            if new.idempotency_key:
+                earlier = await uow.find_by_key(new.customer_id, new.idempotency_key)
+                if earlier is not None:
+                    if earlier.request_fingerprint != new.request_fingerprint:
+                        raise IdempotencyKeyReusedError(
+                            f"idempotency key {new.idempotency_key!r} was already used for "
+                            "a different request",
+                            order_id=earlier.id,
+                        )
+                    return earlier, False
+            now = self.now()
+            order = Order(
+                id=self.new_id(),
+                customer_id=new.customer_id,
+                status=OrderStatus.PENDING,
+                lines=new.lines,
+                currency="",
+                subtotal=0,
+                discount=0,
+                redeem_points=new.redeem_points,
+                points_redeemed=0,
+                total=0,
+                points_earned=0,
+                failure=None,
+                idempotency_key=new.idempotency_key,
+                request_fingerprint=new.request_fingerprint,
+                settled=False,
+                cancel_requested=False,
+                lease_owner=new.lease_owner,
+                lease_expires_us=now + new.lease_us,
+                created_us=now,
+                updated_us=now,
+                version=1,
+            )
+            await uow.add(order)
+            return order, True
+
+        return await transact(self._uow(), work)
+
+    async def get(self, order_id: str) -> Order:
+        order_id = check_id("order_id", order_id)
+        return await transact(self._uow(readonly=True), lambda uow: self._get(uow, order_id))
+
+    @staticmethod
+    async def _get(uow: OrdersUnitOfWork, order_id: str, *, lock: bool = False) -> Order:
+        order = await uow.get(order_id, lock=lock)
+        if order is None:
+            raise NotFoundError(f"no order with id {order_id}", order_id=order_id)
+        return order
+
+    async def list_orders(
+        self, customer_id: str, status: str, limit: int, cursor: str
+    ) -> tuple[list[Order], str]:
+        """Orders newest first, optionally of one customer and one status, paged by cursor."""
+        if customer_id:
+            check_id("customer_id", customer_id)
+        if status and status not in OrderStatus.__members__:
+            raise InvalidArgumentError(f"unknown status {status!r}", field="status")
+        limit = check_limit(limit, default=DEFAULT_PAGE)
+        before = _parse_cursor(cursor) if cursor else None
+
+        async def work(uow: OrdersUnitOfWork) -> tuple[list[Order], str]:
+            found = await uow.page(customer_id, status, before, limit + 1)
+            page = found[:limit]
+            more = len(found) > limit
+            return page, encode_cursor(f"{page[-1].created_us}:{page[-1].id}") if more else ""
+
+        return await transact(self._uow(readonly=True), work)
+
+    async def _change(self, order_id: str, change: Change) -> Order:
+        order_id = check_id("order_id", order_id)
+
+        async def work(uow: OrdersUnitOfWork) -> Order:
+            read = await self._get(uow, order_id, lock=True)
+            changed = change(read, self.now())
+            if changed is not read:
+                await uow.save(changed, read)
+            return changed
+
+        return await transact(self._uow(), work)
+
+    async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order:
+        owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
+        return await self._change(
+            order_id, lambda order, now: domain.acquire_lease(order, owner, lease, now)
+        )
+
+    async def confirm(self, order_id: str, owner: str, totals: Totals) -> Order:
+        owner = domain.check_owner(owner)
+        return await self._change(
+            order_id, lambda order, now: domain.confirm(order, owner, totals, now)
+        )
+
+    async def reject(self, order_id: str, owner: str, failure: Failure) -> Order:
+        owner = domain.check_owner(owner)
+        return await self._change(
+            order_id, lambda order, now: domain.reject(order, owner, failure, now)
+        )
+
+    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order:
+        owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
+        return await self._change(
+            order_id, lambda order, now: domain.request_cancel(order, owner, lease, now)
+        )
+
+    async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
+        owner = domain.check_owner(owner)
+        return await self._change(
+            order_id, lambda order, now: domain.withdraw_cancel(order, owner, now)
+        )
+
+    async def cancel(self, order_id: str, owner: str) -> Order:
+        owner = domain.check_owner(owner)
+        return await self._change(order_id, lambda order, now: domain.cancel(order, owner, now))
+
+    async def settle(self, order_id: str, owner: str) -> Order:
+        owner = domain.check_owner(owner)
+        return await self._change(order_id, lambda order, now: domain.settle(order, owner, now))
+
+    async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:
+        """Lease up to limit unsettled orders whose lease ran out to owner, oldest first."""
+        owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
+        limit = check_range("limit", limit, 1, MAX_CLAIM)
+
+        async def work(uow: OrdersUnitOfWork) -> list[Order]:
+            now = self.now()
+            claimed = []
+            for read in await uow.stale(now, limit):
+                order = replace(
+                    read,
+                    lease_owner=owner,
+                    lease_expires_us=now + lease,
+                    updated_us=now,
+                    version=read.version + 1,
+                )
+                await uow.save(order, read)
+                claimed.append(order)
+            return claimed
+
+        return await transact(self._uow(), work)
+
+
+def _parse_cursor(cursor: str) -> tuple[int, str]:
+    created, _, order_id = decode_cursor(cursor).partition(":")
+    if not created.isdigit() or not order_id:
+        raise InvalidArgumentError("cursor is not valid", field="cursor")
+    return int(created), order_id
