@@ -115,6 +115,10 @@ def decode_cursor(cursor: str) -> str:
     if len(cursor) > MAX_CURSOR:
         raise InvalidArgumentError("cursor is not valid", field="cursor")
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = cursor + "=" * (-len(cursor) % 4)
+        value = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise InvalidArgumentError("cursor is not valid", field="cursor") from None
+    if not value or not value.isprintable():
+        raise InvalidArgumentError("cursor is not valid", field="cursor")
+    return value

@@ -169,7 +169,8 @@ async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
         orders = await all_orders()
         if any(o["status"] == "PENDING" for o in orders):
             return False
-        return all((await item(api, sku))["reserved"] == 0 for sku in skus)
+        reserved = [(await item(api, sku))["reserved"] for sku in skus]
+        return all(n == 0 for n in reserved)
 
     took = await wait_until(settled, timeout=30, what="every order terminal and settled")
     print(f"recovered in {took:.1f}s after the gateway restarted")

@@ -88,7 +88,7 @@ def new_item(sku: str, name: str, price: int, stock: int) -> NewItem:
 
 def item_change(sku: str, name: str | None, price: int | None, restock: int | None) -> ItemChange:
     if name is None and price is None and restock is None:
-        raise InvalidArgumentError("give at least one of name, price and restock", field="sku")
+        raise InvalidArgumentError("give at least one of name, price and restock", field="body")
     return ItemChange(
         sku=check_sku(sku),
         name=None if name is None else check_text("name", name),
