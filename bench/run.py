@@ -137,7 +137,7 @@ def run_wrk(url: str, concurrency: int, seconds: float) -> dict[str, int]:
             wrk,
             "-t1",
             f"-c{concurrency}",
-            f"-d{seconds}s",
+            f"-d{max(1, round(seconds))}s",
             "--timeout",
             "5s",
             "-s",

@@ -277,7 +277,8 @@ async def test_tier_dropped_from_config_counts_as_default(
     serve: Serve, make_db_url: Callable[[str], Awaitable[str]]
 ) -> None:
     url = await make_db_url("loyalty")
-    first = Loyalty(pb_grpc.LoyaltyServiceStub(await serve("loyalty", url)), None, url)  # type: ignore[arg-type]
+    channel = await serve("loyalty", url)
+    first = Loyalty(pb_grpc.LoyaltyServiceStub(channel), channel, url)
     await first.set_tier("c-1", "gold")
     channel = await serve("loyalty", url, tiers={"standard": 3, "silver": 5})
     second = Loyalty(pb_grpc.LoyaltyServiceStub(channel), channel, url)
