@@ -33,7 +33,8 @@ class Gateway:
     readiness: Readiness
 
 
-def get_gateway(request: Request) -> Gateway:
+async def get_gateway(request: Request) -> Gateway:
+    # async: a plain def would run in a thread pool, a thread hop on every request
     gateway: Gateway = request.app.state.gateway
     return gateway
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from orderflow.errors import (
     AlreadyExistsError,
     CompensatedError,
+    ConflictError,
     InvalidStateError,
     NotFoundError,
     OutOfStockError,
@@ -20,6 +21,10 @@ from orderflow.platform.db import Database, transact
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 50
+
+
+class _Undo(Exception):
+    """Raised inside a unit of work to roll it back on purpose."""
 
 
 def _now_us() -> int:
@@ -92,25 +97,18 @@ class InventoryService:
         order_id, wanted = domain.order_lines(order_id, lines)
 
         async def work(uow: InventoryUnitOfWork) -> Reservation:
-            existing = await uow.get_reservation(order_id, lock=True)
-            if existing is not None:
-                if existing.state.compensated:
-                    raise CompensatedError(
-                        f"the reservation of order {order_id} was already "
-                        f"{existing.state.value.lower()}; it cannot be made again",
-                        order_id=order_id,
-                        state=existing.state.value,
-                    )
-                return existing
-            skus = [sku for sku, _ in wanted]
-            unknown = sorted(set(skus) - await uow.known_skus(skus))
-            if unknown:
-                raise UnknownSkuError(f"unknown sku: {', '.join(unknown)}", skus=unknown)
             now = self.now()
             reserved: list[ReservedLine] = []
             for sku, quantity in wanted:  # sorted by sku: rows are locked in one order
                 price = await uow.take_stock(sku, quantity, now)
                 if price is None:
+                    if await uow.get_reservation(order_id) is not None:
+                        raise _Undo  # the order has one already: roll back, read it below
+                    # Refused, and rolled back: say why, naming every unknown sku first.
+                    skus = [s for s, _ in wanted]
+                    unknown = sorted(set(skus) - await uow.known_skus(skus))
+                    if unknown:
+                        raise UnknownSkuError(f"unknown sku: {', '.join(unknown)}", skus=unknown)
                     item = await uow.get_item(sku)
                     available = item.available if item else 0
                     raise OutOfStockError(
@@ -123,10 +121,29 @@ class InventoryService:
             reservation = Reservation(
                 order_id, ReservationState.RESERVED, tuple(reserved), self.currency
             )
-            await uow.add_reservation(reservation, now)
+            if not await uow.add_reservation(reservation, now):
+                raise _Undo  # a repeat: give the stock back, return the first reservation
             return reservation
 
-        return await transact(self._uow(), work)
+        try:
+            return await transact(self._uow(), work)
+        except _Undo:
+            pass
+
+        async def existing(uow: InventoryUnitOfWork) -> Reservation:
+            found = await uow.get_reservation(order_id)
+            if found is None:  # pragma: no cover - reservations are never deleted
+                raise RuntimeError(f"reservation of {order_id} vanished")
+            if found.state.compensated:
+                raise CompensatedError(
+                    f"the reservation of order {order_id} was already "
+                    f"{found.state.value.lower()}; it cannot be made again",
+                    order_id=order_id,
+                    state=found.state.value,
+                )
+            return found
+
+        return await transact(self._uow(readonly=True), existing)
 
     async def release(self, order_id: str) -> ReservationState:
         """Give reserved stock back; with no reservation yet, leave a RELEASED tombstone."""
@@ -173,13 +190,30 @@ class InventoryService:
         """Move a reservation to target: from a state in moves (moving its stock), no-op if done."""
         order_id = check_id("order_id", order_id)
 
+        if ReservationState.RESERVED in moves:
+            # The usual case in one statement: RESERVED -> target, then its stock.
+            async def fast(uow: InventoryUnitOfWork) -> ReservationState | None:
+                now = self.now()
+                lines = await uow.move_reservation(order_id, ReservationState.RESERVED, target, now)
+                if lines is None:
+                    return None
+                source, destination = moves[ReservationState.RESERVED]
+                await uow.move_stock(lines, source, destination, now)
+                return target
+
+            state = await transact(self._uow(), fast)
+            if state is not None:
+                return state
+
         async def work(uow: InventoryUnitOfWork) -> ReservationState:
             now = self.now()
             reservation = await uow.get_reservation(order_id, lock=True)
             if reservation is None:
                 if not tombstone:
                     raise NotFoundError(f"order {order_id} has no reservation", order_id=order_id)
-                await uow.add_reservation(Reservation(order_id, target, (), self.currency), now)
+                await uow.add_reservation(
+                    Reservation(order_id, target, (), self.currency), now, if_absent=False
+                )
                 return target
             if reservation.state in done:
                 return reservation.state
@@ -191,8 +225,9 @@ class InventoryService:
                     state=reservation.state.value,
                 )
             source, destination = moves[reservation.state]
+            if await uow.move_reservation(order_id, reservation.state, target, now) is None:
+                raise ConflictError(f"the reservation of order {order_id} changed meanwhile")
             await uow.move_stock(reservation.lines, source, destination, now)
-            await uow.set_reservation_state(order_id, target, now)
             return target
 
         return await transact(self._uow(), work)

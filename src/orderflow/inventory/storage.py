@@ -12,13 +12,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     CheckConstraint,
     Column,
-    ForeignKey,
     MetaData,
     String,
     Table,
+    bindparam,
     select,
     update,
 )
@@ -62,23 +63,10 @@ reservations = Table(
     Column("order_id", String(64), primary_key=True),
     Column("state", String(16), nullable=False),
     Column("currency", String(3), nullable=False),
+    # [{"sku", "quantity", "unit_price"}, ...] in sku order; empty for a tombstone.
+    Column("lines", JSON, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
-)
-
-reservation_lines = Table(
-    "reservation_lines",
-    metadata,
-    Column(
-        "order_id",
-        String(64),
-        ForeignKey("reservations.order_id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    Column("sku", String(64), primary_key=True),
-    Column("quantity", BigInteger, nullable=False),
-    Column("unit_price", BigInteger, nullable=False),
-    CheckConstraint("quantity > 0", name="ck_reservation_lines_quantity"),
 )
 
 _ITEM_COLUMNS = (
@@ -97,13 +85,54 @@ def _item(row: Row[*tuple[Any, ...]]) -> Item:
     return Item(**row._mapping)
 
 
+# Hot-path statements are built once: building a statement costs more than running it.
+_TAKE_STOCK = (
+    update(items)
+    .where(items.c.sku == bindparam("_sku"), items.c.available >= bindparam("_n"))
+    .values(
+        available=items.c.available - bindparam("_n"),
+        reserved=items.c.reserved + bindparam("_n"),
+        updated_us=bindparam("_now"),
+    )
+    .returning(items.c.price)
+)
+_MOVES = {
+    (source, target): update(items)
+    .where(items.c.sku == bindparam("_sku"), items.c[source] >= bindparam("_n"))
+    .values(
+        {
+            source: items.c[source] - bindparam("_n"),
+            target: items.c[target] + bindparam("_n"),
+            "updated_us": bindparam("_now"),
+        }
+    )
+    for source, target in (("reserved", "available"), ("reserved", "sold"), ("sold", "available"))
+}
+_GET_ITEM = select(*_ITEM_COLUMNS).where(items.c.sku == bindparam("_sku"))
+_GET_RESERVATION = select(
+    reservations.c.state, reservations.c.currency, reservations.c.lines
+).where(reservations.c.order_id == bindparam("_order_id"))
+_LOCK_RESERVATION = _GET_RESERVATION.with_for_update()
+_MOVE_RESERVATION = (
+    update(reservations)
+    .where(
+        reservations.c.order_id == bindparam("_order_id"),
+        reservations.c.state == bindparam("_from"),
+    )
+    .values(state=bindparam("_to"), updated_us=bindparam("_now"))
+    .returning(reservations.c.lines)
+)
+
+
+def _lines(raw: list[dict[str, Any]]) -> tuple[ReservedLine, ...]:
+    return tuple(ReservedLine(**x) for x in raw)
+
+
 class InventoryUnitOfWork(UnitOfWork):
     # -- items -------------------------------------------------------------------------
 
     async def get_item(self, sku: str) -> Item | None:
-        row = (
-            await self.connection.execute(select(*_ITEM_COLUMNS).where(items.c.sku == sku))
-        ).first()
+        row = (await self.connection.execute(_GET_ITEM, {"_sku": sku})).first()
         return None if row is None else _item(row)
 
     async def add_item(self, new: NewItem, currency: str, now: int) -> None:
@@ -149,14 +178,7 @@ class InventoryUnitOfWork(UnitOfWork):
     async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
         """Move quantity from available to reserved if there is enough; the unit price or None."""
         result = await self.connection.execute(
-            update(items)
-            .where(items.c.sku == sku, items.c.available >= quantity)
-            .values(
-                available=items.c.available - quantity,
-                reserved=items.c.reserved + quantity,
-                updated_us=now,
-            )
-            .returning(items.c.price)
+            _TAKE_STOCK, {"_sku": sku, "_n": quantity, "_now": now}
         )
         price = result.scalar_one_or_none()
         return None if price is None else int(price)
@@ -165,14 +187,10 @@ class InventoryUnitOfWork(UnitOfWork):
         self, lines: Sequence[ReservedLine], source: str, target: str, now: int
     ) -> None:
         """Move each line's quantity between two counters (reserved/sold -> available/sold)."""
+        statement = _MOVES[(source, target)]
         for line in sorted(lines, key=lambda x: x.sku):
-            src, dst = items.c[source], items.c[target]
             result = await self.connection.execute(
-                update(items)
-                .where(items.c.sku == line.sku, src >= line.quantity)
-                .values(
-                    {source: src - line.quantity, target: dst + line.quantity, "updated_us": now}
-                )
+                statement, {"_sku": line.sku, "_n": line.quantity, "_now": now}
             )
             if result.rowcount != 1:
                 raise RuntimeError(
@@ -183,53 +201,50 @@ class InventoryUnitOfWork(UnitOfWork):
     # -- reservations ------------------------------------------------------------------
 
     async def get_reservation(self, order_id: str, *, lock: bool = False) -> Reservation | None:
-        query = select(reservations.c.state, reservations.c.currency).where(
-            reservations.c.order_id == order_id
-        )
-        if lock:
-            query = query.with_for_update()
-        head = (await self.connection.execute(query)).first()
-        if head is None:
+        query = _LOCK_RESERVATION if lock else _GET_RESERVATION
+        row = (await self.connection.execute(query, {"_order_id": order_id})).first()
+        if row is None:
             return None
-        rows = await self.connection.execute(
-            select(
-                reservation_lines.c.sku,
-                reservation_lines.c.quantity,
-                reservation_lines.c.unit_price,
-            )
-            .where(reservation_lines.c.order_id == order_id)
-            .order_by(reservation_lines.c.sku)
-        )
-        lines = tuple(ReservedLine(sku, quantity, price) for sku, quantity, price in rows)
-        return Reservation(order_id, ReservationState(head.state), lines, head.currency)
+        return Reservation(order_id, ReservationState(row.state), _lines(row.lines), row.currency)
 
-    async def add_reservation(self, reservation: Reservation, now: int) -> None:
-        await self.connection.execute(
-            reservations.insert().values(
-                order_id=reservation.order_id,
-                state=reservation.state.value,
-                currency=reservation.currency,
-                created_us=now,
-                updated_us=now,
-            )
+    async def add_reservation(
+        self, reservation: Reservation, now: int, *, if_absent: bool = True
+    ) -> bool:
+        """Insert the reservation; False (nothing inserted) if the order already has one.
+
+        With if_absent=False an existing one raises IntegrityError instead, so the transaction
+        is retried and sees it.
+        """
+        statement = (
+            self.database.insert_ignore(reservations, ["order_id"])
+            if if_absent
+            else reservations.insert()
         )
-        if reservation.lines:
-            await self.connection.execute(
-                reservation_lines.insert(),
-                [
-                    {
-                        "order_id": reservation.order_id,
-                        "sku": x.sku,
-                        "quantity": x.quantity,
-                        "unit_price": x.unit_price,
-                    }
+        result = await self.connection.execute(
+            statement,
+            {
+                "order_id": reservation.order_id,
+                "state": reservation.state.value,
+                "currency": reservation.currency,
+                "lines": [
+                    {"sku": x.sku, "quantity": x.quantity, "unit_price": x.unit_price}
                     for x in reservation.lines
                 ],
-            )
-
-    async def set_reservation_state(self, order_id: str, state: ReservationState, now: int) -> None:
-        await self.connection.execute(
-            update(reservations)
-            .where(reservations.c.order_id == order_id)
-            .values(state=state.value, updated_us=now)
+                "created_us": now,
+                "updated_us": now,
+            },
         )
+        return result.rowcount == 1
+
+    async def move_reservation(
+        self, order_id: str, source: ReservationState, target: ReservationState, now: int
+    ) -> tuple[ReservedLine, ...] | None:
+        """source -> target in one statement; the reservation's lines, or None if it was not
+        in source (then nothing changed)."""
+        row = (
+            await self.connection.execute(
+                _MOVE_RESERVATION,
+                {"_order_id": order_id, "_from": source.value, "_to": target.value, "_now": now},
+            )
+        ).first()
+        return None if row is None else _lines(row.lines)

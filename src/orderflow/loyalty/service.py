@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from orderflow.errors import (
     CompensatedError,
+    ConflictError,
     IdempotencyKeyReusedError,
     InsufficientPointsError,
     InvalidStateError,
@@ -23,6 +24,10 @@ from orderflow.validation import check_id
 S = ApplicationState
 # What moving an application out of one state does besides changing its state.
 Step = Callable[[LoyaltyUnitOfWork, Application, int], Awaitable[None]]
+
+
+class _Undo(Exception):
+    """Raised inside a unit of work to roll it back on purpose."""
 
 
 def _now_us() -> int:
@@ -122,18 +127,9 @@ class LoyaltyService:
         req = domain.apply_request(order_id, customer_id, subtotal, redeem_points)
 
         async def work(uow: LoyaltyUnitOfWork) -> Application:
-            existing = await uow.get_application(req.order_id, lock=True)
-            if existing is not None:
-                if existing.state.compensated:
-                    raise CompensatedError(
-                        f"the discount of order {req.order_id} was already "
-                        f"{existing.state.value.lower()}; it cannot be applied again",
-                        order_id=req.order_id,
-                        state=existing.state.value,
-                    )
-                return existing
             now = self.now()
-            await uow.ensure_account(req.customer_id, self.tiers.default, now)
+            if await uow.get_account(req.customer_id) is None:
+                await uow.ensure_account(req.customer_id, self.tiers.default, now)
             account = await self._account(uow, req.customer_id)
             application = domain.price_order(
                 req.order_id,
@@ -144,6 +140,8 @@ class LoyaltyService:
                 req.redeem_points,
                 self.minor_units,
             )
+            if not await uow.add_application(application, now, if_absent=True):
+                raise _Undo  # applied before: roll back, return the first result below
             redeemed = await uow.add_points(
                 req.customer_id, -req.redeem_points, EntryKind.REDEEM, now, order_id=req.order_id
             )
@@ -154,10 +152,27 @@ class LoyaltyService:
                     requested=req.redeem_points,
                     available=available,
                 )
-            await uow.add_application(application, now)
             return application
 
-        return await transact(self._uow(), work)
+        try:
+            return await transact(self._uow(), work)
+        except _Undo:
+            pass
+
+        async def existing(uow: LoyaltyUnitOfWork) -> Application:
+            found = await uow.get_application(req.order_id)
+            if found is None:  # pragma: no cover - applications are never deleted
+                raise RuntimeError(f"loyalty application of {req.order_id} vanished")
+            if found.state.compensated:
+                raise CompensatedError(
+                    f"the discount of order {req.order_id} was already "
+                    f"{found.state.value.lower()}; it cannot be applied again",
+                    order_id=req.order_id,
+                    state=found.state.value,
+                )
+            return found
+
+        return await transact(self._uow(readonly=True), existing)
 
     async def cancel(self, order_id: str) -> ApplicationState:
         """Undo Apply: redeemed points come back. With nothing applied, leave a tombstone."""
@@ -171,9 +186,10 @@ class LoyaltyService:
                 order_id=app.order_id,
             )
 
-        return await self._finish(
+        app = await self._finish(
             order_id, S.CANCELLED, {S.APPLIED: step}, (S.CANCELLED, S.REFUNDED), tombstone=True
         )
+        return app.state
 
     async def commit(self, order_id: str) -> tuple[ApplicationState, int]:
         """Make the order's loyalty effects final: its earned points are credited."""
@@ -183,13 +199,10 @@ class LoyaltyService:
                 app.customer_id, app.points_earned, EntryKind.EARN, now, order_id=app.order_id
             )
 
-        state = await self._finish(
+        app = await self._finish(
             order_id, S.COMMITTED, {S.APPLIED: step}, (S.COMMITTED,), tombstone=False
         )
-        application = await transact(
-            self._uow(readonly=True), lambda uow: uow.get_application(order_id)
-        )
-        return state, application.points_earned if application else 0
+        return app.state, app.points_earned
 
     async def refund(self, order_id: str) -> ApplicationState:
         """For a cancelled order: redeemed points come back, earned points are taken back."""
@@ -220,13 +233,14 @@ class LoyaltyService:
                     points_earned=app.points_earned,
                 )
 
-        return await self._finish(
+        app = await self._finish(
             order_id,
             S.REFUNDED,
             {S.APPLIED: from_applied, S.COMMITTED: from_committed},
             (S.CANCELLED, S.REFUNDED),
             tombstone=True,
         )
+        return app.state
 
     async def _finish(
         self,
@@ -236,11 +250,24 @@ class LoyaltyService:
         done: tuple[ApplicationState, ...],
         *,
         tombstone: bool,
-    ) -> ApplicationState:
+    ) -> Application:
         """Move an application to target, running the step of its current state; no-op if done."""
         order_id = check_id("order_id", order_id)
 
-        async def work(uow: LoyaltyUnitOfWork) -> ApplicationState:
+        if S.APPLIED in steps:
+            # The usual case in one statement: APPLIED -> target, then its points.
+            async def fast(uow: LoyaltyUnitOfWork) -> Application | None:
+                now = self.now()
+                app = await uow.move_application(order_id, S.APPLIED, target, now)
+                if app is not None:
+                    await steps[S.APPLIED](uow, app, now)
+                return app
+
+            moved = await transact(self._uow(), fast)
+            if moved is not None:
+                return moved
+
+        async def work(uow: LoyaltyUnitOfWork) -> Application:
             now = self.now()
             app = await uow.get_application(order_id, lock=True)
             if app is None:
@@ -248,12 +275,11 @@ class LoyaltyService:
                     raise NotFoundError(
                         f"order {order_id} has no loyalty application", order_id=order_id
                     )
-                await uow.add_application(
-                    Application(order_id, "", target, "", 0, 0, 0, 0, 0, 0), now
-                )
-                return target
+                app = Application(order_id, "", target, "", 0, 0, 0, 0, 0, 0)
+                await uow.add_application(app, now)
+                return app
             if app.state in done:
-                return app.state
+                return app
             if app.state not in steps:
                 raise InvalidStateError(
                     f"the loyalty application of order {order_id} is {app.state.value}; "
@@ -261,8 +287,10 @@ class LoyaltyService:
                     order_id=order_id,
                     state=app.state.value,
                 )
-            await steps[app.state](uow, app, now)
-            await uow.set_application_state(order_id, target, now)
-            return target
+            moved = await uow.move_application(order_id, app.state, target, now)
+            if moved is None:
+                raise ConflictError(f"the loyalty application of {order_id} changed meanwhile")
+            await steps[app.state](uow, moved, now)
+            return moved
 
         return await transact(self._uow(), work)

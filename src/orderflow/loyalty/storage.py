@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    bindparam,
     select,
     update,
 )
@@ -82,26 +83,53 @@ def _application(row: Row[*tuple[Any, ...]]) -> Application:
     return Application(**values)
 
 
+# Hot-path statements are built once: building a statement costs more than running it.
+_GET_ACCOUNT = select(accounts.c.tier, accounts.c.points).where(
+    accounts.c.customer_id == bindparam("_customer_id")
+)
+_ADD_POINTS = (
+    update(accounts)
+    .where(
+        accounts.c.customer_id == bindparam("_customer_id"),
+        accounts.c.points + bindparam("_delta") >= 0,
+    )
+    .values(points=accounts.c.points + bindparam("_delta"), updated_us=bindparam("_now"))
+)
+_ADD_ENTRY = ledger.insert()
+_GET_APPLICATION = select(*_APPLICATION_COLUMNS).where(
+    applications.c.order_id == bindparam("_order_id")
+)
+_LOCK_APPLICATION = _GET_APPLICATION.with_for_update()
+_MOVE_APPLICATION = (
+    update(applications)
+    .where(
+        applications.c.order_id == bindparam("_order_id"),
+        applications.c.state == bindparam("_from"),
+    )
+    .values(state=bindparam("_to"), updated_us=bindparam("_now"))
+    .returning(*_APPLICATION_COLUMNS)
+)
+
+
 class LoyaltyUnitOfWork(UnitOfWork):
     # -- accounts ----------------------------------------------------------------------
 
     async def get_account(self, customer_id: str) -> tuple[str, int] | None:
         """(tier, points) of the customer's account, or None."""
-        row = (
-            await self.connection.execute(
-                select(accounts.c.tier, accounts.c.points).where(
-                    accounts.c.customer_id == customer_id
-                )
-            )
-        ).first()
+        row = (await self.connection.execute(_GET_ACCOUNT, {"_customer_id": customer_id})).first()
         return None if row is None else (row.tier, row.points)
 
     async def ensure_account(self, customer_id: str, tier: str, now: int) -> None:
         """Open an account at tier with no points unless the customer has one."""
         await self.connection.execute(
-            self.database.insert_ignore(accounts, ["customer_id"]).values(
-                customer_id=customer_id, tier=tier, points=0, created_us=now, updated_us=now
-            )
+            self.database.insert_ignore(accounts, ["customer_id"]),
+            {
+                "customer_id": customer_id,
+                "tier": tier,
+                "points": 0,
+                "created_us": now,
+                "updated_us": now,
+            },
         )
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None:
@@ -127,22 +155,21 @@ class LoyaltyUnitOfWork(UnitOfWork):
         if delta == 0:
             return True
         result = await self.connection.execute(
-            update(accounts)
-            .where(accounts.c.customer_id == customer_id, accounts.c.points + delta >= 0)
-            .values(points=accounts.c.points + delta, updated_us=now)
+            _ADD_POINTS, {"_customer_id": customer_id, "_delta": delta, "_now": now}
         )
         if result.rowcount != 1:
             return False
         await self.connection.execute(
-            ledger.insert().values(
-                customer_id=customer_id,
-                order_id=order_id,
-                kind=kind.value,
-                delta=delta,
-                reason=reason or kind.value.lower(),
-                idempotency_key=idempotency_key,
-                created_us=now,
-            )
+            _ADD_ENTRY,
+            {
+                "customer_id": customer_id,
+                "order_id": order_id,
+                "kind": kind.value,
+                "delta": delta,
+                "reason": reason or kind.value.lower(),
+                "idempotency_key": idempotency_key,
+                "created_us": now,
+            },
         )
         return True
 
@@ -161,22 +188,36 @@ class LoyaltyUnitOfWork(UnitOfWork):
     # -- applications ------------------------------------------------------------------
 
     async def get_application(self, order_id: str, *, lock: bool = False) -> Application | None:
-        query = select(*_APPLICATION_COLUMNS).where(applications.c.order_id == order_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await self.connection.execute(query)).first()
+        query = _LOCK_APPLICATION if lock else _GET_APPLICATION
+        row = (await self.connection.execute(query, {"_order_id": order_id})).first()
         return None if row is None else _application(row)
 
-    async def add_application(self, application: Application, now: int) -> None:
+    async def add_application(
+        self, application: Application, now: int, *, if_absent: bool = False
+    ) -> bool:
+        """Insert the application. If the order has one already: with if_absent, nothing is
+        done and False returned; without, IntegrityError (so the transaction is retried)."""
         values = {c.name: getattr(application, c.name) for c in _APPLICATION_COLUMNS}
         values["state"] = application.state.value
-        await self.connection.execute(
-            applications.insert().values(**values, created_us=now, updated_us=now)
+        statement = (
+            self.database.insert_ignore(applications, ["order_id"])
+            if if_absent
+            else applications.insert()
         )
+        result = await self.connection.execute(
+            statement, {**values, "created_us": now, "updated_us": now}
+        )
+        return result.rowcount == 1
 
-    async def set_application_state(self, order_id: str, state: ApplicationState, now: int) -> None:
-        await self.connection.execute(
-            update(applications)
-            .where(applications.c.order_id == order_id)
-            .values(state=state.value, updated_us=now)
-        )
+    async def move_application(
+        self, order_id: str, source: ApplicationState, target: ApplicationState, now: int
+    ) -> Application | None:
+        """source -> target in one statement; the application in its new state, or None if it
+        was not in source (then nothing changed)."""
+        row = (
+            await self.connection.execute(
+                _MOVE_APPLICATION,
+                {"_order_id": order_id, "_from": source.value, "_to": target.value, "_now": now},
+            )
+        ).first()
+        return None if row is None else _application(row)

@@ -61,16 +61,6 @@ class OrdersService:
         )
 
         async def work(uow: OrdersUnitOfWork) -> tuple[Order, bool]:
-            if new.idempotency_key:
-                earlier = await uow.find_by_key(new.customer_id, new.idempotency_key)
-                if earlier is not None:
-                    if earlier.request_fingerprint != new.request_fingerprint:
-                        raise IdempotencyKeyReusedError(
-                            f"idempotency key {new.idempotency_key!r} was already used for "
-                            "a different request",
-                            order_id=earlier.id,
-                        )
-                    return earlier, False
             now = self.now()
             order = Order(
                 id=self.new_id(),
@@ -95,8 +85,18 @@ class OrdersService:
                 updated_us=now,
                 version=1,
             )
-            await uow.add(order)
-            return order, True
+            if await uow.add(order):
+                return order, True
+            earlier = await uow.find_by_key(new.customer_id, new.idempotency_key)
+            if earlier is None:  # pragma: no cover - the key's row cannot vanish
+                raise RuntimeError("idempotency key conflict without an order")
+            if earlier.request_fingerprint != new.request_fingerprint:
+                raise IdempotencyKeyReusedError(
+                    f"idempotency key {new.idempotency_key!r} was already used for "
+                    "a different request",
+                    order_id=earlier.id,
+                )
+            return earlier, False
 
         return await transact(self._uow(), work)
 

@@ -8,15 +8,14 @@ FOR UPDATE SKIP LOCKED, so several gateways' recovery workers never claim the sa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     CheckConstraint,
     Column,
-    ForeignKey,
     Index,
     Integer,
     MetaData,
@@ -24,6 +23,7 @@ from sqlalchemy import (
     Table,
     UniqueConstraint,
     and_,
+    bindparam,
     or_,
     select,
     update,
@@ -60,6 +60,8 @@ orders = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
+    # [{"sku", "quantity", "unit_price"}, ...]: written at creation, priced at confirmation.
+    Column("lines", JSON, nullable=False),
     UniqueConstraint("customer_id", "idempotency_key", name="uq_orders_customer_key"),
     CheckConstraint("total >= 0", name="ck_orders_total"),
     Index("ix_orders_created", "created_us", "id"),
@@ -67,18 +69,7 @@ orders = Table(
     Index("ix_orders_unsettled", "settled", "lease_expires_us"),
 )
 
-order_lines = Table(
-    "order_lines",
-    metadata,
-    Column("order_id", String(64), ForeignKey("orders.id", ondelete="CASCADE"), primary_key=True),
-    Column("position", Integer, primary_key=True),
-    Column("sku", String(64), nullable=False),
-    Column("quantity", BigInteger, nullable=False),
-    Column("unit_price", BigInteger, nullable=False),
-    CheckConstraint("quantity > 0", name="ck_order_lines_quantity"),
-)
-
-_FIELDS = [c.name for c in orders.c if c.name not in ("failure_code", "failure_message")]
+_FIELDS = [c.name for c in orders.c if c.name not in ("failure_code", "failure_message", "lines")]
 
 
 def _row_values(order: Order) -> dict[str, Any]:
@@ -87,40 +78,35 @@ def _row_values(order: Order) -> dict[str, Any]:
     values["idempotency_key"] = order.idempotency_key or None
     values["failure_code"] = order.failure.code if order.failure else None
     values["failure_message"] = order.failure.message if order.failure else None
+    values["lines"] = [
+        {"sku": x.sku, "quantity": x.quantity, "unit_price": x.unit_price} for x in order.lines
+    ]
     return values
 
 
-def _order(row: Row[*tuple[Any, ...]], lines: Sequence[OrderLine]) -> Order:
+def _order(row: Row[*tuple[Any, ...]]) -> Order:
     values = dict(row._mapping)
+    values["lines"] = tuple(OrderLine(**x) for x in values["lines"])
     code, message = values.pop("failure_code"), values.pop("failure_message")
     values["failure"] = Failure(code, message or "") if code else None
     values["status"] = OrderStatus(values["status"])
     values["idempotency_key"] = values["idempotency_key"] or ""
-    return Order(lines=tuple(lines), **values)
+    return Order(**values)
+
+
+# Hot-path statements are built once: building a statement costs more than running it.
+_GET = select(orders).where(orders.c.id == bindparam("_id"))
+_LOCK = _GET.with_for_update()
+# Compare-and-set: the row is written only if it is still at the version it was read at.
+_SAVE = update(orders).where(
+    orders.c.id == bindparam("_id"), orders.c.version == bindparam("_version")
+)
 
 
 class OrdersUnitOfWork(UnitOfWork):
-    async def _with_lines(self, rows: Sequence[Row[*tuple[Any, ...]]]) -> list[Order]:
-        """Orders for rows, with their lines read in one query for all of them."""
-        if not rows:
-            return []
-        ids = [row.id for row in rows]
-        lines: dict[str, list[OrderLine]] = {i: [] for i in ids}
-        found = await self.connection.execute(
-            select(order_lines)
-            .where(order_lines.c.order_id.in_(ids))
-            .order_by(order_lines.c.order_id, order_lines.c.position)
-        )
-        for line in found:
-            lines[line.order_id].append(OrderLine(line.sku, line.quantity, line.unit_price))
-        return [_order(row, lines[row.id]) for row in rows]
-
     async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
-        query = select(orders).where(orders.c.id == order_id)
-        if lock:
-            query = query.with_for_update()
-        row = (await self.connection.execute(query)).first()
-        return None if row is None else (await self._with_lines([row]))[0]
+        row = (await self.connection.execute(_LOCK if lock else _GET, {"_id": order_id})).first()
+        return None if row is None else _order(row)
 
     async def find_by_key(self, customer_id: str, idempotency_key: str) -> Order | None:
         row = (
@@ -131,40 +117,25 @@ class OrdersUnitOfWork(UnitOfWork):
                 )
             )
         ).first()
-        return None if row is None else (await self._with_lines([row]))[0]
+        return None if row is None else _order(row)
 
-    async def add(self, order: Order) -> None:
-        await self.connection.execute(orders.insert().values(_row_values(order)))
-        await self.connection.execute(
-            order_lines.insert(),
-            [
-                {
-                    "order_id": order.id,
-                    "position": n,
-                    "sku": x.sku,
-                    "quantity": x.quantity,
-                    "unit_price": x.unit_price,
-                }
-                for n, x in enumerate(order.lines)
-            ],
+    async def add(self, order: Order) -> bool:
+        """Insert order; False (nothing inserted) when its customer already used its key."""
+        result = await self.connection.execute(
+            self.database.insert_ignore(orders, ["customer_id", "idempotency_key"]),
+            _row_values(order),
         )
+        return result.rowcount == 1
 
     async def save(self, order: Order, read: Order) -> None:
         """Write order over read, the version it was computed from (compare-and-set)."""
+        values = _row_values(order)
+        del values["id"]
         result = await self.connection.execute(
-            update(orders)
-            .where(orders.c.id == order.id, orders.c.version == read.version)
-            .values(_row_values(order))
+            _SAVE, {**values, "_id": order.id, "_version": read.version}
         )
         if result.rowcount != 1:
             raise ConflictError(f"order {order.id} changed meanwhile", order_id=order.id)
-        if order.lines != read.lines:
-            for n, x in enumerate(order.lines):
-                await self.connection.execute(
-                    update(order_lines)
-                    .where(order_lines.c.order_id == order.id, order_lines.c.position == n)
-                    .values(sku=x.sku, quantity=x.quantity, unit_price=x.unit_price)
-                )
 
     async def page(
         self, customer_id: str, status: str, before: tuple[int, str] | None, limit: int
@@ -183,8 +154,7 @@ class OrdersUnitOfWork(UnitOfWork):
                     and_(orders.c.created_us == created, orders.c.id < order_id),
                 )
             )
-        rows = (await self.connection.execute(query.limit(limit))).all()
-        return await self._with_lines(rows)
+        return [_order(row) for row in await self.connection.execute(query.limit(limit))]
 
     async def stale(self, now: int, limit: int) -> list[Order]:
         """Unsettled orders with no live lease, oldest first, locked (skipping locked ones)."""
@@ -195,5 +165,4 @@ class OrdersUnitOfWork(UnitOfWork):
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
-        rows = (await self.connection.execute(query)).all()
-        return await self._with_lines(rows)
+        return [_order(row) for row in await self.connection.execute(query)]

@@ -39,6 +39,7 @@ class Database:
         self.engine = engine
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._insert_ignore: dict[tuple[str, tuple[str, ...]], Insert] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -53,10 +54,15 @@ class Database:
         await self.engine.dispose()
 
     def insert_ignore(self, table: Table, index_elements: Sequence[str]) -> Insert:
-        """An INSERT that does nothing when the row's key already exists."""
-        if self.is_sqlite:
-            return sqlite.insert(table).on_conflict_do_nothing(index_elements=index_elements)
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+        """An INSERT that does nothing when the row's key already exists (built once, then
+        reused: pass the row as execution parameters)."""
+        key = (table.name, tuple(index_elements))
+        statement = self._insert_ignore.get(key)
+        if statement is None:
+            dialect = sqlite if self.is_sqlite else postgresql
+            statement = dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+            self._insert_ignore[key] = statement
+        return statement
 
 
 def create_database(url: str, *, pool_size: int = 10) -> Database:
@@ -71,6 +77,9 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
+            # Every unit of work ends in COMMIT or ROLLBACK itself; a second ROLLBACK when the
+            # connection goes back to the pool would cost one more trip to the driver's thread.
+            pool_reset_on_return=None,
         )
         _configure_sqlite(engine)
     else:

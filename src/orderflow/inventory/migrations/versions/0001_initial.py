@@ -1,4 +1,4 @@
-"""Items with stock counters, reservations and their lines.
+"""Items with stock counters, and reservations with their lines (JSON).
 
 Revision ID: 0001
 Revises:
@@ -40,25 +40,12 @@ def upgrade() -> None:
         sa.Column("order_id", sa.String(64), primary_key=True),
         sa.Column("state", sa.String(16), nullable=False),
         sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("lines", sa.JSON, nullable=False),
         sa.Column("created_us", sa.BigInteger, nullable=False),
         sa.Column("updated_us", sa.BigInteger, nullable=False),
-    )
-    op.create_table(
-        "reservation_lines",
-        sa.Column(
-            "order_id",
-            sa.String(64),
-            sa.ForeignKey("reservations.order_id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        sa.Column("sku", sa.String(64), primary_key=True),
-        sa.Column("quantity", sa.BigInteger, nullable=False),
-        sa.Column("unit_price", sa.BigInteger, nullable=False),
-        sa.CheckConstraint("quantity > 0", name="ck_reservation_lines_quantity"),
     )
 
 
 def downgrade() -> None:
-    op.drop_table("reservation_lines")
     op.drop_table("reservations")
     op.drop_table("items")

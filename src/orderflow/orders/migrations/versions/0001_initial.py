@@ -1,4 +1,4 @@
-"""Orders with their lines, idempotency keys and saga state.
+"""Orders with their lines (JSON), idempotency keys and saga state.
 
 Revision ID: 0001
 Revises:
@@ -40,30 +40,16 @@ def upgrade() -> None:
         sa.Column("created_us", sa.BigInteger, nullable=False),
         sa.Column("updated_us", sa.BigInteger, nullable=False),
         sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("lines", sa.JSON, nullable=False),
         sa.UniqueConstraint("customer_id", "idempotency_key", name="uq_orders_customer_key"),
         sa.CheckConstraint("total >= 0", name="ck_orders_total"),
     )
     op.create_index("ix_orders_created", "orders", ["created_us", "id"])
     op.create_index("ix_orders_customer_created", "orders", ["customer_id", "created_us", "id"])
     op.create_index("ix_orders_unsettled", "orders", ["settled", "lease_expires_us"])
-    op.create_table(
-        "order_lines",
-        sa.Column(
-            "order_id",
-            sa.String(64),
-            sa.ForeignKey("orders.id", ondelete="CASCADE"),
-            primary_key=True,
-        ),
-        sa.Column("position", sa.Integer, primary_key=True),
-        sa.Column("sku", sa.String(64), nullable=False),
-        sa.Column("quantity", sa.BigInteger, nullable=False),
-        sa.Column("unit_price", sa.BigInteger, nullable=False),
-        sa.CheckConstraint("quantity > 0", name="ck_order_lines_quantity"),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("order_lines")
     op.drop_index("ix_orders_unsettled", table_name="orders")
     op.drop_index("ix_orders_customer_created", table_name="orders")
     op.drop_index("ix_orders_created", table_name="orders")
