@@ -34,11 +34,15 @@ writes = Table(
 )
 
 
+# Built once, as orderflow builds its hot-path statements: the floor is the best case.
+_WRITE = insert(writes)
+
+
 def writer(database: Database) -> grpc.RpcMethodHandler:
     async def write(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         async with UnitOfWork(database) as uow:
             await uow.connection.execute(
-                insert(writes).values(id=str(uuid.uuid4()), at_us=time.time_ns() // 1000)
+                _WRITE, {"id": str(uuid.uuid4()), "at_us": time.time_ns() // 1000}
             )
             await uow.commit()
         return request

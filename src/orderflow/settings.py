@@ -128,6 +128,8 @@ class GatewaySettings(_Base):
     recovery_interval_seconds: PositiveSeconds = 2.0
     recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    # Reply as soon as an order is CONFIRMED; commit its stock and points just after.
+    finish_in_background: bool = True
 
     @model_validator(mode="after")
     def _lease_outlasts_request(self) -> GatewaySettings:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
@@ -95,3 +97,21 @@ async def points(api: httpx.AsyncClient, customer: str) -> int:
     response = await api.get(f"/api/v1/customers/{customer}/loyalty")
     assert response.status_code == 200, response.text
     return int(response.json()["points"])
+
+
+async def stock(api: httpx.AsyncClient, sku: str) -> tuple[int, int, int]:
+    """(available, reserved, sold) of an item."""
+    now = await item(api, sku)
+    return now["available"], now["reserved"], now["sold"]
+
+
+async def eventually(
+    read: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 5.0
+) -> None:
+    """Poll read() until it gives expected. A confirmed order is answered at once; its stock
+    becomes sold and its points are credited just after (by the gateway, in the background)."""
+    deadline = time.monotonic() + timeout
+    while (got := await read()) != expected:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still {got!r} after {timeout}s, expected {expected!r}")
+        await asyncio.sleep(0.02)

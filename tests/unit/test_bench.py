@@ -1,4 +1,4 @@
-"""The benchmark counts errors and calls a run with failures failed — checked against a real server."""
+"""The benchmark counts errors and calls a run with failures failed (against a real server)."""
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderflow.errors import OrderflowError
+from orderflow.gateway.background import Background
 from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services
 from orderflow.gateway.errors import error_response, from_exception
@@ -64,12 +65,14 @@ def create_app(
                 loyalty=GrpcLoyalty(by_name["loyalty"], settings),
             )
             ready = ready or Readiness.over_grpc(by_name, timeout=1.0)
+        background = Background(step_seconds=settings.request_timeout_seconds)
         saga = OrderSaga(
             wired.orders,
             wired.inventory,
             wired.loyalty,
             lease_seconds=settings.lease_seconds,
             observer=metrics,
+            background=background if settings.finish_in_background else None,
         )
         app.state.gateway = Gateway(
             settings=settings,
@@ -93,6 +96,7 @@ def create_app(
         try:
             yield
         finally:
+            await background.drain(grace=settings.request_timeout_seconds)
             await worker.stop()
             await channels.close()
 

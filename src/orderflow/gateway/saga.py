@@ -30,6 +30,7 @@ from orderflow.errors import (
     NotCancellableError,
     OrderflowError,
 )
+from orderflow.gateway.background import Background
 from orderflow.gateway.ports import (
     CANCELLED,
     CONFIRMED,
@@ -89,6 +90,7 @@ class OrderSaga:
         owner_prefix: str = "gateway",
         observer: SagaObserver | None = None,
         clock: Callable[[], float] | None = None,
+        background: Background | None = None,
     ) -> None:
         self.orders = orders
         self.inventory = inventory
@@ -97,6 +99,8 @@ class OrderSaga:
         self.owner_prefix = owner_prefix
         self.observer = observer or SagaObserver()
         self._clock = clock or time.perf_counter
+        # With a Background, commits and settling of a confirmed order run after the reply.
+        self.background = background
 
     async def _step(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         start = self._clock()
@@ -116,10 +120,13 @@ class OrderSaga:
         if not created:
             return Placed(order, created=False)
         structlog.contextvars.bind_contextvars(order_id=order.id)
-        return Placed(await self.drive(order, new.lease_owner), created=True)
+        return Placed(await self.drive(order, new.lease_owner, defer=True), created=True)
 
-    async def drive(self, order: Order, owner: str) -> Order:
-        """Run a PENDING order forward; on failure reject it and undo what was done."""
+    async def drive(self, order: Order, owner: str, *, defer: bool = False) -> Order:
+        """Run a PENDING order forward; on failure reject it and undo what was done.
+
+        With defer (and a Background), the commits after confirmation run after the reply.
+        """
         done: list[str] = []  # undoable steps that went through, in order
         step = "reserve"
         try:
@@ -151,6 +158,9 @@ class OrderSaga:
                 done.append(step)
             return await self._reject(order, owner, done, Failure(exc.code, exc.message))
         self.observer.outcome(OUTCOME_CONFIRMED, "")
+        if defer and self.background is not None:
+            self.background.run(order.id, self.finish_confirmed(confirmed, owner))
+            return confirmed
         return await self.finish_confirmed(confirmed, owner)
 
     async def _reject(self, order: Order, owner: str, done: list[str], failure: Failure) -> Order:
@@ -211,6 +221,9 @@ class OrderSaga:
     async def cancel(self, order_id: str) -> Order:
         """Cancel a CONFIRMED order (NotCancellableError otherwise); a CANCELLED one is returned."""
         owner = new_owner(self.owner_prefix)
+        if self.background is not None:
+            # A just-confirmed order is still being committed here: let that finish first.
+            await self.background.wait(order_id)
         order = await self._step(
             "request_cancel",
             lambda: self.orders.request_cancel(order_id, owner, self.lease_seconds),

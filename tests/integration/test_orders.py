@@ -1,0 +1,863 @@
+"""The orders gRPC service through its real stub, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from orderflow.orders import storage
+from orderflow.orders.v1 import orders_pb2 as pb
+from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
+from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
+from tests.integration.conftest import Serve
+
+T = 10.0  # deadline of every ordinary call, in seconds
+SERVICE = "orderflow.orders.v1.OrderService"
+OWNER = "driver-a"
+OTHER = "driver-b"
+SHORT = 0.2  # seconds: a lease that runs out during the test
+EXPIRE = 0.35  # seconds to wait for a SHORT lease to run out
+LINES = (("a", 2), ("b", 1))
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def error_code(error: grpc.aio.AioRpcError) -> str | None:
+    """The orderflow error code a failed call carried in its trailing metadata."""
+    return dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
+
+
+def error_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
+    raw = dict(error.trailing_metadata() or ()).get(ERROR_DETAILS_KEY)
+    return json.loads(raw) if raw else {}
+
+
+async def fails(
+    call: Awaitable[Any], status: grpc.StatusCode, code: str | None = None
+) -> grpc.aio.AioRpcError:
+    """Await call, which must fail with status (and orderflow code, if given)."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call
+    error = info.value
+    assert error.code() == status, error.details()
+    assert error.details(), "a refused call explains itself"
+    if code is not None:
+        assert error_code(error) == code, error.trailing_metadata()
+    return error
+
+
+def lines_pb(lines: tuple[tuple[str, int], ...], price: int = 0) -> list[pb.OrderLine]:
+    return [pb.OrderLine(sku=s, quantity=q, unit_price=price) for s, q in lines]
+
+
+def create_request(
+    customer: str = "c-1",
+    key: str = "",
+    fingerprint: str = "fp",
+    lines: tuple[tuple[str, int], ...] = LINES,
+    owner: str = OWNER,
+    lease: float = 30.0,
+    redeem: int = 0,
+) -> pb.CreateOrderRequest:
+    return pb.CreateOrderRequest(
+        customer_id=customer,
+        lines=lines_pb(lines),
+        redeem_points=redeem,
+        idempotency_key=key,
+        request_fingerprint=fingerprint,
+        lease_owner=owner,
+        lease_seconds=lease,
+    )
+
+
+def confirm_request(
+    order: pb.Order, owner: str = OWNER, price: int = 100, discount: int = 0, points: int = 0
+) -> pb.ConfirmOrderRequest:
+    """Totals that add up: every unit at price, minus discount and points."""
+    subtotal = sum(x.quantity * price for x in order.lines)
+    return pb.ConfirmOrderRequest(
+        order_id=order.id,
+        lease_owner=owner,
+        lines=[pb.OrderLine(sku=x.sku, quantity=x.quantity, unit_price=price) for x in order.lines],
+        currency="USD",
+        subtotal=subtotal,
+        discount=discount,
+        points_redeemed=points,
+        total=subtotal - discount - points,
+        points_earned=subtotal // 100,
+    )
+
+
+@dataclass
+class Orders:
+    stub: pb_grpc.OrderServiceStub
+    channel: grpc.aio.Channel
+    url: str
+
+    async def create(self, **kwargs: Any) -> pb.Order:
+        return (await self.stub.CreateOrder(create_request(**kwargs), timeout=T)).order
+
+    async def get(self, order_id: str) -> pb.Order:
+        return (await self.stub.GetOrder(pb.GetOrderRequest(order_id=order_id), timeout=T)).order
+
+    async def confirm(self, order: pb.Order, owner: str = OWNER, **kwargs: Any) -> pb.Order:
+        request = confirm_request(order, owner, **kwargs)
+        return (await self.stub.ConfirmOrder(request, timeout=T)).order
+
+    async def reject(
+        self, order_id: str, owner: str = OWNER, code: str = "OUT_OF_STOCK", message: str = "no"
+    ) -> pb.Order:
+        request = pb.RejectOrderRequest(
+            order_id=order_id, lease_owner=owner, failure=pb.Failure(code=code, message=message)
+        )
+        return (await self.stub.RejectOrder(request, timeout=T)).order
+
+    async def acquire(self, order_id: str, owner: str = OWNER, lease: float = 30.0) -> pb.Order:
+        request = pb.AcquireOrderLeaseRequest(
+            order_id=order_id, lease_owner=owner, lease_seconds=lease
+        )
+        return (await self.stub.AcquireOrderLease(request, timeout=T)).order
+
+    async def request_cancel(
+        self, order_id: str, owner: str = OWNER, lease: float = 30.0
+    ) -> pb.Order:
+        request = pb.RequestOrderCancelRequest(
+            order_id=order_id, lease_owner=owner, lease_seconds=lease
+        )
+        return (await self.stub.RequestOrderCancel(request, timeout=T)).order
+
+    async def withdraw(self, order_id: str, owner: str = OWNER) -> pb.Order:
+        request = pb.WithdrawOrderCancelRequest(order_id=order_id, lease_owner=owner)
+        return (await self.stub.WithdrawOrderCancel(request, timeout=T)).order
+
+    async def cancel(self, order_id: str, owner: str = OWNER) -> pb.Order:
+        request = pb.CancelOrderRequest(order_id=order_id, lease_owner=owner)
+        return (await self.stub.CancelOrder(request, timeout=T)).order
+
+    async def settle(self, order_id: str, owner: str = OWNER) -> pb.Order:
+        request = pb.SettleOrderRequest(order_id=order_id, lease_owner=owner)
+        return (await self.stub.SettleOrder(request, timeout=T)).order
+
+    async def claim(self, owner: str, limit: int, lease: float = 30.0) -> list[pb.Order]:
+        request = pb.ClaimStaleOrdersRequest(lease_owner=owner, lease_seconds=lease, limit=limit)
+        return list((await self.stub.ClaimStaleOrders(request, timeout=T)).orders)
+
+    async def list(self, **kwargs: Any) -> pb.ListOrdersResponse:
+        return await self.stub.ListOrders(pb.ListOrdersRequest(**kwargs), timeout=T)
+
+    async def snapshot(self) -> list[pb.Order]:
+        """Every order (to show that a refused call changed nothing)."""
+        return list((await self.list(limit=100)).orders)
+
+
+@pytest.fixture
+async def orders(serve: Serve, make_db_url: Callable[[str], Awaitable[str]]) -> Orders:
+    url = await make_db_url("orders")
+    channel = await serve("orders", url)
+    return Orders(pb_grpc.OrderServiceStub(channel), channel, url)
+
+
+# -- create, get --------------------------------------------------------------------------
+
+
+async def test_create_returns_a_pending_leased_order(orders: Orders) -> None:
+    response = await orders.stub.CreateOrder(
+        create_request(customer="c-1", key="k-1", redeem=50), timeout=T
+    )
+    assert response.created is True
+    order = response.order
+    assert order.id
+    assert order.customer_id == "c-1"
+    assert order.status == pb.ORDER_STATUS_PENDING
+    assert [(x.sku, x.quantity, x.unit_price) for x in order.lines] == [("a", 2, 0), ("b", 1, 0)]
+    assert order.redeem_points == 50
+    assert (order.subtotal, order.total, order.points_redeemed) == (0, 0, 0)
+    assert order.idempotency_key == "k-1"
+    assert order.lease_owner == OWNER
+    assert order.HasField("lease_expires_at")
+    assert order.HasField("created_at") and order.HasField("updated_at")
+    assert order.created_at == order.updated_at
+    lease_us = order.lease_expires_at.ToMicroseconds() - order.created_at.ToMicroseconds()
+    assert lease_us == 30_000_000
+    assert not order.HasField("failure")
+    assert (order.settled, order.cancel_requested) == (False, False)
+    assert await orders.get(order.id) == order
+
+
+async def test_create_without_a_key_makes_a_new_order_each_time(orders: Orders) -> None:
+    first = await orders.create()
+    second = await orders.create()
+    assert first.id != second.id
+    assert first.idempotency_key == second.idempotency_key == ""
+
+
+async def test_create_with_the_same_key_three_times_makes_one_order(orders: Orders) -> None:
+    request = create_request(customer="c-1", key="k-1", fingerprint="fp-1")
+    responses = [await orders.stub.CreateOrder(request, timeout=T) for _ in range(3)]
+    assert [r.created for r in responses] == [True, False, False]
+    assert responses[0].order == responses[1].order == responses[2].order
+    listed = (await orders.list(customer_id="c-1")).orders
+    assert [o.id for o in listed] == [responses[0].order.id]
+
+
+async def test_same_key_with_another_fingerprint_is_refused(orders: Orders) -> None:
+    first = await orders.create(customer="c-1", key="k-1", fingerprint="fp-1")
+    error = await fails(
+        orders.stub.CreateOrder(
+            create_request(customer="c-1", key="k-1", fingerprint="fp-2"), timeout=T
+        ),
+        grpc.StatusCode.ALREADY_EXISTS,
+        "IDEMPOTENCY_KEY_REUSED",
+    )
+    assert error_details(error).get("order_id") == first.id
+    assert [o.id for o in await orders.snapshot()] == [first.id]
+
+
+async def test_same_key_for_another_customer_is_another_order(orders: Orders) -> None:
+    first = await orders.create(customer="c-1", key="k-1")
+    response = await orders.stub.CreateOrder(create_request(customer="c-2", key="k-1"), timeout=T)
+    assert response.created is True
+    assert response.order.id != first.id
+    assert response.order.customer_id == "c-2"
+    assert len(await orders.snapshot()) == 2
+
+
+async def test_concurrent_creates_with_the_same_key_make_one_order(orders: Orders) -> None:
+    request = create_request(customer="c-1", key="k-storm", fingerprint="fp")
+    responses = await asyncio.gather(
+        *(orders.stub.CreateOrder(request, timeout=T) for _ in range(20))
+    )
+    assert len({r.order.id for r in responses}) == 1
+    assert sum(r.created for r in responses) == 1
+    assert len(await orders.snapshot()) == 1
+
+
+async def test_get_unknown_is_not_found(orders: Orders) -> None:
+    error = await fails(
+        orders.stub.GetOrder(pb.GetOrderRequest(order_id="no-such"), timeout=T),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+    assert error_details(error).get("order_id") == "no-such"
+
+
+# -- list ---------------------------------------------------------------------------------
+
+
+async def test_list_newest_first_with_filters(orders: Orders) -> None:
+    a1 = await orders.create(customer="c-a")
+    b1 = await orders.create(customer="c-b")
+    a2 = await orders.create(customer="c-a")
+    await orders.confirm(a1)
+    assert [o.id for o in (await orders.list()).orders] == [a2.id, b1.id, a1.id]
+    assert [o.id for o in (await orders.list(customer_id="c-a")).orders] == [a2.id, a1.id]
+    pending = await orders.list(status=pb.ORDER_STATUS_PENDING)
+    assert [o.id for o in pending.orders] == [a2.id, b1.id]
+    confirmed = await orders.list(status=pb.ORDER_STATUS_CONFIRMED)
+    assert [o.id for o in confirmed.orders] == [a1.id]
+    both = await orders.list(customer_id="c-a", status=pb.ORDER_STATUS_PENDING)
+    assert [o.id for o in both.orders] == [a2.id]
+    assert not (await orders.list(status=pb.ORDER_STATUS_CANCELLED)).orders
+    assert not (await orders.list(customer_id="nobody")).orders
+
+
+async def test_list_pages_by_cursor(orders: Orders) -> None:
+    created = [(await orders.create(customer=f"c-{n % 2}")).id for n in range(7)]
+    pages: list[list[str]] = []
+    cursor = ""
+    while True:
+        page = await orders.list(limit=3, cursor=cursor)
+        pages.append([o.id for o in page.orders])
+        cursor = page.next_cursor
+        if not cursor:
+            break
+        assert len(pages) < 10, "paging does not end"
+    assert [len(p) for p in pages] == [3, 3, 1]
+    flat = [i for p in pages for i in p]
+    assert flat == created[::-1]
+    assert len(set(flat)) == 7
+    # An exact page has no further page; the default page holds all 7.
+    assert (await orders.list(limit=7)).next_cursor == ""
+    assert len((await orders.list()).orders) == 7
+    # Paging within a customer.
+    evens = [i for n, i in enumerate(created) if n % 2 == 0][::-1]
+    first = await orders.list(customer_id="c-0", limit=2)
+    rest = await orders.list(customer_id="c-0", limit=2, cursor=first.next_cursor)
+    assert [o.id for o in first.orders] + [o.id for o in rest.orders] == evens
+    assert rest.next_cursor == ""
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        pb.ListOrdersRequest(cursor="!!not-a-cursor!!"),
+        pb.ListOrdersRequest(cursor="bm9jb2xvbg"),  # "nocolon"
+        pb.ListOrdersRequest(cursor="x" * 600),
+        pb.ListOrdersRequest(limit=101),
+        pb.ListOrdersRequest(limit=-1),
+        pb.ListOrdersRequest(status=99),  # type: ignore[arg-type]
+        pb.ListOrdersRequest(customer_id="c" * 65),
+    ],
+    ids=["garbage-cursor", "cursor-without-position", "long-cursor", "limit-101", "limit-neg",
+         "status-99", "long-customer"],
+)
+async def test_list_refuses_bad_input(orders: Orders, request_: pb.ListOrdersRequest) -> None:
+    await orders.create()
+    await fails(
+        orders.stub.ListOrders(request_, timeout=T),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+# -- leases and compare-and-set -----------------------------------------------------------
+
+
+async def test_confirm_by_the_owner_stores_prices_and_totals(orders: Orders) -> None:
+    order = await orders.create(redeem=100)
+    done = await orders.confirm(order, price=500, discount=50, points=100)
+    assert done.status == pb.ORDER_STATUS_CONFIRMED
+    assert [(x.sku, x.quantity, x.unit_price) for x in done.lines] == [
+        ("a", 2, 500),
+        ("b", 1, 500),
+    ]
+    assert (done.currency, done.subtotal, done.discount) == ("USD", 1500, 50)
+    assert (done.points_redeemed, done.total, done.points_earned) == (100, 1350, 15)
+    assert done.settled is False
+    assert done.lease_owner == OWNER
+    assert done.updated_at.ToMicroseconds() >= order.updated_at.ToMicroseconds()
+    assert await orders.get(order.id) == done
+    again = await orders.confirm(order, price=500, discount=50, points=100)
+    assert again == done
+
+
+async def test_another_owner_is_refused_while_the_lease_is_live(orders: Orders) -> None:
+    order = await orders.create()
+    error = await fails(
+        orders.stub.ConfirmOrder(confirm_request(order, OTHER), timeout=T),
+        grpc.StatusCode.ABORTED,
+        "LEASE_HELD",
+    )
+    assert error_details(error).get("lease_owner") == OWNER
+    await fails(
+        orders.stub.AcquireOrderLease(
+            pb.AcquireOrderLeaseRequest(order_id=order.id, lease_owner=OTHER, lease_seconds=5),
+            timeout=T,
+        ),
+        grpc.StatusCode.ABORTED,
+        "LEASE_HELD",
+    )
+    await fails(
+        orders.stub.RejectOrder(
+            pb.RejectOrderRequest(
+                order_id=order.id, lease_owner=OTHER, failure=pb.Failure(code="X")
+            ),
+            timeout=T,
+        ),
+        grpc.StatusCode.ABORTED,
+        "LEASE_HELD",
+    )
+    assert await orders.get(order.id) == order
+
+
+async def test_owner_renews_its_lease(orders: Orders) -> None:
+    order = await orders.create(lease=SHORT)
+    renewed = await orders.acquire(order.id, OWNER, lease=60)
+    assert renewed.lease_owner == OWNER
+    assert renewed.lease_expires_at.ToMicroseconds() > order.lease_expires_at.ToMicroseconds()
+    await asyncio.sleep(EXPIRE)
+    await fails(
+        orders.stub.AcquireOrderLease(
+            pb.AcquireOrderLeaseRequest(order_id=order.id, lease_owner=OTHER, lease_seconds=5),
+            timeout=T,
+        ),
+        grpc.StatusCode.ABORTED,
+        "LEASE_HELD",
+    )
+
+
+async def test_an_expired_lease_can_be_taken_by_another_owner(orders: Orders) -> None:
+    order = await orders.create(lease=SHORT)
+    await asyncio.sleep(EXPIRE)
+    taken = await orders.acquire(order.id, OTHER, lease=30)
+    assert taken.lease_owner == OTHER
+    assert taken.status == pb.ORDER_STATUS_PENDING
+    # Now the first owner is the one locked out.
+    await fails(
+        orders.stub.ConfirmOrder(confirm_request(order, OWNER), timeout=T),
+        grpc.StatusCode.ABORTED,
+        "LEASE_HELD",
+    )
+    done = await orders.confirm(order, OTHER)
+    assert done.status == pb.ORDER_STATUS_CONFIRMED
+
+
+async def test_confirm_with_totals_that_do_not_add_up_changes_nothing(orders: Orders) -> None:
+    order = await orders.create(redeem=10)
+    good = confirm_request(order)
+    bad_requests = []
+    for change in (
+        {"subtotal": good.subtotal + 1, "total": good.total + 1},
+        {"total": good.total - 1},
+        {"points_redeemed": 11, "total": good.subtotal - 11},
+        {"currency": "US"},
+        {"lines": [pb.OrderLine(sku="a", quantity=2, unit_price=100)]},
+        {"lines": [*good.lines, pb.OrderLine(sku="z", quantity=1, unit_price=0)]},
+    ):
+        request = pb.ConfirmOrderRequest()
+        request.CopyFrom(good)
+        for name, value in change.items():
+            if name == "lines":
+                del request.lines[:]
+                request.lines.extend(value)  # type: ignore[arg-type]
+            else:
+                setattr(request, name, value)
+        bad_requests.append(request)
+    for request in bad_requests:
+        await fails(
+            orders.stub.ConfirmOrder(request, timeout=T),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "INVALID_ARGUMENT",
+        )
+        assert await orders.get(order.id) == order
+
+
+async def test_reject_then_confirm_is_an_invalid_state(orders: Orders) -> None:
+    order = await orders.create()
+    rejected = await orders.reject(order.id, code="OUT_OF_STOCK", message="sku a is sold out")
+    assert rejected.status == pb.ORDER_STATUS_REJECTED
+    assert rejected.failure == pb.Failure(code="OUT_OF_STOCK", message="sku a is sold out")
+    assert rejected.settled is False
+    assert await orders.get(order.id) == rejected
+    await fails(
+        orders.stub.ConfirmOrder(confirm_request(order), timeout=T),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_STATE",
+    )
+    assert await orders.get(order.id) == rejected
+
+
+async def test_reject_of_a_confirmed_order_is_an_invalid_state(orders: Orders) -> None:
+    order = await orders.create()
+    done = await orders.confirm(order)
+    await fails(
+        orders.stub.RejectOrder(
+            pb.RejectOrderRequest(
+                order_id=order.id, lease_owner=OWNER, failure=pb.Failure(code="X")
+            ),
+            timeout=T,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_STATE",
+    )
+    assert await orders.get(order.id) == done
+
+
+async def test_rejection_message_is_truncated(orders: Orders) -> None:
+    order = await orders.create()
+    rejected = await orders.reject(order.id, code="UPSTREAM_ERROR", message="m" * 700)
+    assert rejected.failure.message == "m" * 500
+    assert (await orders.get(order.id)).failure.message == "m" * 500
+
+
+@pytest.mark.parametrize("method", ["ConfirmOrder", "SettleOrder", "CancelOrder"])
+async def test_mutations_of_an_unknown_order_are_not_found(orders: Orders, method: str) -> None:
+    requests = {
+        "ConfirmOrder": pb.ConfirmOrderRequest(
+            order_id="no-such", lease_owner=OWNER, currency="USD"
+        ),
+        "SettleOrder": pb.SettleOrderRequest(order_id="no-such", lease_owner=OWNER),
+        "CancelOrder": pb.CancelOrderRequest(order_id="no-such", lease_owner=OWNER),
+    }
+    await fails(
+        getattr(orders.stub, method)(requests[method], timeout=T),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+
+
+# -- cancellation -------------------------------------------------------------------------
+
+
+async def test_cancel_flow(orders: Orders) -> None:
+    order = await orders.create()
+    await fails(
+        orders.stub.RequestOrderCancel(
+            pb.RequestOrderCancelRequest(order_id=order.id, lease_owner=OWNER, lease_seconds=30),
+            timeout=T,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NOT_CANCELLABLE",
+    )
+    assert await orders.get(order.id) == order
+
+    done = await orders.confirm(order)
+    settled = await orders.settle(order.id)
+    assert settled.lease_owner == ""
+    requested = await orders.request_cancel(order.id, OTHER)
+    assert requested.status == pb.ORDER_STATUS_CONFIRMED
+    assert (requested.cancel_requested, requested.settled) == (True, False)
+    assert requested.lease_owner == OTHER
+    assert requested.total == done.total
+
+    cancelled = await orders.cancel(order.id, OTHER)
+    assert cancelled.status == pb.ORDER_STATUS_CANCELLED
+    assert cancelled.settled is True
+    assert cancelled.lease_owner == ""
+    assert not cancelled.HasField("lease_expires_at")
+    assert await orders.get(order.id) == cancelled
+
+    # Once CANCELLED, repeating either call returns the order unchanged.
+    assert await orders.request_cancel(order.id, OWNER) == cancelled
+    assert await orders.cancel(order.id, OWNER) == cancelled
+    assert await orders.get(order.id) == cancelled
+
+
+async def test_request_cancel_of_a_rejected_order_is_not_cancellable(orders: Orders) -> None:
+    order = await orders.create()
+    rejected = await orders.reject(order.id)
+    await fails(
+        orders.stub.RequestOrderCancel(
+            pb.RequestOrderCancelRequest(order_id=order.id, lease_owner=OWNER, lease_seconds=30),
+            timeout=T,
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "NOT_CANCELLABLE",
+    )
+    assert await orders.get(order.id) == rejected
+
+
+async def test_withdraw_cancel_clears_the_request(orders: Orders) -> None:
+    order = await orders.create()
+    await orders.confirm(order)
+    await orders.request_cancel(order.id)
+    withdrawn = await orders.withdraw(order.id)
+    assert withdrawn.status == pb.ORDER_STATUS_CONFIRMED
+    assert withdrawn.cancel_requested is False
+    assert await orders.get(order.id) == withdrawn
+    # Without a request, cancelling is refused.
+    await fails(
+        orders.stub.CancelOrder(
+            pb.CancelOrderRequest(order_id=order.id, lease_owner=OWNER), timeout=T
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_STATE",
+    )
+    assert await orders.get(order.id) == withdrawn
+
+
+@pytest.mark.parametrize("confirm", [False, True], ids=["pending", "confirmed"])
+async def test_cancel_without_a_request_is_an_invalid_state(
+    orders: Orders, confirm: bool
+) -> None:
+    order = await orders.create()
+    if confirm:
+        order = await orders.confirm(order)
+    await fails(
+        orders.stub.CancelOrder(
+            pb.CancelOrderRequest(order_id=order.id, lease_owner=OWNER), timeout=T
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_STATE",
+    )
+    assert await orders.get(order.id) == order
+
+
+# -- settle -------------------------------------------------------------------------------
+
+
+async def test_settle(orders: Orders) -> None:
+    order = await orders.create()
+    await fails(
+        orders.stub.SettleOrder(
+            pb.SettleOrderRequest(order_id=order.id, lease_owner=OWNER), timeout=T
+        ),
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "INVALID_STATE",
+    )
+    assert await orders.get(order.id) == order
+    done = await orders.confirm(order)
+    settled = await orders.settle(order.id)
+    assert settled.settled is True
+    assert settled.lease_owner == ""
+    assert not settled.HasField("lease_expires_at")
+    assert settled.status == pb.ORDER_STATUS_CONFIRMED
+    assert settled.total == done.total
+    assert await orders.settle(order.id) == settled
+    assert await orders.settle(order.id, OTHER) == settled
+    assert await orders.get(order.id) == settled
+
+
+async def test_settle_of_a_rejected_order(orders: Orders) -> None:
+    order = await orders.create()
+    await orders.reject(order.id)
+    settled = await orders.settle(order.id)
+    assert (settled.status, settled.settled) == (pb.ORDER_STATUS_REJECTED, True)
+
+
+# -- claiming stale orders ----------------------------------------------------------------
+
+
+async def test_claim_stale_orders(orders: Orders) -> None:
+    stale = [(await orders.create(lease=SHORT)).id for _ in range(5)]
+    live = await orders.create(lease=60)
+    finished = await orders.create(lease=SHORT)
+    await orders.confirm(finished)
+    await orders.settle(finished.id)
+    await asyncio.sleep(EXPIRE)
+
+    first = await orders.claim("worker-1", limit=2)
+    assert [o.id for o in first] == stale[:2], "oldest first"
+    for o in first:
+        assert o.lease_owner == "worker-1"
+        assert o.HasField("lease_expires_at")
+        assert await orders.get(o.id) == o
+    second = await orders.claim("worker-2", limit=100)
+    assert sorted(o.id for o in second) == sorted(stale[2:])
+    assert all(o.lease_owner == "worker-2" for o in second)
+    assert await orders.claim("worker-3", limit=100) == []
+    assert (await orders.get(live.id)).lease_owner == OWNER
+    assert (await orders.get(finished.id)).settled is True
+    assert (await orders.get(finished.id)).lease_owner == ""
+
+
+async def test_claimed_orders_become_stale_again_when_the_claim_expires(orders: Orders) -> None:
+    order = await orders.create(lease=SHORT)
+    await asyncio.sleep(EXPIRE)
+    assert [o.id for o in await orders.claim("worker-1", limit=10, lease=SHORT)] == [order.id]
+    assert await orders.claim("worker-2", limit=10) == []
+    await asyncio.sleep(EXPIRE)
+    again = await orders.claim("worker-2", limit=10)
+    assert [(o.id, o.lease_owner) for o in again] == [(order.id, "worker-2")]
+
+
+async def test_concurrent_claimers_never_share_an_order(orders: Orders) -> None:
+    ids = {(await orders.create(lease=SHORT)).id for _ in range(30)}
+    await asyncio.sleep(EXPIRE)
+    claimed_a, claimed_b = await asyncio.gather(
+        orders.claim("worker-a", limit=100), orders.claim("worker-b", limit=100)
+    )
+    a = [o.id for o in claimed_a]
+    b = [o.id for o in claimed_b]
+    assert len(a) == len(set(a)) and len(b) == len(set(b))
+    assert not set(a) & set(b)
+    assert set(a) | set(b) == ids
+    for order in await orders.snapshot():
+        expected = "worker-a" if order.id in a else "worker-b"
+        assert order.lease_owner == expected
+
+
+# -- idempotency --------------------------------------------------------------------------
+
+
+async def _pending(orders: Orders) -> pb.Order:
+    return await orders.create()
+
+
+async def _confirmed(orders: Orders) -> pb.Order:
+    return await orders.confirm(await orders.create())
+
+
+async def _cancel_requested(orders: Orders) -> pb.Order:
+    order = await _confirmed(orders)
+    return await orders.request_cancel(order.id)
+
+
+IDEMPOTENT: list[tuple[str, Callable[[Orders], Awaitable[pb.Order]], Any]] = [
+    ("confirm", _pending, lambda s, o: s.confirm(o)),
+    ("reject", _pending, lambda s, o: s.reject(o.id)),
+    ("request-cancel", _confirmed, lambda s, o: s.request_cancel(o.id)),
+    ("cancel", _cancel_requested, lambda s, o: s.cancel(o.id)),
+    ("settle", _confirmed, lambda s, o: s.settle(o.id)),
+    ("withdraw", _cancel_requested, lambda s, o: s.withdraw(o.id)),
+]
+
+
+@pytest.mark.parametrize(("prepare", "call"), [x[1:] for x in IDEMPOTENT], ids=[x[0] for x in IDEMPOTENT])
+async def test_every_mutation_three_times_has_the_effect_of_once(
+    orders: Orders,
+    prepare: Callable[[Orders], Awaitable[pb.Order]],
+    call: Callable[[Orders, pb.Order], Awaitable[pb.Order]],
+) -> None:
+    order = await prepare(orders)
+    first = await call(orders, order)
+    assert first != order, "the first call changes the order"
+    second = await call(orders, order)
+    third = await call(orders, order)
+    assert second == first
+    assert third == first
+    assert await orders.get(order.id) == first
+    assert len(await orders.snapshot()) == 1
+
+
+# -- bad input ----------------------------------------------------------------------------
+
+LONG = "x" * 65
+ID = "{id}"  # replaced by the id of an existing order
+
+
+def _bad_calls() -> list[tuple[str, str, Any]]:
+    def owner_calls(
+        method: str, make: Callable[..., Any], **extra: Any
+    ) -> list[tuple[str, str, Any]]:
+        return [
+            (f"{method} empty id", method, make(order_id="", lease_owner=OWNER, **extra)),
+            (f"{method} long id", method, make(order_id=LONG, lease_owner=OWNER, **extra)),
+            (f"{method} padded id", method, make(order_id=" p ", lease_owner=OWNER, **extra)),
+            (f"{method} empty owner", method, make(order_id=ID, lease_owner="", **extra)),
+            (f"{method} long owner", method, make(order_id=ID, lease_owner="o" * 129, **extra)),
+        ]
+
+    lease = {"lease_seconds": 30.0}
+    calls: list[tuple[str, str, Any]] = [
+        ("create empty customer", "CreateOrder", create_request(customer="")),
+        ("create long customer", "CreateOrder", create_request(customer=LONG)),
+        ("create no lines", "CreateOrder", create_request(lines=())),
+        ("create quantity 0", "CreateOrder", create_request(lines=(("a", 0),))),
+        ("create quantity 10001", "CreateOrder", create_request(lines=(("a", 10_001),))),
+        ("create dup skus", "CreateOrder", create_request(lines=(("a", 1), ("a", 2)))),
+        ("create bad sku", "CreateOrder", create_request(lines=(("a b", 1),))),
+        ("create lease 0", "CreateOrder", create_request(lease=0)),
+        ("create lease 3601", "CreateOrder", create_request(lease=3601)),
+        ("create empty owner", "CreateOrder", create_request(owner="")),
+        ("create long key", "CreateOrder", create_request(key="k" * 256)),
+        ("create long fingerprint", "CreateOrder", create_request(fingerprint="f" * 129)),
+        ("create negative points", "CreateOrder", create_request(redeem=-1)),
+        ("get empty id", "GetOrder", pb.GetOrderRequest(order_id="")),
+        ("get long id", "GetOrder", pb.GetOrderRequest(order_id=LONG)),
+        ("list status 99", "ListOrders", pb.ListOrdersRequest(status=99)),  # type: ignore[arg-type]
+        ("list limit 101", "ListOrders", pb.ListOrdersRequest(limit=101)),
+        ("list bad cursor", "ListOrders", pb.ListOrdersRequest(cursor="%%%")),
+        ("list long customer", "ListOrders", pb.ListOrdersRequest(customer_id=LONG)),
+        *owner_calls("AcquireOrderLease", pb.AcquireOrderLeaseRequest, **lease),
+        (
+            "acquire lease 0",
+            "AcquireOrderLease",
+            pb.AcquireOrderLeaseRequest(order_id=ID, lease_owner=OWNER, lease_seconds=0),
+        ),
+        *owner_calls("ConfirmOrder", pb.ConfirmOrderRequest, currency="USD"),
+        (
+            "confirm without lines",
+            "ConfirmOrder",
+            pb.ConfirmOrderRequest(order_id=ID, lease_owner=OWNER, currency="USD"),
+        ),
+        *owner_calls("RejectOrder", pb.RejectOrderRequest, failure=pb.Failure(code="X")),
+        (
+            "reject without a code",
+            "RejectOrder",
+            pb.RejectOrderRequest(
+                order_id=ID, lease_owner=OWNER, failure=pb.Failure(message="why")
+            ),
+        ),
+        *owner_calls("RequestOrderCancel", pb.RequestOrderCancelRequest, **lease),
+        (
+            "request cancel lease 0",
+            "RequestOrderCancel",
+            pb.RequestOrderCancelRequest(order_id=ID, lease_owner=OWNER, lease_seconds=0),
+        ),
+        *owner_calls("WithdrawOrderCancel", pb.WithdrawOrderCancelRequest),
+        *owner_calls("CancelOrder", pb.CancelOrderRequest),
+        *owner_calls("SettleOrder", pb.SettleOrderRequest),
+        (
+            "claim limit 0",
+            "ClaimStaleOrders",
+            pb.ClaimStaleOrdersRequest(lease_owner="w", lease_seconds=30, limit=0),
+        ),
+        (
+            "claim limit 101",
+            "ClaimStaleOrders",
+            pb.ClaimStaleOrdersRequest(lease_owner="w", lease_seconds=30, limit=101),
+        ),
+        (
+            "claim lease 0",
+            "ClaimStaleOrders",
+            pb.ClaimStaleOrdersRequest(lease_owner="w", lease_seconds=0, limit=10),
+        ),
+        (
+            "claim empty owner",
+            "ClaimStaleOrders",
+            pb.ClaimStaleOrdersRequest(lease_owner="", lease_seconds=30, limit=10),
+        ),
+    ]
+    return calls
+
+
+async def test_bad_input_on_every_rpc_is_refused_and_changes_nothing(orders: Orders) -> None:
+    pending = await orders.create(customer="c-1", key="k-1", lease=SHORT)
+    other = await orders.create(customer="c-2", lease=SHORT)
+    await orders.confirm(other)
+    await orders.request_cancel(other.id, lease=SHORT)
+    await asyncio.sleep(EXPIRE)  # both are stale: a refused claim would have taken them
+    before = await orders.snapshot()
+    methods = set()
+    for label, method, template in _bad_calls():
+        request = type(template)()
+        request.CopyFrom(template)
+        if getattr(request, "order_id", None) == ID:
+            request.order_id = pending.id if method != "WithdrawOrderCancel" else other.id
+        methods.add(method)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await getattr(orders.stub, method)(request, timeout=T)
+        error = info.value
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, (label, error.details())
+        assert error_code(error) == "INVALID_ARGUMENT", label
+        assert error.details(), label
+        assert error_details(error).get("field"), label
+    assert methods == set(pb.DESCRIPTOR.services_by_name["OrderService"].methods_by_name)
+    assert await orders.snapshot() == before
+
+
+# -- health, reflection, migrations -------------------------------------------------------
+
+
+async def test_health_reports_serving(orders: Orders) -> None:
+    health = health_pb2_grpc.HealthStub(orders.channel)
+    for name in ("", SERVICE):
+        r = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=T)
+        assert r.status == health_pb2.HealthCheckResponse.SERVING, name
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=T)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _reflected_services(target: str) -> set[str]:
+    with grpc.insecure_channel(target) as channel:
+        return set(ProtoReflectionDescriptorDatabase(channel).get_services())
+
+
+async def test_reflection_lists_the_services(orders: Orders) -> None:
+    # The aio channel keeps its target on the underlying Cython channel.
+    target = orders.channel._channel.target.decode()
+    services = await asyncio.wait_for(asyncio.to_thread(_reflected_services, target), T)
+    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= (
+        services
+    )
+
+
+async def test_migrations_match_the_models(orders: Orders) -> None:
+    # The service is running, so its migrations have been applied.
+    await orders.create()
+
+    def diff(sync_conn: Any) -> list[Any]:
+        return compare_metadata(MigrationContext.configure(sync_conn), storage.metadata)
+
+    engine = create_async_engine(orders.url)
+    try:
+        async with engine.connect() as conn:
+            changes = await conn.run_sync(diff)
+    finally:
+        await engine.dispose()
+    assert changes == []
