@@ -71,21 +71,48 @@ def _service_settings(service: str) -> Any:
     return _settings(cls)
 
 
-async def build_component(service: str, service_settings: Any, common: Any) -> Any:
-    """Build (and migrate) one service from its settings."""
+async def build_component(
+    service: str, service_settings: Any, common: Any, *, migrate: bool = True
+) -> Any:
+    """Build (and by default migrate) one service from its settings."""
     module = importlib.import_module(f"orderflow.{service}.app")
-    return await module.build(service_settings, common)
+    return await module.build(service_settings, common, migrate=migrate)
+
+
+def _migrate_in_child(service: str) -> None:
+    """Run `orderflow migrate <service>` as a child process: the migration tooling then
+    never occupies the serving process's memory."""
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "orderflow.cli", "migrate", service], check=False)
+    if done.returncode != 0:
+        typer.echo(f"{service}: migrations failed (exit {done.returncode}); not serving", err=True)
+        raise typer.Exit(done.returncode)
+
+
+def _without_rich_when_logging_json(log_format: str) -> None:
+    """structlog loads rich, when installed, for pretty tracebacks on a terminal. A served
+    component writing JSON logs never uses it, and it would cost ~5 MB in every process."""
+    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    if json_logs and "structlog" not in sys.modules:
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # "import rich" fails
 
 
 @app.command()
 def serve(
     component: Annotated[Component, typer.Argument(help="which component to run")],
+    migrate: Annotated[
+        bool,
+        typer.Option(help="apply the service's migrations before serving (off when a job does)"),
+    ] = True,
 ) -> None:
     """Run one component in this process (per-service mode); settings from ORDERFLOW_*."""
-    from orderflow.platform.logging import configure_logging
     from orderflow.settings import CommonSettings
 
     common = _settings(CommonSettings)
+    _without_rich_when_logging_json(common.log_format)
+    from orderflow.platform.logging import configure_logging
+
     configure_logging(common.log_level, common.log_format, component=component.value)
     if component is Component.gateway:
         from orderflow.gateway.server import serve_gateway
@@ -95,11 +122,13 @@ def serve(
         _run(serve_gateway(gateway_settings, common))
         return
     service_settings = _service_settings(component.value)
+    if migrate:
+        _migrate_in_child(component.value)
 
     async def main() -> None:
         from orderflow.platform.component import serve_components
 
-        built = await build_component(component.value, service_settings, common)
+        built = await build_component(component.value, service_settings, common, migrate=False)
         await serve_components(
             [built],
             service_settings.host,

@@ -22,6 +22,7 @@ from orderflow.orders import storage
 from orderflow.orders.v1 import orders_pb2 as pb
 from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
+from orderflow.validation import encode_cursor
 from tests.integration.conftest import Serve
 
 T = 10.0  # deadline of every ordinary call, in seconds
@@ -311,13 +312,32 @@ async def test_list_pages_by_cursor(orders: Orders) -> None:
         pb.ListOrdersRequest(status=99),  # type: ignore[arg-type]
         pb.ListOrdersRequest(customer_id="c" * 65),
     ],
-    ids=["garbage-cursor", "cursor-without-position", "long-cursor", "limit-101", "limit-neg",
-         "status-99", "long-customer"],
+    ids=[
+        "garbage-cursor",
+        "cursor-without-position",
+        "long-cursor",
+        "limit-101",
+        "limit-neg",
+        "status-99",
+        "long-customer",
+    ],
 )
 async def test_list_refuses_bad_input(orders: Orders, request_: pb.ListOrdersRequest) -> None:
     await orders.create()
     await fails(
         orders.stub.ListOrders(request_, timeout=T),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+
+
+@pytest.mark.parametrize(
+    "position", ["\u00b2:x", "9" * 30 + ":x"], ids=["superscript-two", "beyond-int64"]
+)
+async def test_list_refuses_a_forged_cursor(orders: Orders, position: str) -> None:
+    await orders.create()
+    await fails(
+        orders.stub.ListOrders(pb.ListOrdersRequest(cursor=encode_cursor(position)), timeout=T),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
@@ -560,9 +580,7 @@ async def test_withdraw_cancel_clears_the_request(orders: Orders) -> None:
 
 
 @pytest.mark.parametrize("confirm", [False, True], ids=["pending", "confirmed"])
-async def test_cancel_without_a_request_is_an_invalid_state(
-    orders: Orders, confirm: bool
-) -> None:
+async def test_cancel_without_a_request_is_an_invalid_state(orders: Orders, confirm: bool) -> None:
     order = await orders.create()
     if confirm:
         order = await orders.confirm(order)
@@ -686,9 +704,18 @@ IDEMPOTENT: list[tuple[str, Callable[[Orders], Awaitable[pb.Order]], Any]] = [
 ]
 
 
-@pytest.mark.parametrize(("prepare", "call"), [x[1:] for x in IDEMPOTENT], ids=[x[0] for x in IDEMPOTENT])
+def _without_lease_renewal(order: pb.Order) -> pb.Order:
+    copy = pb.Order()
+    copy.CopyFrom(order)
+    copy.ClearField("updated_at")
+    copy.ClearField("lease_expires_at")
+    return copy
+
+
+@pytest.mark.parametrize(("name", "prepare", "call"), IDEMPOTENT, ids=[x[0] for x in IDEMPOTENT])
 async def test_every_mutation_three_times_has_the_effect_of_once(
     orders: Orders,
+    name: str,
     prepare: Callable[[Orders], Awaitable[pb.Order]],
     call: Callable[[Orders, pb.Order], Awaitable[pb.Order]],
 ) -> None:
@@ -697,10 +724,19 @@ async def test_every_mutation_three_times_has_the_effect_of_once(
     assert first != order, "the first call changes the order"
     second = await call(orders, order)
     third = await call(orders, order)
+    stored = await orders.get(order.id)
+    assert len(await orders.snapshot()) == 1
+    if name == "request-cancel":
+        # A repeated cancellation request by the lease holder renews its lease (like
+        # AcquireOrderLease); everything else stays as the first call left it.
+        for later in (second, third, stored):
+            assert _without_lease_renewal(later) == _without_lease_renewal(first)
+        assert third.lease_expires_at.ToMicroseconds() >= first.lease_expires_at.ToMicroseconds()
+        assert stored == third
+        return
     assert second == first
     assert third == first
-    assert await orders.get(order.id) == first
-    assert len(await orders.snapshot()) == 1
+    assert stored == first
 
 
 # -- bad input ----------------------------------------------------------------------------

@@ -5,19 +5,25 @@ from __future__ import annotations
 from orderflow.loyalty.domain import Tiers
 from orderflow.loyalty.grpc_api import service_spec
 from orderflow.loyalty.service import LoyaltyService
-from orderflow.platform import migrations
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
 from orderflow.settings import CommonSettings, LoyaltySettings
 
 
-async def build(settings: LoyaltySettings, common: CommonSettings) -> Component:
+async def build(
+    settings: LoyaltySettings, common: CommonSettings, *, migrate: bool = True
+) -> Component:
+    """The service on its database; with migrate, the database is brought up to date first
+    (`orderflow serve` migrates in a child process instead, so alembic stays out of memory)."""
     database = create_database(settings.database_url, pool_size=settings.db_pool_size)
-    try:
-        await migrations.upgrade(database, "loyalty")
-    except BaseException:
-        await database.dispose()
-        raise
+    if migrate:
+        from orderflow.platform import migrations
+
+        try:
+            await migrations.upgrade(database, "loyalty")
+        except BaseException:
+            await database.dispose()
+            raise
     service = LoyaltyService(
         database,
         tiers=Tiers(settings.tiers, settings.default_tier),

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from orderflow.orders.grpc_api import service_spec
 from orderflow.orders.service import OrdersService
-from orderflow.platform import migrations
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
 from orderflow.settings import CommonSettings, OrdersSettings
 
 
-async def build(settings: OrdersSettings, common: CommonSettings) -> Component:
+async def build(
+    settings: OrdersSettings, common: CommonSettings, *, migrate: bool = True
+) -> Component:
+    """The service on its database; with migrate, the database is brought up to date first
+    (`orderflow serve` migrates in a child process instead, so alembic stays out of memory)."""
     database = create_database(settings.database_url, pool_size=settings.db_pool_size)
-    try:
-        await migrations.upgrade(database, "orders")
-    except BaseException:
-        await database.dispose()
-        raise
+    if migrate:
+        from orderflow.platform import migrations
+
+        try:
+            await migrations.upgrade(database, "orders")
+        except BaseException:
+            await database.dispose()
+            raise
     service = OrdersService(database)
     return Component(service_spec(service, database), database)

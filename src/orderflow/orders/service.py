@@ -205,6 +205,6 @@ class OrdersService:
 
 def _parse_cursor(cursor: str) -> tuple[int, str]:
     created, _, order_id = decode_cursor(cursor).partition(":")
-    if not created.isdigit() or not order_id:
+    if not (created.isascii() and created.isdigit() and len(created) <= 18) or not order_id:
         raise InvalidArgumentError("cursor is not valid", field="cursor")
     return int(created), order_id

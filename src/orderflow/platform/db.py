@@ -17,7 +17,6 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from sqlalchemy import Table, event, text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -59,8 +58,19 @@ class Database:
         key = (table.name, tuple(index_elements))
         statement = self._insert_ignore.get(key)
         if statement is None:
-            dialect = sqlite if self.is_sqlite else postgresql
-            statement = dialect.insert(table).on_conflict_do_nothing(index_elements=index_elements)
+            # Imported here: a process loads only the dialect it talks to.
+            if self.is_sqlite:
+                from sqlalchemy.dialects import sqlite
+
+                statement = sqlite.insert(table).on_conflict_do_nothing(
+                    index_elements=index_elements
+                )
+            else:
+                from sqlalchemy.dialects import postgresql
+
+                statement = postgresql.insert(table).on_conflict_do_nothing(
+                    index_elements=index_elements
+                )
             self._insert_ignore[key] = statement
         return statement
 
