@@ -111,10 +111,11 @@ async def main() -> None:
     else:
         # Like orderflow's one-process mode: one gRPC server, a database per "service".
         databases = [create_database(url) for url in args.database_url]
-        await start_service(databases, args.host, args.grpc_port)
+        server = await start_service(databases, args.host, args.grpc_port)  # keep a reference
         target = f"{args.host}:{args.grpc_port}"
         methods = [(target, f"Write{i}") for i in range(len(databases))]
         await serve_gateway(gateway_app(methods, args.calls), args.host, args.port)
+        await server.stop(1)
 
 
 if __name__ == "__main__":

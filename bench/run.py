@@ -9,8 +9,8 @@ orderflow is reported as a ratio of the floor, so the figure holds on a noisy ma
     python -m bench.run                                   # every mode, c = 1, 8, 64, 10 s each
     python -m bench.run --modes per-service-sqlite --duration 5 --record bench/RESULTS.md
 
-A run in which orderflow answered anything but 201, or wrk saw socket errors, is
-reported as failed and exits 1.
+A run in which orderflow (or the floor) answered anything but 201, or wrk saw socket
+errors, is reported as failed and exits 1.
 """
 
 from __future__ import annotations
@@ -317,15 +317,17 @@ def report(runs: list[dict], seconds: float) -> str:
             + ".",
             "",
             "| clients | orderflow orders/s | floor orders/s | ratio "
-            "| p50 ms | p99 ms | errors | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| p50 ms | p99 ms | floor p50 / p99 ms | errors (ours / floor) | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for ours, theirs in zip(run["orderflow"], run["floor"], strict=True):
             ratio = ours.rps / theirs.rps if theirs.rps else 0.0
             rss = ", ".join(f"{n} {mb:.0f}" for n, mb in ours.peak_rss_mb.items())
             lines.append(
                 f"| {ours.concurrency} | {ours.rps:.1f} | {theirs.rps:.1f} | {ratio:.0%} "
-                f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} | {ours.errors} | {rss} |"
+                f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} "
+                f"| {theirs.p50_ms:.1f} / {theirs.p99_ms:.1f} "
+                f"| {ours.errors} / {theirs.errors} | {rss} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -366,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
                 indent=2,
             )
         )
-    failed = [m for r in runs for m in r["orderflow"] if m.failed]
+    # A floor with errors makes its ratio meaningless, so it fails the run as well.
+    failed = [m for r in runs for m in (*r["orderflow"], *r["floor"]) if m.failed]
     for m in failed:
         print(
-            f"FAILED: {m.mode} c={m.concurrency}: {m.errors} errors of {m.requests}",
+            f"FAILED: {m.system} {m.mode} c={m.concurrency}: {m.errors} errors of {m.requests}",
             file=sys.stderr,
         )
     return 1 if failed else 0
