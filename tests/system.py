@@ -124,6 +124,8 @@ def _base_env(extra: dict[str, str]) -> dict[str, str]:
         {
             "ORDERFLOW_LOG_FORMAT": "json",
             "ORDERFLOW_LOG_LEVEL": "WARNING",
+            # Tests fire hundreds of orders from one address; the limit has its own tests.
+            "ORDERFLOW_GATEWAY_RATE_LIMIT_PER_SECOND": "0",
             "PYTHONUNBUFFERED": "1",
         }
     )

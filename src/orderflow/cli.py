@@ -90,6 +90,28 @@ def _migrate_in_child(service: str) -> None:
         raise typer.Exit(done.returncode)
 
 
+def _auth_for(host: str) -> Any:
+    """The gateway's auth settings; without any, only a loopback address is allowed."""
+    from orderflow.settings import AuthSettings, is_loopback
+
+    auth = _settings(AuthSettings)
+    if not auth.enabled:
+        if not is_loopback(host):
+            typer.echo(
+                f"refusing to serve on {host} without authentication: set "
+                "ORDERFLOW_AUTH_JWT_SECRET (HS256) or ORDERFLOW_AUTH_JWT_PUBLIC_KEY_FILE "
+                "(RS256), or bind to 127.0.0.1",
+                err=True,
+            )
+            raise typer.Exit(2)
+        typer.echo(
+            f"authentication is OFF: anyone who can reach {host} acts as an admin "
+            "(allowed only on a loopback address; set ORDERFLOW_AUTH_JWT_SECRET to turn it on)",
+            err=True,
+        )
+    return auth
+
+
 def _without_rich_when_logging_json(log_format: str) -> None:
     """structlog loads rich, when installed, for pretty tracebacks on a terminal. A served
     component writing JSON logs never uses it, and it would cost ~5 MB in every process."""
@@ -119,7 +141,8 @@ def serve(
         from orderflow.settings import GatewaySettings
 
         gateway_settings = _settings(GatewaySettings)
-        _run(serve_gateway(gateway_settings, common))
+        auth = _auth_for(gateway_settings.host)
+        _run(serve_gateway(gateway_settings, common, auth))
         return
     service_settings = _service_settings(component.value)
     if migrate:
@@ -163,6 +186,7 @@ def run(
     common = _settings(CommonSettings)
     gateway = _settings(GatewaySettings)
     gateway = gateway.model_copy(update={"host": host, "port": port})
+    auth = _auth_for(host)
     configure_logging(common.log_level, common.log_format, component="orderflow")
     _run(
         run_onebox(
@@ -172,6 +196,7 @@ def run(
             data_dir=data_dir,
             demo=demo,
             announce=lambda line: typer.echo(line, err=True),
+            auth=auth,
         )
     )
 
@@ -199,6 +224,37 @@ def migrate(
                 await database.dispose()
 
     _run(main())
+
+
+@app.command()
+def token(
+    customer: Annotated[
+        str | None, typer.Option(help="a customer token for this customer id")
+    ] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
+    ttl: Annotated[int, typer.Option(min=60, max=30 * 24 * 3600, help="seconds valid")] = 3600,
+) -> None:
+    """Print a bearer token signed with the configured key (ORDERFLOW_AUTH_*), for local use."""
+    from orderflow.gateway.auth import ADMIN_SCOPE, CUSTOMER_SCOPE, issue_token
+    from orderflow.settings import AuthSettings
+
+    if admin == (customer is not None):
+        typer.echo("give exactly one of --customer ID and --admin", err=True)
+        raise typer.Exit(2)
+    auth = _settings(AuthSettings)
+    if auth.jwt_secret is None and auth.jwt_private_key_file is None:
+        typer.echo(
+            "no signing key: set ORDERFLOW_AUTH_JWT_SECRET (HS256) or "
+            "ORDERFLOW_AUTH_JWT_PRIVATE_KEY_FILE (RS256)",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if customer is not None and not 1 <= len(customer) <= 64:
+        typer.echo("--customer must be 1..64 characters", err=True)
+        raise typer.Exit(2)
+    private_key = auth.jwt_private_key_file.read_text() if auth.jwt_private_key_file else None
+    subject, scopes = ("admin", [ADMIN_SCOPE]) if admin else (str(customer), [CUSTOMER_SCOPE])
+    typer.echo(issue_token(auth, subject, scopes, ttl, private_key))
 
 
 def main() -> None:

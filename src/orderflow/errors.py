@@ -16,9 +16,13 @@
     │   ├── CompensatedError          ALREADY_COMPENSATED  the step was undone (tombstone)
     │   ├── LeaseHeldError            LEASE_HELD        another driver holds the order's lease
     │   └── RequestInProgressError    REQUEST_IN_PROGRESS  the same idempotent request is running
-    └── DependencyError               (abstract)        a needed service did not answer well
-        ├── ServiceUnavailableError   SERVICE_UNAVAILABLE  no answer in time: it may have acted
-        └── UpstreamError             UPSTREAM_ERROR    it answered with an unexpected failure
+    ├── DependencyError               (abstract)        a needed service did not answer well
+    │   ├── ServiceUnavailableError   SERVICE_UNAVAILABLE  no answer in time: it may have acted
+    │   └── UpstreamError             UPSTREAM_ERROR    it answered with an unexpected failure
+    └── AccessError                   (abstract)        the caller may not do this (gateway)
+        ├── UnauthenticatedError      UNAUTHENTICATED   no valid bearer token
+        ├── ForbiddenError            FORBIDDEN         the token's scope does not allow it
+        └── RateLimitedError          RATE_LIMITED      too many requests; retry after a while
 
 The gRPC layer maps these to status codes in one table (orderflow.platform.grpc_errors);
 the gateway maps status codes and codes back to HTTP in one table of its own.
@@ -112,6 +116,26 @@ class UpstreamError(DependencyError):
     code = "UPSTREAM_ERROR"
 
 
+class AccessError(OrderflowError):
+    code = "ACCESS_DENIED"
+
+
+class UnauthenticatedError(AccessError):
+    code = "UNAUTHENTICATED"
+
+
+class ForbiddenError(AccessError):
+    code = "FORBIDDEN"
+
+
+class RateLimitedError(AccessError):
+    code = "RATE_LIMITED"
+
+    def __init__(self, message: str, retry_after_seconds: int, **details: Any) -> None:
+        super().__init__(message, retry_after_seconds=retry_after_seconds, **details)
+        self.retry_after_seconds = retry_after_seconds
+
+
 # Every concrete error by its code, so a client can rebuild the error it was sent.
 ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {
     cls.code: cls
@@ -135,5 +159,9 @@ ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {
         DependencyError,
         ServiceUnavailableError,
         UpstreamError,
+        AccessError,
+        UnauthenticatedError,
+        ForbiddenError,
+        RateLimitedError,
     )
 }

@@ -21,6 +21,7 @@ from orderflow.gateway.server import uvicorn_server
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server
 from orderflow.settings import (
+    AuthSettings,
     CommonSettings,
     GatewaySettings,
     InventorySettings,
@@ -92,6 +93,7 @@ async def run_onebox(
     data_dir: Path,
     demo: bool,
     announce: Any = print,
+    auth: AuthSettings | None = None,
 ) -> None:
     """Run everything until SIGTERM/SIGINT."""
     from orderflow.cli import build_component
@@ -110,7 +112,7 @@ async def run_onebox(
         wired = gateway.model_copy(
             update={"orders_target": target, "inventory_target": target, "loyalty_target": target}
         )
-        server = uvicorn_server(create_app(wired, common), host, gateway.port)
+        server = uvicorn_server(create_app(wired, common, auth=auth), host, gateway.port)
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110

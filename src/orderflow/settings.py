@@ -7,10 +7,12 @@ pydantic's ValidationError, which the CLI turns into a clear message and exit co
 
 from __future__ import annotations
 
+import ipaddress
 import json
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -130,6 +132,12 @@ class GatewaySettings(_Base):
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
     # Reply as soon as an order is CONFIRMED; commit its stock and points just after.
     finish_in_background: bool = True
+    # Orders a client (token subject, or address without auth) may place per second, and
+    # the burst allowed above that rate; 0 turns the limit off.
+    rate_limit_per_second: Annotated[float, Field(ge=0, le=100_000)] = 20.0
+    rate_limit_burst: Annotated[int, Field(ge=1, le=100_000)] = 40
+    # Origins allowed by CORS, as JSON (e.g. ["https://shop.example"]); none by default.
+    cors_origins: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _lease_outlasts_request(self) -> GatewaySettings:
@@ -140,3 +148,55 @@ class GatewaySettings(_Base):
                 "worker could take over an order while its request is still driving it"
             )
         return self
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class AuthSettings(_Base):
+    """Bearer-token authentication at the gateway: ORDERFLOW_AUTH_<SETTING>.
+
+    Give an HS256 shared secret or an RS256 public key file. With neither, the gateway
+    runs without authentication, which it allows only while bound to a loopback address.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ORDERFLOW_AUTH_")
+
+    jwt_secret: SecretStr | None = None
+    jwt_public_key_file: Path | None = None
+    # Signs tokens made by `orderflow token` when RS256 is used.
+    jwt_private_key_file: Path | None = None
+    issuer: Annotated[str, Field(min_length=1, max_length=200)] = "orderflow"
+    audience: Annotated[str, Field(min_length=1, max_length=200)] = "orderflow"
+    leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+
+    @field_validator("jwt_secret")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("must be at least 32 characters (a random value, e.g. openssl rand)")
+        return value
+
+    @field_validator("jwt_public_key_file", "jwt_private_key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> AuthSettings:
+        if self.jwt_secret is not None and self.jwt_public_key_file is not None:
+            raise ValueError("give jwt_secret (HS256) or jwt_public_key_file (RS256), not both")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.jwt_secret is not None or self.jwt_public_key_file is not None

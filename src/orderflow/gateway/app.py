@@ -10,21 +10,24 @@ from collections.abc import AsyncIterator
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderflow.errors import OrderflowError
+from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.background import Background
 from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
 from orderflow.gateway.saga import OrderSaga
-from orderflow.settings import CommonSettings, GatewaySettings
+from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 log = structlog.get_logger("orderflow.gateway")
 
@@ -44,6 +47,7 @@ def create_app(
     services: Services | None = None,
     readiness: Readiness | None = None,
     recovery: bool = True,
+    auth: AuthSettings | None = None,
 ) -> FastAPI:
     """Build the gateway. Without `services`, gRPC clients are made from settings at start-up."""
     metrics = GatewayMetrics()
@@ -81,6 +85,8 @@ def create_app(
             saga=saga,
             metrics=metrics,
             readiness=ready or Readiness({}),
+            auth=Authenticator(auth if auth is not None else AuthSettings()),
+            limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         worker = RecoveryWorker(
             saga,
@@ -112,6 +118,14 @@ def create_app(
     app.include_router(health.router)
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:  # closed unless origins are configured
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After"],
+        )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     return app
 

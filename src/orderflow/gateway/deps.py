@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 
+from orderflow.gateway.auth import Authenticator, Principal
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.ports import InventoryPort, LoyaltyPort, OrdersPort
+from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.saga import OrderSaga
 from orderflow.settings import CommonSettings, GatewaySettings
@@ -31,6 +33,8 @@ class Gateway:
     saga: OrderSaga
     metrics: GatewayMetrics
     readiness: Readiness
+    auth: Authenticator
+    limiter: RateLimiter
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -40,3 +44,16 @@ async def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+async def get_principal(
+    gateway: GatewayDep,
+    authorization: Annotated[
+        str | None,
+        Header(description="Bearer token (required unless the gateway runs without auth)"),
+    ] = None,
+) -> Principal:
+    return gateway.auth.authenticate(authorization)
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

@@ -6,7 +6,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from orderflow.errors import OrderflowError
+from orderflow.errors import OrderflowError, RateLimitedError, UnauthenticatedError
 
 HTTP_STATUS_BY_CODE: dict[str, int] = {
     "INVALID_ARGUMENT": 422,
@@ -29,6 +29,9 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
     "REQUEST_IN_PROGRESS": 409,
     "SERVICE_UNAVAILABLE": 503,
     "UPSTREAM_ERROR": 502,
+    "UNAUTHENTICATED": 401,
+    "FORBIDDEN": 403,
+    "RATE_LIMITED": 429,
     "INTERNAL": 500,
 }
 
@@ -48,7 +51,12 @@ def error_response(
 
 
 def from_exception(exc: OrderflowError) -> JSONResponse:
-    return error_response(exc.code, exc.message, exc.details)
+    headers = None
+    if isinstance(exc, UnauthenticatedError):
+        headers = {"WWW-Authenticate": 'Bearer realm="orderflow"'}
+    elif isinstance(exc, RateLimitedError):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+    return error_response(exc.code, exc.message, exc.details, headers)
 
 
 def error_responses(statuses: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:

@@ -6,7 +6,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from orderflow.gateway.app import create_app
-from orderflow.settings import CommonSettings, GatewaySettings
+from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 
 def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
@@ -23,7 +23,9 @@ def uvicorn_server(app: FastAPI, host: str, port: int) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-async def serve_gateway(settings: GatewaySettings, common: CommonSettings) -> None:
+async def serve_gateway(
+    settings: GatewaySettings, common: CommonSettings, auth: AuthSettings | None = None
+) -> None:
     """Run the gateway until SIGTERM/SIGINT (per-service mode)."""
-    app = create_app(settings, common)
+    app = create_app(settings, common, auth=auth)
     await uvicorn_server(app, settings.host, settings.port).serve()

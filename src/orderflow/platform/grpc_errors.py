@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 
 from orderflow.errors import (
+    AccessError,
     AlreadyExistsError,
     BusinessRuleError,
     ConflictError,
@@ -30,6 +31,7 @@ STATUS_BY_ERROR: tuple[tuple[type[OrderflowError], grpc.StatusCode], ...] = (
     (BusinessRuleError, grpc.StatusCode.FAILED_PRECONDITION),
     (ConflictError, grpc.StatusCode.ABORTED),
     (DependencyError, grpc.StatusCode.UNAVAILABLE),
+    (AccessError, grpc.StatusCode.PERMISSION_DENIED),
     (OrderflowError, grpc.StatusCode.INTERNAL),
 )
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 
 from orderflow.gateway.budget import budget
-from orderflow.gateway.deps import GatewayDep
+from orderflow.gateway.deps import GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import ItemIn, ItemListOut, ItemOut, ItemPatchIn
 
@@ -16,9 +16,10 @@ router = APIRouter(prefix="/api/v1/items", tags=["items"])
 SkuPath = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-@router.get("", response_model=ItemListOut, responses=error_responses((422,)))
+@router.get("", response_model=ItemListOut, responses=error_responses((401, 422)))
 async def list_items(
     gateway: GatewayDep,
+    _principal: PrincipalDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> dict[str, Any]:
@@ -30,14 +31,17 @@ async def list_items(
     }
 
 
-@router.get("/{sku}", response_model=ItemOut, responses=error_responses((404,)))
-async def get_item(sku: SkuPath, gateway: GatewayDep) -> ItemOut:
+@router.get("/{sku}", response_model=ItemOut, responses=error_responses((401, 404)))
+async def get_item(sku: SkuPath, gateway: GatewayDep, _principal: PrincipalDep) -> ItemOut:
     with budget(gateway.settings.request_timeout_seconds):
         return ItemOut.of(await gateway.services.inventory.get_item(sku))
 
 
-@router.post("", status_code=201, response_model=ItemOut, responses=error_responses((409, 422)))
-async def create_item(body: ItemIn, gateway: GatewayDep) -> ItemOut:
+@router.post(
+    "", status_code=201, response_model=ItemOut, responses=error_responses((401, 403, 409, 422))
+)
+async def create_item(body: ItemIn, gateway: GatewayDep, principal: PrincipalDep) -> ItemOut:
+    principal.require_admin()
     with budget(gateway.settings.request_timeout_seconds):
         item = await gateway.services.inventory.create_item(
             body.sku, body.name, body.price, body.stock
@@ -45,8 +49,11 @@ async def create_item(body: ItemIn, gateway: GatewayDep) -> ItemOut:
     return ItemOut.of(item)
 
 
-@router.patch("/{sku}", response_model=ItemOut, responses=error_responses((404, 422)))
-async def update_item(sku: SkuPath, body: ItemPatchIn, gateway: GatewayDep) -> ItemOut:
+@router.patch("/{sku}", response_model=ItemOut, responses=error_responses((401, 403, 404, 422)))
+async def update_item(
+    sku: SkuPath, body: ItemPatchIn, gateway: GatewayDep, principal: PrincipalDep
+) -> ItemOut:
+    principal.require_admin()
     with budget(gateway.settings.request_timeout_seconds):
         item = await gateway.services.inventory.update_item(
             sku, body.name, body.price, body.restock

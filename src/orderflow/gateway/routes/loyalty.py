@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from orderflow.gateway.budget import budget
-from orderflow.gateway.deps import GatewayDep
+from orderflow.gateway.deps import GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import AccountOut, PointsIn, TierIn
 
@@ -16,14 +16,24 @@ router = APIRouter(prefix="/api/v1/customers", tags=["loyalty"])
 CustomerPath = Annotated[str, Path(min_length=1, max_length=64)]
 
 
-@router.get("/{customer_id}/loyalty", response_model=AccountOut, responses=error_responses((404,)))
-async def get_account(customer_id: CustomerPath, gateway: GatewayDep) -> AccountOut:
+@router.get(
+    "/{customer_id}/loyalty", response_model=AccountOut, responses=error_responses((401, 404))
+)
+async def get_account(
+    customer_id: CustomerPath, gateway: GatewayDep, principal: PrincipalDep
+) -> AccountOut:
+    principal.check_owner(customer_id, "loyalty account")
     with budget(gateway.settings.request_timeout_seconds):
         return AccountOut.of(await gateway.services.loyalty.get_account(customer_id))
 
 
-@router.put("/{customer_id}/loyalty", response_model=AccountOut, responses=error_responses((422,)))
-async def set_tier(customer_id: CustomerPath, body: TierIn, gateway: GatewayDep) -> AccountOut:
+@router.put(
+    "/{customer_id}/loyalty", response_model=AccountOut, responses=error_responses((401, 403, 422))
+)
+async def set_tier(
+    customer_id: CustomerPath, body: TierIn, gateway: GatewayDep, principal: PrincipalDep
+) -> AccountOut:
+    principal.require_admin()
     with budget(gateway.settings.request_timeout_seconds):
         return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier))
 
@@ -31,11 +41,12 @@ async def set_tier(customer_id: CustomerPath, body: TierIn, gateway: GatewayDep)
 @router.post(
     "/{customer_id}/loyalty/points",
     response_model=AccountOut,
-    responses=error_responses((409, 422)),
+    responses=error_responses((401, 403, 409, 422)),
 )
 async def adjust_points(
-    customer_id: CustomerPath, body: PointsIn, gateway: GatewayDep
+    customer_id: CustomerPath, body: PointsIn, gateway: GatewayDep, principal: PrincipalDep
 ) -> AccountOut:
+    principal.require_admin()
     with budget(gateway.settings.request_timeout_seconds):
         account = await gateway.services.loyalty.adjust_points(customer_id, body.delta, body.reason)
     return AccountOut.of(account)

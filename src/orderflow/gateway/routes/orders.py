@@ -6,11 +6,11 @@ import hashlib
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from orderflow.gateway.budget import budget
-from orderflow.gateway.deps import Gateway, GatewayDep
+from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses, http_status
 from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, NewOrder, Order
 from orderflow.gateway.saga import new_owner
@@ -55,12 +55,14 @@ def placed_response(gateway: Gateway, order: Order, created: bool) -> JSONRespon
     "",
     status_code=201,
     response_model=OrderOut,
-    responses=error_responses((409, 422, 503)),
+    responses=error_responses((401, 403, 409, 422, 429, 503)),
     summary="Place an order (reserve stock, apply loyalty, confirm)",
 )
 async def place_order(
     body: PlaceOrderIn,
     gateway: GatewayDep,
+    principal: PrincipalDep,
+    request: Request,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -70,6 +72,9 @@ async def place_order(
         ),
     ] = None,
 ) -> JSONResponse:
+    principal.require_customer(body.customer_id)
+    client = principal.subject if gateway.auth.enabled else _address(request)
+    gateway.limiter.take(client)
     settings = gateway.settings
     fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     new = NewOrder(
@@ -88,21 +93,29 @@ async def place_order(
     return placed_response(gateway, placed.order, placed.created)
 
 
-@router.get("/{order_id}", response_model=OrderOut, responses=error_responses((404,)))
-async def get_order(order_id: OrderId, gateway: GatewayDep) -> dict[str, Any]:
+@router.get("/{order_id}", response_model=OrderOut, responses=error_responses((401, 404)))
+async def get_order(
+    order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
+) -> dict[str, Any]:
     with budget(gateway.settings.request_timeout_seconds):
         order = await gateway.services.orders.get_order(order_id)
+    principal.check_owner(order.customer_id, "order")
     return _order_json(gateway, order)
 
 
-@router.get("", response_model=OrderListOut, responses=error_responses((422,)))
+@router.get("", response_model=OrderListOut, responses=error_responses((401, 403, 422)))
 async def list_orders(
     gateway: GatewayDep,
+    principal: PrincipalDep,
     customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     status: Status | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> dict[str, Any]:
+    if not principal.is_admin:
+        # A customer lists its own orders: the filter defaults to, and must be, itself.
+        principal.require_customer(customer_id or principal.subject)
+        customer_id = principal.subject
     with budget(gateway.settings.request_timeout_seconds):
         page = await gateway.services.orders.list_orders(
             customer_id or "", status or "", limit, cursor or ""
@@ -116,10 +129,19 @@ async def list_orders(
 @router.post(
     "/{order_id}/cancel",
     response_model=OrderOut,
-    responses=error_responses((404, 409, 503)),
+    responses=error_responses((401, 404, 409, 503)),
     summary="Cancel a confirmed order: stock back, points refunded and taken back",
 )
-async def cancel_order(order_id: OrderId, gateway: GatewayDep) -> dict[str, Any]:
+async def cancel_order(
+    order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
+) -> dict[str, Any]:
     with budget(gateway.settings.request_timeout_seconds):
+        if not principal.is_admin:
+            mine = await gateway.services.orders.get_order(order_id)
+            principal.check_owner(mine.customer_id, "order")
         order = await gateway.saga.cancel(order_id)
     return _order_json(gateway, order)
+
+
+def _address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
