@@ -34,6 +34,25 @@ class CommonSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto: readable on a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
+    # Mutual TLS between the gateway and the services: all three files, or none.
+    tls_ca_file: Path | None = None
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_all_or_none(self) -> CommonSettings:
+        files = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        given = [f for f in files if f is not None]
+        if given and len(given) != 3:
+            raise ValueError("tls: give ca_file, cert_file and key_file together, or none")
+        for path in given:
+            if not path.is_file():
+                raise ValueError(f"tls: no such file: {path}")
+        return self
+
+    # OTLP/gRPC endpoint for traces (e.g. http://collector:4317); empty: tracing is off,
+    # unless the standard OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set.
+    otlp_endpoint: str = ""
 
 
 class ServiceSettings(_Base):
@@ -48,6 +67,8 @@ class ServiceSettings(_Base):
     health_interval_seconds: PositiveSeconds = 2.0
     db_pool_size: Annotated[int, Field(ge=1, le=200)] = 10
     max_concurrent_rpcs: Annotated[int, Field(ge=1, le=100_000)] = 2000
+    # Port serving Prometheus metrics at /metrics (on host), in per-service mode; 0: off.
+    metrics_port: Port = 0
 
     @field_validator("database_url")
     @classmethod
@@ -72,6 +93,8 @@ class InventorySettings(ServiceSettings):
 
     port: Port = 50052
     database_url: str = "sqlite+aiosqlite:///./data/inventory.db"
+    # How often the stock gauges (orderflow_stock) are read from the items table.
+    stock_metrics_interval_seconds: PositiveSeconds = 10.0
 
 
 DEFAULT_TIERS = {"standard": 0, "silver": 5, "gold": 10}

@@ -68,3 +68,26 @@ async def test_tokens_scopes_and_limits_on_a_real_gateway(secured: System) -> No
         # Health, readiness, metrics and the docs stay open.
         for open_path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             assert (await api.get(open_path)).status_code == 200, open_path
+
+
+async def test_one_process_with_mutual_tls_places_orders(tmp_path: Path) -> None:
+    from orderflow.platform.tls import make_certs
+
+    files = make_certs(tmp_path / "certs", ["127.0.0.1", "localhost"])
+    env = {
+        "ORDERFLOW_TLS_CA_FILE": str(files["ca"]),
+        "ORDERFLOW_TLS_CERT_FILE": str(files["server_cert"]),
+        "ORDERFLOW_TLS_KEY_FILE": str(files["server_key"]),
+    }
+    system = start(one_process(tmp_path, env))
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as api:
+            sku = unique("TLS")
+            item = {"sku": sku, "name": "Thing", "price": 100, "stock": 5}
+            assert (await api.post("/api/v1/items", json=item)).status_code == 201
+            order = {"customer_id": unique("c"), "items": [{"sku": sku, "quantity": 1}]}
+            placed = await api.post("/api/v1/orders", json=order)
+            assert placed.status_code == 201, placed.text
+            assert (await api.get("/readyz")).status_code == 200
+    finally:
+        system.stop()
