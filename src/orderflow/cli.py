@@ -136,6 +136,9 @@ def serve(
     from orderflow.platform.logging import configure_logging
 
     configure_logging(common.log_level, common.log_format, component=component.value)
+    from orderflow.platform.telemetry import configure_tracing
+
+    configure_tracing(component.value, common.otlp_endpoint)
     if component is Component.gateway:
         from orderflow.gateway.server import serve_gateway
         from orderflow.settings import GatewaySettings
@@ -159,6 +162,7 @@ def serve(
             grace_seconds=service_settings.grace_seconds,
             health_interval=service_settings.health_interval_seconds,
             max_concurrent_rpcs=service_settings.max_concurrent_rpcs,
+            metrics_port=service_settings.metrics_port,
         )
 
     _run(main())
@@ -188,6 +192,9 @@ def run(
     gateway = gateway.model_copy(update={"host": host, "port": port})
     auth = _auth_for(host)
     configure_logging(common.log_level, common.log_format, component="orderflow")
+    from orderflow.platform.telemetry import configure_tracing
+
+    configure_tracing("orderflow", common.otlp_endpoint)
     _run(
         run_onebox(
             common=common,

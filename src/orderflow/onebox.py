@@ -17,9 +17,11 @@ import structlog
 from orderflow.errors import AlreadyExistsError, NotFoundError
 from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty
+from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.server import uvicorn_server
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server
+from orderflow.platform.metrics import RegistryCollector
 from orderflow.settings import (
     AuthSettings,
     CommonSettings,
@@ -112,7 +114,12 @@ async def run_onebox(
         wired = gateway.model_copy(
             update={"orders_target": target, "inventory_target": target, "loyalty_target": target}
         )
-        server = uvicorn_server(create_app(wired, common, auth=auth), host, gateway.port)
+        # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
+        metrics = GatewayMetrics()
+        metrics.registry.register(RegistryCollector(running.metrics.registry))
+        server = uvicorn_server(
+            create_app(wired, common, auth=auth, metrics=metrics), host, gateway.port
+        )
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110

@@ -27,6 +27,7 @@ from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
 from orderflow.gateway.saga import OrderSaga
+from orderflow.platform.telemetry import instrument_gateway
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 log = structlog.get_logger("orderflow.gateway")
@@ -47,10 +48,15 @@ def create_app(
     services: Services | None = None,
     readiness: Readiness | None = None,
     recovery: bool = True,
+    metrics: GatewayMetrics | None = None,
     auth: AuthSettings | None = None,
 ) -> FastAPI:
-    """Build the gateway. Without `services`, gRPC clients are made from settings at start-up."""
-    metrics = GatewayMetrics()
+    """Build the gateway. Without `services`, gRPC clients are made from settings at start-up.
+
+    metrics: where to count (default: fresh metrics; one-process mode adds the services').
+    """
+    if metrics is None:
+        metrics = GatewayMetrics()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -127,6 +133,7 @@ def create_app(
             expose_headers=["X-Request-ID", "Retry-After"],
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    instrument_gateway(app)  # tracing, when on
     return app
 
 

@@ -43,6 +43,7 @@ from orderflow.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from orderflow.orders.v1 import orders_pb2, orders_pb2_grpc
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
 from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
+from orderflow.platform.telemetry import client_interceptors
 from orderflow.settings import GatewaySettings
 
 CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
@@ -385,7 +386,9 @@ class Channels:
 
     def get(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            self._channels[target] = grpc.aio.insecure_channel(
+                target, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+            )
         return self._channels[target]
 
     async def close(self) -> None:

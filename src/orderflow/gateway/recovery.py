@@ -11,6 +11,7 @@ from orderflow.errors import OrderflowError
 from orderflow.gateway.budget import budget
 from orderflow.gateway.ports import Order, OrdersPort
 from orderflow.gateway.saga import OrderSaga, new_owner
+from orderflow.platform.telemetry import span
 
 log = structlog.get_logger("orderflow.recovery")
 
@@ -52,6 +53,7 @@ class RecoveryWorker:
             with (
                 structlog.contextvars.bound_contextvars(order_id=order.id),
                 budget(self.step_seconds),
+                span("recovery.resume", order_id=order.id, status=order.status),
             ):
                 try:
                     result = await self.saga.resume(order, self.owner)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from orderflow.inventory.grpc_api import service_spec
+from orderflow.inventory.metrics import StockGauges
 from orderflow.inventory.service import InventoryService
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
@@ -24,4 +27,6 @@ async def build(
             await database.dispose()
             raise
     service = InventoryService(database, currency=common.currency)
-    return Component(service_spec(service, database), database)
+    gauges = StockGauges(database, interval=settings.stock_metrics_interval_seconds)
+    spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
+    return Component(spec, database)

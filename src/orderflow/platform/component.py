@@ -9,6 +9,7 @@ import structlog
 
 from orderflow.platform.db import Database
 from orderflow.platform.grpc_server import ServiceSpec, create_server, wait_for_signal
+from orderflow.platform.metrics import MetricsEndpoint, serve_metrics
 
 log = structlog.get_logger("orderflow.serve")
 
@@ -32,8 +33,12 @@ async def serve_components(
     grace_seconds: float = 5.0,
     health_interval: float = 2.0,
     max_concurrent_rpcs: int | None = None,
+    metrics_port: int = 0,
 ) -> None:
-    """Host components on one gRPC server until SIGTERM/SIGINT, then shut down gracefully."""
+    """Host components on one gRPC server until SIGTERM/SIGINT, then shut down gracefully.
+
+    With a metrics_port, the server's Prometheus metrics are served at /metrics on it.
+    """
     running = await create_server(
         [c.spec for c in components],
         host,
@@ -43,10 +48,16 @@ async def serve_components(
     )
     names = [c.spec.name for c in components]
     log.info("grpc_serving", address=f"{host}:{running.port}", services=names)
+    endpoint: MetricsEndpoint | None = None
     try:
+        if metrics_port:
+            endpoint = serve_metrics(running.metrics.registry, host, metrics_port)
+            log.info("metrics_serving", address=f"http://{host}:{endpoint.port}/metrics")
         await wait_for_signal()
         log.info("grpc_stopping", grace_seconds=grace_seconds)
     finally:
+        if endpoint is not None:
+            endpoint.close()
         await running.stop(grace_seconds)
         for component in components:
             await component.close()

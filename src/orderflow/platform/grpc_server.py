@@ -13,9 +13,9 @@ import json
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -25,6 +25,11 @@ from grpc_reflection.v1alpha import reflection
 from orderflow.errors import OrderflowError
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
 from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
+from orderflow.platform.metrics import ServiceMetrics
+from orderflow.platform.telemetry import server_interceptors
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
 
 log = structlog.get_logger("orderflow.grpc")
 
@@ -47,6 +52,8 @@ class ServiceSpec:
     name: str
     register: Callable[[grpc.aio.Server], None]
     probe: Callable[[], Awaitable[None]]
+    # Runs while the server runs: keeps the service's own metrics on the server's registry.
+    metrics: Callable[[CollectorRegistry], Coroutine[Any, Any, None]] | None = None
 
 
 @dataclass
@@ -56,18 +63,25 @@ class RunningServer:
     health: health.aio.HealthServicer
     specs: Sequence[ServiceSpec]
     monitor: asyncio.Task[None] | None = field(default=None)
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self.monitor is not None:
-            self.monitor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.monitor
+        for task in [self.monitor, *self.tasks]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Binds request and order ids from metadata, logs each call, maps domain errors."""
+    """Binds request and order ids from metadata, logs each call, maps domain errors, and
+    counts each call by method and status code (when given metrics)."""
+
+    def __init__(self, metrics: ServiceMetrics | None = None) -> None:
+        self.metrics = metrics
 
     async def intercept_service(
         self,
@@ -88,12 +102,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             if metadata.get(ORDER_ID_KEY):
                 ids["order_id"] = metadata[ORDER_ID_KEY]
             start = time.perf_counter()
-            outcome = "OK"
+            outcome = code = "OK"
             with structlog.contextvars.bound_contextvars(**ids):
                 try:
                     return await inner(request, context)
                 except OrderflowError as exc:
-                    outcome = exc.code
+                    outcome, code = exc.code, status_for(exc).name
                     context.set_trailing_metadata(
                         (
                             (ERROR_CODE_KEY, exc.code),
@@ -102,25 +116,34 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     )
                     await context.abort(status_for(exc), exc.message)
                 except grpc.aio.AbortError:
-                    outcome = "ABORTED_BY_HANDLER"
+                    outcome, code = "ABORTED_BY_HANDLER", _code_of(context)
+                    raise
+                except asyncio.CancelledError:  # the client went away or ran out of time
+                    outcome = code = "CANCELLED"
                     raise
                 except Exception:
-                    outcome = "INTERNAL"
+                    outcome = code = "INTERNAL"
                     log.exception("rpc_failed", method=method)
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
                 finally:
-                    log.info(
-                        "rpc",
-                        method=method,
-                        outcome=outcome,
-                        ms=round((time.perf_counter() - start) * 1000, 2),
-                    )
+                    elapsed = time.perf_counter() - start
+                    if self.metrics is not None:
+                        self.metrics.observe_rpc(method, code, elapsed)
+                    log.info("rpc", method=method, outcome=outcome, ms=round(elapsed * 1000, 2))
 
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+
+
+def _code_of(context: grpc.aio.ServicerContext) -> str:
+    try:
+        code = context.code()
+    except Exception:
+        return "UNKNOWN"
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 async def create_server(
@@ -132,8 +155,10 @@ async def create_server(
     health_interval: float = 2.0,
 ) -> RunningServer:
     """Build, bind and start a server hosting specs plus health and reflection."""
+    metrics = ServiceMetrics()
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor()],
+        # Tracing (when on) outermost, so the call's log lines fall inside its span.
+        interceptors=[*server_interceptors(), ServiceInterceptor(metrics)],
         options=SERVER_OPTIONS,
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
@@ -151,9 +176,12 @@ async def create_server(
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
-    running = RunningServer(server, bound, health_servicer, specs)
+    running = RunningServer(server, bound, health_servicer, specs, metrics=metrics)
     await check_health(running)
     running.monitor = asyncio.create_task(_monitor(running, health_interval))
+    for spec in specs:
+        if spec.metrics is not None:
+            running.tasks.append(asyncio.create_task(spec.metrics(metrics.registry)))
     return running
 
 
