@@ -178,6 +178,10 @@ class OrdersService:
 
     async def settle(self, order_id: str, owner: str) -> Order:
         owner = domain.check_owner(owner)
+        order_id = check_id("order_id", order_id)
+        settled = await transact(self._uow(), lambda uow: uow.settle(order_id, owner, self.now()))
+        if settled is not None:
+            return settled
         return await self._change(order_id, lambda order, now: domain.settle(order, owner, now))
 
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:

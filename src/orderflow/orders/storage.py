@@ -101,6 +101,29 @@ _LOCK = _GET.with_for_update()
 _SAVE = update(orders).where(
     orders.c.id == bindparam("_id"), orders.c.version == bindparam("_version")
 )
+# The usual settle in one statement: a decided, unsettled order whose lease the caller holds
+# (or nobody holds). Anything else falls back to reading the order and the domain's rules.
+_SETTLE = (
+    update(orders)
+    .where(
+        orders.c.id == bindparam("_id"),
+        orders.c.settled.is_(False),
+        orders.c.status != "PENDING",
+        or_(
+            orders.c.lease_owner == bindparam("_owner"),
+            orders.c.lease_owner == "",
+            orders.c.lease_expires_us <= bindparam("_now"),
+        ),
+    )
+    .values(
+        settled=True,
+        lease_owner="",
+        lease_expires_us=0,
+        updated_us=bindparam("_now"),
+        version=orders.c.version + 1,
+    )
+    .returning(*orders.c)
+)
 
 
 class OrdersUnitOfWork(UnitOfWork):
@@ -136,6 +159,13 @@ class OrdersUnitOfWork(UnitOfWork):
         )
         if result.rowcount != 1:
             raise ConflictError(f"order {order.id} changed meanwhile", order_id=order.id)
+
+    async def settle(self, order_id: str, owner: str, now: int) -> Order | None:
+        """Settle in one statement if the usual conditions hold; None (nothing done) if not."""
+        row = (
+            await self.connection.execute(_SETTLE, {"_id": order_id, "_owner": owner, "_now": now})
+        ).first()
+        return None if row is None else _order(row)
 
     async def page(
         self, customer_id: str, status: str, before: tuple[int, str] | None, limit: int
