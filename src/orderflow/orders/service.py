@@ -179,7 +179,11 @@ class OrdersService:
     async def settle(self, order_id: str, owner: str) -> Order:
         owner = domain.check_owner(owner)
         order_id = check_id("order_id", order_id)
-        settled = await transact(self._uow(), lambda uow: uow.settle(order_id, owner, self.now()))
+
+        async def fast(uow: OrdersUnitOfWork) -> Order | None:
+            return await uow.settle(order_id, owner, self.now())
+
+        settled = await transact(self._uow(), fast)
         if settled is not None:
             return settled
         return await self._change(order_id, lambda order, now: domain.settle(order, owner, now))
