@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format protos check-protos check clean bench
+.PHONY: install run test test-fast lint format protos check-protos check clean bench \
+        deploy-check container-test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +47,9 @@ clean:
 
 bench: $(STAMP)  ## benchmark every mode against the floor; records bench/RESULTS.md
 	$(BIN)/python -m bench.run --record bench/RESULTS.md
+
+deploy-check: $(STAMP)  ## static checks of deploy/: hadolint, compose config, kubernetes-validate, policies
+	$(BIN)/pytest -q tests/deploy -m "not containers"
+
+container-test: $(STAMP)  ## build the images with podman and run the compose deployments (as root)
+	$(BIN)/pytest -q tests/deploy -m containers
