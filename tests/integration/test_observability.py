@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
+import structlog
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -24,7 +25,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from orderflow.cli import build_component
+from orderflow.errors import NotFoundError
 from orderflow.gateway.app import create_app
+from orderflow.gateway.clients import GrpcOrders
 from orderflow.inventory.v1 import inventory_pb2 as inv_pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as inv_grpc
 from orderflow.platform import telemetry
@@ -217,3 +220,21 @@ def test_tracing_is_off_and_costs_nothing_without_an_endpoint() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
+
+
+async def test_ids_any_text_reach_the_service_as_metadata_without_failing_the_call(
+    host: Host,
+) -> None:
+    """An order id from a URL (or a request id) can be any text; gRPC metadata only
+    carries printable ASCII, so the client percent-encodes it instead of failing the call."""
+    orders = await host("orders")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{orders.server.port}") as channel:
+        client = GrpcOrders(channel, GatewaySettings())
+        with (
+            structlog.contextvars.bound_contextvars(request_id="req-\u00e9"),
+            pytest.raises(NotFoundError),
+        ):
+            await client.get_order("\u00e9\u2603 x")
+    calls = "orderflow_rpc_requests_total"
+    labels = {"service": "orderflow.orders.v1.OrderService", "method": "GetOrder"}
+    assert sample(orders.server.metrics.registry, calls, **labels, code="NOT_FOUND") == 1

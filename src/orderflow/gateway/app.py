@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderflow.errors import OrderflowError
+from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.background import Background
 from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty, GrpcOrders
@@ -134,6 +135,7 @@ def create_app(
         )
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     instrument_gateway(app)  # tracing, when on
+    contract.document(app)
     return app
 
 
@@ -153,9 +155,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return error_response("VALIDATION_ERROR", f"{where}: {first['msg']}", {"errors": problems})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _STATUS_CODES.get(exc.status_code, "INTERNAL")
-        response = error_response(code, str(exc.detail), headers=dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        allowed = contract.allowed_methods(app, request.url.path)
+        if exc.status_code == 405 and allowed:
+            headers["Allow"] = allowed
+        response = error_response(code, str(exc.detail), headers=headers)
         response.status_code = exc.status_code
         return response
 
@@ -178,7 +184,8 @@ class RequestContextMiddleware:
             return
         headers = dict(scope.get("headers") or ())
         raw = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = raw if 0 < len(raw) <= 128 and raw.isprintable() else uuid.uuid4().hex
+        valid = 0 < len(raw) <= 128 and raw.isascii() and raw.isprintable()  # gRPC metadata
+        request_id = raw if valid else uuid.uuid4().hex
         start = time.perf_counter()
         status = 500
 

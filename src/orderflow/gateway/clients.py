@@ -15,6 +15,7 @@ import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import grpc
 import structlog
@@ -83,6 +84,14 @@ def translate(exc: grpc.aio.AioRpcError, service: str) -> OrderflowError:
     )
 
 
+def metadata_value(value: str) -> str:
+    """value as gRPC metadata may carry it (printable ASCII), percent-encoded if need be:
+    an id from a URL can be any text, and anything else would fail the call."""
+    if value.isascii() and value.isprintable():
+        return value
+    return quote(value, safe="")
+
+
 class Caller:
     """Calls one service's RPCs with deadlines, id metadata and retries."""
 
@@ -98,9 +107,9 @@ class Caller:
         ids = structlog.contextvars.get_contextvars()
         metadata: list[tuple[str, str]] = []
         if ids.get("request_id"):
-            metadata.append((REQUEST_ID_KEY, str(ids["request_id"])))
+            metadata.append((REQUEST_ID_KEY, metadata_value(str(ids["request_id"]))))
         if order_id or ids.get("order_id"):
-            metadata.append((ORDER_ID_KEY, order_id or str(ids["order_id"])))
+            metadata.append((ORDER_ID_KEY, metadata_value(order_id or str(ids["order_id"]))))
         for attempt in range(self.attempts):
             timeout = remaining(self.timeout)
             if timeout <= 0.001:

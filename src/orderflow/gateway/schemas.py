@@ -58,7 +58,10 @@ class ItemPatchIn(_In):
 
 
 class TierIn(_In):
-    tier: Annotated[StrictStr, Field(min_length=1, max_length=32)]
+    # One of the configured tiers (ORDERFLOW_LOYALTY_TIERS); these are the default ones.
+    tier: Annotated[
+        StrictStr, Field(min_length=1, max_length=32, examples=["standard", "silver", "gold"])
+    ]
 
 
 class PointsIn(_In):

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orderflow.gateway.deps import GatewayDep
-from orderflow.gateway.errors import error_response
+from orderflow.gateway.errors import error_response, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -20,7 +20,7 @@ async def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=error_responses((503,)))
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     """Ready when all three services report SERVING; 503 with each service's status otherwise."""
     statuses = await gateway.readiness.check()
@@ -31,7 +31,7 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
