@@ -51,7 +51,8 @@ def main() -> int:
         stale = [
             rel
             for rel in produced
-            if not (SRC / rel).exists() or not filecmp.cmp(Path(tmp) / rel, SRC / rel, shallow=False)
+            if not (SRC / rel).exists()
+            or not filecmp.cmp(Path(tmp) / rel, SRC / rel, shallow=False)
         ]
         if args.check:
             for rel in stale:
