@@ -153,6 +153,7 @@ def serve(
 
     async def main() -> None:
         from orderflow.platform.component import serve_components
+        from orderflow.platform.tls import server_credentials
 
         built = await build_component(component.value, service_settings, common, migrate=False)
         await serve_components(
@@ -162,6 +163,7 @@ def serve(
             grace_seconds=service_settings.grace_seconds,
             health_interval=service_settings.health_interval_seconds,
             max_concurrent_rpcs=service_settings.max_concurrent_rpcs,
+            credentials=server_credentials(common),
             metrics_port=service_settings.metrics_port,
         )
 
@@ -262,6 +264,33 @@ def token(
     private_key = auth.jwt_private_key_file.read_text() if auth.jwt_private_key_file else None
     subject, scopes = ("admin", [ADMIN_SCOPE]) if admin else (str(customer), [CUSTOMER_SCOPE])
     typer.echo(issue_token(auth, subject, scopes, ttl, private_key))
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Option(help="directory for the CA, keys and certificates")] = Path(
+        "certs"
+    ),
+    host: Annotated[
+        list[str] | None,
+        typer.Option(help="extra DNS name or address of the services (repeatable)"),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="validity in days")] = 365,
+) -> None:
+    """Make a local CA and certificates for mutual TLS between the gateway and the services."""
+    from orderflow.platform.tls import DEFAULT_SERVER_NAMES, make_certs
+
+    names = [*DEFAULT_SERVER_NAMES, *(host or [])]
+    files = make_certs(out, names, days)
+    typer.echo(f"wrote a CA and certificates to {out}/ (server names: {', '.join(names)})")
+    for who, cert, key in (
+        ("each service", "server_cert", "server_key"),
+        ("the gateway", "gateway_cert", "gateway_key"),
+    ):
+        typer.echo(
+            f"{who}: ORDERFLOW_TLS_CA_FILE={files['ca']} "
+            f"ORDERFLOW_TLS_CERT_FILE={files[cert]} ORDERFLOW_TLS_KEY_FILE={files[key]}"
+        )
 
 
 def main() -> None:

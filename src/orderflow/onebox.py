@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+import grpc
 import structlog
 
 from orderflow.errors import AlreadyExistsError, NotFoundError
@@ -22,6 +23,7 @@ from orderflow.gateway.server import uvicorn_server
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.metrics import RegistryCollector
+from orderflow.platform.tls import channel_credentials, server_credentials
 from orderflow.settings import (
     AuthSettings,
     CommonSettings,
@@ -59,8 +61,10 @@ def service_settings(data_dir: Path) -> dict[str, Any]:
     return chosen
 
 
-async def load_demo(target: str, gateway: GatewaySettings) -> None:
-    channels = Channels()
+async def load_demo(
+    target: str, gateway: GatewaySettings, credentials: grpc.ChannelCredentials | None = None
+) -> None:
+    channels = Channels(credentials)
     try:
         inventory = GrpcInventory(channels.get(target), gateway)
         loyalty = GrpcLoyalty(channels.get(target), gateway)
@@ -106,11 +110,13 @@ async def run_onebox(
     for name, cfg in configured.items():
         components.append(await build_component(name, cfg, common))
     host = gateway.host
-    running = await create_server([c.spec for c in components], host, grpc_port)
+    running = await create_server(
+        [c.spec for c in components], host, grpc_port, credentials=server_credentials(common)
+    )
     target = f"{host}:{running.port}"
     try:
         if demo:
-            await load_demo(target, gateway)
+            await load_demo(target, gateway, channel_credentials(common))
         wired = gateway.model_copy(
             update={"orders_target": target, "inventory_target": target, "loyalty_target": target}
         )

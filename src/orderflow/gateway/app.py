@@ -29,6 +29,7 @@ from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
 from orderflow.gateway.saga import OrderSaga
 from orderflow.platform.telemetry import instrument_gateway
+from orderflow.platform.tls import channel_credentials
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 log = structlog.get_logger("orderflow.gateway")
@@ -61,7 +62,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        channels = Channels()
+        channels = Channels(channel_credentials(common))
         wired = services
         ready = readiness
         if wired is None:

@@ -390,14 +390,25 @@ class GrpcLoyalty:
 class Channels:
     """One channel per distinct target (in one-process mode the three services share one)."""
 
-    def __init__(self) -> None:
+    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
+        """With credentials (mutual TLS, see platform.tls) every channel is a TLS channel."""
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._credentials = credentials
 
     def get(self, target: str) -> grpc.aio.Channel:
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(
-                target, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
-            )
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(
+                    target, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
+                )
+            else:
+                channel = grpc.aio.secure_channel(
+                    target,
+                    self._credentials,
+                    options=CHANNEL_OPTIONS,
+                    interceptors=client_interceptors(),
+                )
+            self._channels[target] = channel
         return self._channels[target]
 
     async def close(self) -> None:

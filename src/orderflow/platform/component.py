@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import grpc
 import structlog
 
 from orderflow.platform.db import Database
@@ -34,6 +35,7 @@ async def serve_components(
     health_interval: float = 2.0,
     max_concurrent_rpcs: int | None = None,
     metrics_port: int = 0,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> None:
     """Host components on one gRPC server until SIGTERM/SIGINT, then shut down gracefully.
 
@@ -45,6 +47,7 @@ async def serve_components(
         port,
         max_concurrent_rpcs=max_concurrent_rpcs,
         health_interval=health_interval,
+        credentials=credentials,
     )
     names = [c.spec.name for c in components]
     log.info("grpc_serving", address=f"{host}:{running.port}", services=names)
