@@ -180,10 +180,14 @@ def services(
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
-    lines = []
+    lines: list[dict[str, Any]] = []
     for raw in path.read_text().splitlines():
-        if raw.startswith("{"):
-            lines.append(json.loads(raw))
+        try:
+            value = json.loads(raw)
+        except ValueError:  # not JSON, or a line still being written
+            continue
+        if isinstance(value, dict):
+            lines.append(value)
     return lines
 
 
