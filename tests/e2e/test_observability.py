@@ -272,7 +272,7 @@ def test_one_order_is_one_trace_across_the_four_processes(
         placed = api.post("/api/v1/orders", json=order)
         assert placed.status_code == 201, placed.text
 
-    def the_trace() -> dict[str, set[str]] | None:
+    def the_trace() -> tuple[str, dict[str, set[str]]] | None:
         spans = keeper.snapshot()
         roots = [s for _, s in spans if s.name == "POST /api/v1/orders" and not s.parent_span_id]
         if not roots:
@@ -285,9 +285,9 @@ def test_one_order_is_one_trace_across_the_four_processes(
                 by_service.setdefault(service, set()).add(name)
         if "SettleOrder" not in by_service.get("orderflow-orders", set()):
             return None
-        return by_service
+        return trace_id.hex(), by_service
 
-    by_service = wait_until(the_trace)
+    trace_id, by_service = wait_until(the_trace)
     assert set(by_service) == {
         "orderflow-gateway", "orderflow-orders", "orderflow-inventory", "orderflow-loyalty"
     }  # fmt: skip
@@ -295,3 +295,7 @@ def test_one_order_is_one_trace_across_the_four_processes(
     assert {"ReserveStock", "CommitStock"} <= by_service["orderflow-inventory"]
     assert {"ApplyDiscount", "CommitDiscount"} <= by_service["orderflow-loyalty"]
     assert "POST /api/v1/orders" in by_service["orderflow-gateway"]
+    # Log lines name their trace: from a line to its trace, in every process.
+    for name in ("gateway", *SERVICES):
+        lines = log_lines(system.processes[name].log_path)
+        assert any(x.get("trace_id") == trace_id for x in lines), name

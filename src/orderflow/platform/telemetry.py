@@ -4,7 +4,8 @@
 or the standard OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT) it
 builds a tracer provider that batches spans to the OTLP/gRPC exporter; the gateway's
 FastAPI app, every gRPC server and every gRPC channel then get the instrumentations'
-interceptors, and the trace context travels in gRPC metadata (W3C traceparent).
+interceptors, the trace context travels in gRPC metadata (W3C traceparent), and log
+lines carry the trace and span ids.
 Without one nothing is set up: no provider, no interceptors, and the OpenTelemetry SDK
 is never imported. The provider is passed to the instrumentations explicitly (no global
 monkeypatching), so tests can install one with an in-memory exporter.
@@ -73,8 +74,25 @@ def configure_tracing(component: str, endpoint: str = "") -> bool:
     exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     use_tracer_provider(provider)
+    _log_trace_ids()
     log.info("tracing_on", endpoint=chosen)
     return True
+
+
+def _log_trace_ids() -> None:
+    """Put the current trace and span ids on every log line, to go from a line to its trace."""
+    from opentelemetry import trace
+
+    def add_ids(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            event.setdefault("trace_id", format(context.trace_id, "032x"))
+            event.setdefault("span_id", format(context.span_id, "016x"))
+        return event
+
+    processors = list(structlog.get_config()["processors"])
+    processors.insert(max(len(processors) - 1, 0), add_ids)  # before the renderer
+    structlog.configure(processors=processors)
 
 
 def use_tracer_provider(provider: TracerProvider | None) -> TracerProvider | None:
