@@ -1,20 +1,24 @@
 #!/usr/bin/env bash
 # Run podman (and podman-compose) on a machine without a Docker engine whose host mounts
-# cgroup v1: the command runs in a private mount namespace with cgroup v2 on /sys/fs/cgroup,
-# with the settings of scripts/podman/containers.conf. Everything that drives the same
-# containers must run inside ONE such namespace (their mounts live there), so either pass
-# one command, or `bash` and feed it commands (tests/deploy/podman.py does that).
+# cgroup v1. podman works there in a private mount namespace with cgroup v2 mounted on
+# /sys/fs/cgroup, and everything that touches the same containers must run in the SAME
+# namespace (their network namespaces and storage mounts live there; podman's state is
+# global, so a second namespace would also trip over the first one's containers). This
+# script keeps one such namespace for the whole machine, pinned to a file under /run (gone
+# at reboot, like the containers), and runs its command inside it, with the settings of
+# scripts/podman/containers.conf.
 #
 #   scripts/podman-env.sh images          build the local base image if missing, then the
 #                                          orderflow images (service, gateway, onebox, postgres)
 #   scripts/podman-env.sh base            only the local base image
 #   scripts/podman-env.sh COMMAND [ARG..] anything else, e.g.
-#       scripts/podman-env.sh bash -c 'scripts/podman-env.sh images &&
-#           podman-compose -f deploy/compose/multi.yaml up -d && ...'
+#       scripts/podman-env.sh podman-compose -f deploy/compose/multi.yaml up -d
+#       scripts/podman-env.sh podman ps
 #
 # Environment: ORDERFLOW_BASE_CACHE (default /var/tmp/orderflow-base) keeps the debootstrap
 # root filesystem between runs; ORDERFLOW_TAG (default dev) tags the images;
-# BASE_IMAGE overrides the base (default: the local Debian base built here).
+# BASE_IMAGE overrides the base (default: the local Debian base built here);
+# ORDERFLOW_PODMAN_NS_DIR (default /run/orderflow-podman) holds the pinned namespace.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,6 +28,29 @@ TAG=${ORDERFLOW_TAG:-dev}
 
 die() { echo "podman-env: $*" >&2; exit 1; }
 
+NS_DIR=${ORDERFLOW_PODMAN_NS_DIR:-/run/orderflow-podman}
+
+# The pinned namespace: made once (under a lock, several callers may race), then joined.
+pinned_namespace() {
+    mkdir -p "$NS_DIR"
+    exec 9>"$NS_DIR.lock"
+    flock 9
+    if ! nsenter --mount="$NS_DIR/mnt" true 2>/dev/null; then
+        # A namespace can be pinned only on a private mount: make NS_DIR one.
+        if ! mountpoint -q "$NS_DIR"; then
+            mount --bind "$NS_DIR" "$NS_DIR"
+        fi
+        mount --make-private "$NS_DIR"
+        touch "$NS_DIR/mnt"
+        unshare --mount="$NS_DIR/mnt" --propagation private sh -euc '
+            for d in /sys/fs/cgroup/*; do umount "$d" 2>/dev/null || true; done
+            umount /sys/fs/cgroup
+            mount -t cgroup2 none /sys/fs/cgroup'
+        echo "podman-env: made the podman mount namespace $NS_DIR/mnt" >&2
+    fi
+    exec 9>&-
+}
+
 if [[ "${ORDERFLOW_PODMAN_NS:-}" != 1 ]]; then
     [[ $(id -u) == 0 ]] || die "needs root (rootful podman in a private mount namespace)"
     command -v podman >/dev/null || die "podman is not installed (apt-get install podman)"
@@ -31,15 +58,10 @@ if [[ "${ORDERFLOW_PODMAN_NS:-}" != 1 ]]; then
     if [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; then
         exec "$0" "$@"   # the host already has cgroup v2: no namespace needed
     fi
-    exec unshare --mount --propagation private "$0" "$@"
+    pinned_namespace
+    exec nsenter --mount="$NS_DIR/mnt" --wd="$PWD" -- "$0" "$@"
 fi
-
-# Inside the namespace (once): cgroup v2 in place of the host's cgroup v1 hierarchy.
-if [[ $(stat -fc %T /sys/fs/cgroup) != cgroup2fs ]]; then
-    for d in /sys/fs/cgroup/*; do umount "$d" 2>/dev/null || true; done
-    umount /sys/fs/cgroup
-    mount -t cgroup2 none /sys/fs/cgroup
-fi
+[[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]] || die "no cgroup v2 in this namespace"
 export CONTAINERS_CONF="$ROOT/scripts/podman/containers.conf"
 export BUILDAH_ISOLATION=chroot
 
