@@ -136,7 +136,7 @@ def _base_env(extra: dict[str, str]) -> dict[str, str]:
 def one_process(workdir: Path, extra_env: dict[str, str] | None = None) -> System:
     http, grpc_port = free_port(), free_port()
     argv = [
-        sys.executable, "-m", "orderflow.cli", "run",
+        sys.executable, "-m", "orderflow", "run",
         "--port", str(http), "--grpc-port", str(grpc_port),
         "--data-dir", str(workdir / "data"),
     ]  # fmt: skip
@@ -156,6 +156,6 @@ def per_service(
     env["ORDERFLOW_GATEWAY_PORT"] = str(ports["gateway"])
     system = System("per-service", f"http://127.0.0.1:{ports['gateway']}")
     for name in COMPONENTS:
-        argv = [sys.executable, "-m", "orderflow.cli", "serve", name]
+        argv = [sys.executable, "-m", "orderflow", "serve", name]
         system.processes[name] = Process(name, argv, env, ports[name], workdir / f"{name}.log")
     return system

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
 import sys
-from collections.abc import Callable, Coroutine
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 import typer
-from pydantic import ValidationError
+
+from orderflow import boot
 
 app = typer.Typer(
     help="orderflow: an order-placement backend of gRPC services behind a REST gateway.",
@@ -35,91 +33,6 @@ class Component(StrEnum):
     gateway = "gateway"
 
 
-def _settings(factory: Callable[[], T]) -> T:
-    """Build a settings object, or stop with a readable message naming the bad variables."""
-    try:
-        return factory()
-    except ValidationError as exc:
-        config = getattr(factory, "model_config", {})
-        prefix = str(config.get("env_prefix", "ORDERFLOW_"))
-        lines = [f"invalid settings ({exc.error_count()} problem(s)):"]
-        for error in exc.errors():
-            where = ".".join(str(p) for p in error["loc"]) or "(settings)"
-            env = f"{prefix}{where.upper()}" if error["loc"] else prefix.rstrip("_")
-            lines.append(f"  {env}: {error['msg']}")
-        typer.echo("\n".join(lines), err=True)
-        raise typer.Exit(2) from None
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    try:
-        import uvloop
-
-        return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
-
-
-def _service_settings(service: str) -> Any:
-    from orderflow import settings
-
-    cls = {
-        "orders": settings.OrdersSettings,
-        "inventory": settings.InventorySettings,
-        "loyalty": settings.LoyaltySettings,
-    }[service]
-    return _settings(cls)
-
-
-async def build_component(
-    service: str, service_settings: Any, common: Any, *, migrate: bool = True
-) -> Any:
-    """Build (and by default migrate) one service from its settings."""
-    module = importlib.import_module(f"orderflow.{service}.app")
-    return await module.build(service_settings, common, migrate=migrate)
-
-
-def _migrate_in_child(service: str) -> None:
-    """Run `orderflow migrate <service>` as a child process: the migration tooling then
-    never occupies the serving process's memory."""
-    import subprocess
-
-    done = subprocess.run([sys.executable, "-m", "orderflow.cli", "migrate", service], check=False)
-    if done.returncode != 0:
-        typer.echo(f"{service}: migrations failed (exit {done.returncode}); not serving", err=True)
-        raise typer.Exit(done.returncode)
-
-
-def _auth_for(host: str) -> Any:
-    """The gateway's auth settings; without any, only a loopback address is allowed."""
-    from orderflow.settings import AuthSettings, is_loopback
-
-    auth = _settings(AuthSettings)
-    if not auth.enabled:
-        if not is_loopback(host):
-            typer.echo(
-                f"refusing to serve on {host} without authentication: set "
-                "ORDERFLOW_AUTH_JWT_SECRET (HS256) or ORDERFLOW_AUTH_JWT_PUBLIC_KEY_FILE "
-                "(RS256), or bind to 127.0.0.1",
-                err=True,
-            )
-            raise typer.Exit(2)
-        typer.echo(
-            f"authentication is OFF: anyone who can reach {host} acts as an admin "
-            "(allowed only on a loopback address; set ORDERFLOW_AUTH_JWT_SECRET to turn it on)",
-            err=True,
-        )
-    return auth
-
-
-def _without_rich_when_logging_json(log_format: str) -> None:
-    """structlog loads rich, when installed, for pretty tracebacks on a terminal. A served
-    component writing JSON logs never uses it, and it would cost ~5 MB in every process."""
-    json_logs = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
-    if json_logs and "structlog" not in sys.modules:
-        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # "import rich" fails
-
-
 @app.command()
 def serve(
     component: Annotated[Component, typer.Argument(help="which component to run")],
@@ -129,45 +42,7 @@ def serve(
     ] = True,
 ) -> None:
     """Run one component in this process (per-service mode); settings from ORDERFLOW_*."""
-    from orderflow.settings import CommonSettings
-
-    common = _settings(CommonSettings)
-    _without_rich_when_logging_json(common.log_format)
-    from orderflow.platform.logging import configure_logging
-
-    configure_logging(common.log_level, common.log_format, component=component.value)
-    from orderflow.platform.telemetry import configure_tracing
-
-    configure_tracing(component.value, common.otlp_endpoint)
-    if component is Component.gateway:
-        from orderflow.gateway.server import serve_gateway
-        from orderflow.settings import GatewaySettings
-
-        gateway_settings = _settings(GatewaySettings)
-        auth = _auth_for(gateway_settings.host)
-        _run(serve_gateway(gateway_settings, common, auth))
-        return
-    service_settings = _service_settings(component.value)
-    if migrate:
-        _migrate_in_child(component.value)
-
-    async def main() -> None:
-        from orderflow.platform.component import serve_components
-        from orderflow.platform.tls import server_credentials
-
-        built = await build_component(component.value, service_settings, common, migrate=False)
-        await serve_components(
-            [built],
-            service_settings.host,
-            service_settings.port,
-            grace_seconds=service_settings.grace_seconds,
-            health_interval=service_settings.health_interval_seconds,
-            max_concurrent_rpcs=service_settings.max_concurrent_rpcs,
-            credentials=server_credentials(common),
-            metrics_port=service_settings.metrics_port,
-        )
-
-    _run(main())
+    boot.serve(component.value, migrate)
 
 
 @app.command()
@@ -189,15 +64,15 @@ def run(
     from orderflow.platform.logging import configure_logging
     from orderflow.settings import CommonSettings, GatewaySettings
 
-    common = _settings(CommonSettings)
-    gateway = _settings(GatewaySettings)
+    common = boot.load_settings(CommonSettings)
+    gateway = boot.load_settings(GatewaySettings)
     gateway = gateway.model_copy(update={"host": host, "port": port})
-    auth = _auth_for(host)
+    auth = boot.auth_for(host)
     configure_logging(common.log_level, common.log_format, component="orderflow")
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing("orderflow", common.otlp_endpoint)
-    _run(
+    boot.run(
         run_onebox(
             common=common,
             gateway=gateway,
@@ -221,7 +96,7 @@ def migrate(
     from orderflow.platform.migrations import current_revision, upgrade
 
     chosen = [s.value for s in (services or list(Service))]
-    configured = {name: _service_settings(name) for name in chosen}
+    configured = {name: boot.service_settings(name) for name in chosen}
 
     async def main() -> None:
         for name, cfg in configured.items():
@@ -232,7 +107,7 @@ def migrate(
             finally:
                 await database.dispose()
 
-    _run(main())
+    boot.run(main())
 
 
 @app.command()
@@ -250,7 +125,7 @@ def token(
     if admin == (customer is not None):
         typer.echo("give exactly one of --customer ID and --admin", err=True)
         raise typer.Exit(2)
-    auth = _settings(AuthSettings)
+    auth = boot.load_settings(AuthSettings)
     if auth.jwt_secret is None and auth.jwt_private_key_file is None:
         typer.echo(
             "no signing key: set ORDERFLOW_AUTH_JWT_SECRET (HS256) or "

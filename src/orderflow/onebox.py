@@ -102,7 +102,7 @@ async def run_onebox(
     auth: AuthSettings | None = None,
 ) -> None:
     """Run everything until SIGTERM/SIGINT."""
-    from orderflow.cli import build_component
+    from orderflow.boot import build_component
 
     data_dir = data_dir.resolve()  # noqa: ASYNC240 - once, before serving
     configured = service_settings(data_dir)

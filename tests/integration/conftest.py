@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from orderflow.cli import build_component
+from orderflow.boot import build_component
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import RunningServer, create_server
 from orderflow.settings import (

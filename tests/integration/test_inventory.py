@@ -554,7 +554,7 @@ async def test_two_processes_sharing_postgres_never_oversell(
     processes = []
     for n in range(2):
         port = free_port()
-        argv = [sys.executable, "-m", "orderflow.cli", "serve", "inventory"]
+        argv = [sys.executable, "-m", "orderflow", "serve", "inventory"]
         processes.append(
             Process(f"inventory-{n}", argv, _service_env(port, url), port, tmp_path / f"{n}.log")
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from orderflow.cli import build_component
+from orderflow.boot import build_component
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import MAX_MESSAGE_BYTES, RunningServer, create_server

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from orderflow.cli import build_component
+from orderflow.boot import build_component
 from orderflow.gateway.clients import Channels, GrpcInventory
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from orderflow.platform.grpc_server import create_server

@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from orderflow.cli import build_component
+from orderflow.boot import build_component
 from orderflow.errors import NotFoundError
 from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcOrders

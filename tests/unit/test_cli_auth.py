@@ -15,7 +15,7 @@ SECRET = "cli-test-secret-that-is-long-enough-0123456789"
 def orderflow(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("ORDERFLOW_")}
     return subprocess.run(
-        [sys.executable, "-m", "orderflow.cli", *args],
+        [sys.executable, "-m", "orderflow", *args],
         env={**clean, **env},
         capture_output=True,
         text=True,

@@ -16,8 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-
 from orderflow.errors import ForbiddenError, NotFoundError, UnauthenticatedError
 from orderflow.settings import AuthSettings
 
@@ -75,6 +73,8 @@ class Authenticator:
             return LOCAL_ADMIN
         if not authorization:
             raise UnauthenticatedError("a bearer token is required (Authorization: Bearer …)")
+        import jwt  # here: a gateway without auth never loads the crypto toolkit (~13 MB)
+
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise UnauthenticatedError("the Authorization header must be 'Bearer <token>'")
@@ -107,6 +107,8 @@ def issue_token(
     private_key: str | None = None,
 ) -> str:
     """A signed token for local use (`orderflow token`)."""
+    import jwt
+
     now = int(time.time())
     claims = {
         "sub": subject,

@@ -12,14 +12,14 @@ import datetime
 import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from orderflow.settings import CommonSettings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1", "orders", "inventory", "loyalty")
 
@@ -63,10 +63,14 @@ def channel_credentials(common: CommonSettings) -> grpc.ChannelCredentials | Non
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -74,7 +78,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _name(common_name: str) -> x509.Name:
+def _name(common_name: str) -> Any:
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, "orderflow"),
@@ -83,7 +90,9 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _alt_names(names: list[str]) -> x509.SubjectAlternativeName:
+def _alt_names(names: list[str]) -> Any:
+    from cryptography import x509
+
     entries: list[x509.GeneralName] = []
     for name in names:
         try:
@@ -95,6 +104,11 @@ def _alt_names(names: list[str]) -> x509.SubjectAlternativeName:
 
 def make_certs(out: Path, server_names: list[str], days: int = 365) -> dict[str, Path]:
     """Write ca.pem, server.pem/server-key.pem and gateway.pem/gateway-key.pem into out."""
+    # Imported here: serving processes never need the X.509 toolkit in memory.
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     until = now + datetime.timedelta(days=days)

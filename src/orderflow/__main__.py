@@ -1,0 +1,25 @@
+"""`orderflow` (the console script) and `python -m orderflow`.
+
+`orderflow serve <component>` goes straight to the lean serving path; everything else,
+`--help` included, goes through the full command line (orderflow.cli).
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if args[:1] == ["serve"] and not {"--help", "-h"} & set(args):
+        from orderflow.boot import serve_main
+
+        if serve_main(args[1:]):
+            return
+    from orderflow.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
