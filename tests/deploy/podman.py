@@ -44,7 +44,12 @@ class PodmanError(RuntimeError):
 class Result:
     command: str
     returncode: int
-    output: str
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
 
     def check(self) -> Result:
         if self.returncode != 0:
@@ -101,10 +106,10 @@ class PodmanSession:
         if self._proc.poll() is not None:
             raise PodmanError(f"the podman session has ended (exit {self._proc.returncode})")
         n = next(self._counter)
-        out = self._dir / f"{n}.out"
+        out, err = self._dir / f"{n}.out", self._dir / f"{n}.err"
         marker = f"__orderflow_done_{n}_{uuid.uuid4().hex}__"
         assert self._proc.stdin is not None
-        self._proc.stdin.write(f"( {command}\n) >{out} 2>&1 </dev/null; echo {marker} $?\n")
+        self._proc.stdin.write(f"( {command}\n) >{out} 2>{err} </dev/null; echo {marker} $?\n")
         self._proc.stdin.flush()
         deadline = time.monotonic() + timeout
         while True:
@@ -113,7 +118,7 @@ class PodmanSession:
                 line = self._lines.get(timeout=max(left, 0.01))
             except queue.Empty:
                 self._interrupt()
-                text = out.read_text(errors="replace") if out.exists() else ""
+                text = "".join(f.read_text(errors="replace") for f in (out, err) if f.exists())
                 raise PodmanError(
                     f"`{command}` did not finish in {timeout:.0f} s:\n{text}"
                 ) from None
@@ -121,9 +126,12 @@ class PodmanSession:
                 raise PodmanError(f"the podman session ended while running `{command}`")
             if line.startswith(marker):
                 code = int(line.split()[1])
-                text = out.read_text(errors="replace")
+                result = Result(
+                    command, code, out.read_text(errors="replace"), err.read_text(errors="replace")
+                )
                 out.unlink()
-                return Result(command, code, text)
+                err.unlink()
+                return result
 
     def podman(self, *args: str, timeout: float = 120) -> Result:
         return self.run(shlex.join(["podman", *args]), timeout=timeout)
@@ -243,7 +251,7 @@ class Deployment:
             )
         left = []
         for kind in ("ps -a", "network ls", "volume ls"):
-            out = self.session.run(f"podman {kind} -q --filter {label}").output.split()
+            out = self.session.run(f"podman {kind} -q --filter {label}").stdout.split()
             left += [f"{kind.split()[0]} {name}" for name in out]
         return left
 
@@ -252,7 +260,7 @@ class Deployment:
         labels = ["--filter", f"label=io.podman.compose.project={self.project}"]
         if service:
             labels += ["--filter", f"label=com.docker.compose.service={service}"]
-        out = self.session.podman("ps", "-a", *labels, "--format", "{{.Names}}").check().output
+        out = self.session.podman("ps", "-a", *labels, "--format", "{{.Names}}").check().stdout
         return sorted(line for line in out.split() if line)
 
     def wait_ready(self, timeout: float = 180) -> dict[str, object]:
@@ -269,14 +277,17 @@ class Deployment:
             except httpx.HTTPError as exc:
                 last = repr(exc)
             time.sleep(1)
-        states = self.session.podman("ps", "-a", "--format", "{{.Names}} {{.Status}}").output
-        logs = "\n".join(
-            f"--- {name}\n" + self.session.podman("logs", "--tail", "15", name).output
-            for name in self.containers()
-        )
         raise PodmanError(
-            f"{self.url}/readyz not ready after {timeout} s: {last}\n{states}\n{logs}"
+            f"{self.url}/readyz not ready after {timeout} s: {last}\n{self.diagnostics(15)}"
         )
+
+    def diagnostics(self, lines: int = 40) -> str:
+        """Every container's state and the end of its log, for a failure report."""
+        parts = [self.session.podman("ps", "-a", "--format", "{{.Names}} {{.Status}}").output]
+        for name in self.containers():
+            log = self.session.podman("logs", "--tail", str(lines), name).output
+            parts.append(f"--- {name}\n{log}")
+        return "\n".join(parts)
 
     def token(self, *, customer: str | None = None, admin: bool = False) -> str:
         return mint_token(self.secret, customer=customer, admin=admin)
@@ -286,7 +297,7 @@ class Deployment:
         pid = int(
             self.session.podman("inspect", "--format", "{{.State.Pid}}", container)
             .check()
-            .output.strip()
+            .stdout.strip()
         )
         parents: dict[int, int] = {}
         for status in Path("/proc").glob("[0-9]*/stat"):

@@ -63,7 +63,9 @@ def secret() -> str:
 
 
 @pytest.fixture(scope="module")
-def multi(session: PodmanSession, secret: str) -> Iterator[Deployment]:
+def multi(
+    session: PodmanSession, secret: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Deployment]:
     deployment = Deployment(session, "multi.yaml", PROJECT, free_port(), secret)
     try:
         # Two inventory containers from the start, so that the gateway resolves both.
@@ -71,6 +73,10 @@ def multi(session: PodmanSession, secret: str) -> Iterator[Deployment]:
         deployment.wait_ready()
         yield deployment
     finally:
+        # What the containers said, for whoever reads a failure (pytest keeps tmp dirs).
+        report = tmp_path_factory.mktemp("compose") / "multi.log"
+        report.write_text(deployment.diagnostics(lines=200))
+        print(f"container logs: {report}")
         left = deployment.down()
         assert not left, f"left behind: {left}"
 
@@ -159,7 +165,7 @@ def test_the_grpc_services_cannot_be_reached_from_outside(multi: Deployment) -> 
     # Published nowhere: no container but the gateway has a port binding on the host.
     bindings = {}
     for name in multi.containers():
-        ports = session.podman("port", name).output.strip()
+        ports = session.podman("port", name).stdout.strip()
         bindings[name] = ports
     published = {name for name, ports in bindings.items() if ports}
     assert published == {f"{PROJECT}_gateway_1"}, bindings
@@ -182,7 +188,7 @@ def test_the_grpc_services_cannot_be_reached_from_outside(multi: Deployment) -> 
         networks = json.loads(
             session.podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", container)
             .check()
-            .output
+            .stdout
         )
         assert set(networks) == {f"{PROJECT}_grpc", f"{PROJECT}_data"}, networks
         targets = [f"{name}:{port}"] + [f"{n['IPAddress']}:{port}" for n in networks.values()]
