@@ -35,6 +35,14 @@ pinned_namespace() {
     mkdir -p "$NS_DIR"
     exec 9>"$NS_DIR.lock"
     flock 9
+    # A namespace copies the mounts of its time: one made before this checkout's file
+    # system was mounted cannot see it, so it is replaced (its containers, if any, are
+    # left to it).
+    if nsenter --mount="$NS_DIR/mnt" true 2>/dev/null &&
+        ! nsenter --mount="$NS_DIR/mnt" test -e "$ROOT/scripts/podman-env.sh"; then
+        echo "podman-env: $ROOT is not visible in $NS_DIR/mnt; making a new namespace" >&2
+        umount "$NS_DIR/mnt"
+    fi
     if ! nsenter --mount="$NS_DIR/mnt" true 2>/dev/null; then
         # A namespace can be pinned only on a private mount: make NS_DIR one.
         if ! mountpoint -q "$NS_DIR"; then
@@ -42,6 +50,7 @@ pinned_namespace() {
         fi
         mount --make-private "$NS_DIR"
         touch "$NS_DIR/mnt"
+        # shellcheck disable=SC2016  # expanded by the inner shell
         unshare --mount="$NS_DIR/mnt" --propagation private sh -euc '
             for d in /sys/fs/cgroup/*; do umount "$d" 2>/dev/null || true; done
             umount /sys/fs/cgroup
