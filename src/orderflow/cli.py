@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -90,6 +92,9 @@ def migrate(
     services: Annotated[
         list[Service] | None, typer.Argument(help="services to migrate (default: all three)")
     ] = None,
+    wait: Annotated[
+        float, typer.Option(min=0, max=3600, help="seconds to wait for a database to answer")
+    ] = 60.0,
 ) -> None:
     """Apply database migrations of the given services (each to its own database)."""
     from orderflow.platform.db import create_database
@@ -98,10 +103,27 @@ def migrate(
     chosen = [s.value for s in (services or list(Service))]
     configured = {name: boot.service_settings(name) for name in chosen}
 
+    async def reachable(name: str, database: Any) -> None:
+        # A database started alongside (compose, a Job) may not answer yet: wait, with backoff.
+        deadline = time.monotonic() + wait
+        delay = 0.5
+        while True:
+            try:
+                await database.ping()
+                return
+            except Exception as exc:
+                if time.monotonic() + delay > deadline:
+                    typer.echo(f"{name}: database not reachable after {wait:g} s: {exc}", err=True)
+                    raise typer.Exit(1) from None
+                typer.echo(f"{name}: database not reachable yet; retrying in {delay:g} s", err=True)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def main() -> None:
         for name, cfg in configured.items():
             database = create_database(cfg.database_url, pool_size=1)
             try:
+                await reachable(name, database)
                 await upgrade(database, name)
                 typer.echo(f"{name}: at revision {await current_revision(database)}")
             finally:

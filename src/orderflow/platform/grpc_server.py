@@ -40,6 +40,10 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    # Clients reconnect (and so resolve names again) at least every ~30 s: replicas added
+    # by scaling get their share of calls instead of waiting for a connection to fail.
+    ("grpc.max_connection_age_ms", 30_000),
+    ("grpc.max_connection_age_grace_ms", 10_000),
 )
 
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
