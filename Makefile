@@ -46,7 +46,7 @@ clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache
 
 bench: $(STAMP)  ## benchmark every mode against the floor; records bench/RESULTS.md
-	$(BIN)/python -m bench.run --record bench/RESULTS.md
+	$(BIN)/python -m bench.run --record bench/RESULTS.md --json bench/results.json
 
 deploy-check: $(STAMP)  ## static checks of deploy/: hadolint, compose config, kubernetes-validate, policies
 	$(BIN)/pytest -q tests/deploy -m "not containers"
