@@ -310,7 +310,8 @@ def report(runs: list[dict], seconds: float) -> str:
         "gRPC calls, each one small write transaction, over persistent channels "
         "(bench/floor.py).",
         "",
-        "Reproduce: `make bench` (or `python -m bench.run --record bench/RESULTS.md --json bench/results.json`).",
+        "Reproduce: `make bench` (or `python -m bench.run --record bench/RESULTS.md "
+        "--json bench/results.json`).",
         "",
     ]
     for run in runs:
