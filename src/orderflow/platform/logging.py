@@ -36,6 +36,8 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", *, component: str 
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    # Alembic announces each of its plugins at INFO on every start; only its upgrades matter.
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def _add_component(component: str) -> Any:
