@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from orderflow.inventory.grpc_api import service_spec
 from orderflow.inventory.metrics import StockGauges
+from orderflow.inventory.migrations import HEAD
 from orderflow.inventory.service import InventoryService
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
@@ -28,5 +30,9 @@ async def build(
             raise
     service = InventoryService(database, currency=common.currency)
     gauges = StockGauges(database, interval=settings.stock_metrics_interval_seconds)
-    spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
+    spec = dataclasses.replace(
+        service_spec(service, database),
+        metrics=gauges.run,
+        probe=functools.partial(database.ping_schema, HEAD),
+    )
     return Component(spec, database)

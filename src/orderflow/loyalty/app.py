@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 from orderflow.loyalty.domain import Tiers
 from orderflow.loyalty.grpc_api import service_spec
+from orderflow.loyalty.migrations import HEAD
 from orderflow.loyalty.service import LoyaltyService
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
@@ -29,4 +33,7 @@ async def build(
         tiers=Tiers(settings.tiers, settings.default_tier),
         minor_units=common.minor_units,
     )
-    return Component(service_spec(service, database), database)
+    spec = service_spec(service, database)
+    # SERVING only once the database answers and is at the newest migration.
+    spec = dataclasses.replace(spec, probe=functools.partial(database.ping_schema, HEAD))
+    return Component(spec, database)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 from orderflow.orders.grpc_api import service_spec
+from orderflow.orders.migrations import HEAD
 from orderflow.orders.service import OrdersService
 from orderflow.platform.component import Component
 from orderflow.platform.db import create_database
@@ -24,4 +28,7 @@ async def build(
             await database.dispose()
             raise
     service = OrdersService(database)
-    return Component(service_spec(service, database), database)
+    spec = service_spec(service, database)
+    # SERVING only once the database answers and is at the newest migration.
+    spec = dataclasses.replace(spec, probe=functools.partial(database.ping_schema, HEAD))
+    return Component(spec, database)

@@ -49,6 +49,24 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def ping_schema(self, expected_revision: str) -> None:
+        """Raise unless the database answers and its migrations are at expected_revision, so
+        a server started before its migrations ran (e.g. by a Job) does not report SERVING."""
+        async with self.engine.connect() as conn:
+            try:
+                found = (
+                    await conn.execute(text("SELECT version_num FROM alembic_version"))
+                ).scalar()
+            except DBAPIError as exc:
+                if "alembic_version" not in str(exc):
+                    raise  # the database itself is not answering
+                found = None
+        if found != expected_revision:
+            raise RuntimeError(
+                f"database schema is at revision {found or 'none'}, not {expected_revision}: "
+                "run `orderflow migrate`"
+            )
+
     async def dispose(self) -> None:
         await self.engine.dispose()
 
