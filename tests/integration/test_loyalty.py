@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,12 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -24,40 +17,24 @@ from sqlalchemy.pool import NullPool
 from orderflow.loyalty import storage
 from orderflow.loyalty.v1 import loyalty_pb2 as pb
 from orderflow.loyalty.v1 import loyalty_pb2_grpc as pb_grpc
-from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
 from tests.integration.conftest import Serve
+from tests.integration.grpc_checks import (
+    STANDARD_SERVICES,
+    T,
+    assert_serving,
+    error_code,
+    error_details,
+    fails,
+    reflected_services,
+    schema_diff,
+)
 
-T = 10.0  # deadline of every ordinary call, in seconds
 SLOW_T = 60.0  # deadline of calls made many at once
 SERVICE = "orderflow.loyalty.v1.LoyaltyService"
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def error_code(error: grpc.aio.AioRpcError) -> str | None:
-    """The orderflow error code a failed call carried in its trailing metadata."""
-    return dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
-
-
-def error_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    raw = dict(error.trailing_metadata() or ()).get(ERROR_DETAILS_KEY)
-    return json.loads(raw) if raw else {}
-
-
-async def fails(
-    call: Awaitable[Any], status: grpc.StatusCode, code: str | None = None
-) -> grpc.aio.AioRpcError:
-    """Await call, which must fail with status (and orderflow code, if given)."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    error = info.value
-    assert error.code() == status, (error.code(), error.details())
-    assert error.details(), "a refused call explains itself"
-    if code is not None:
-        assert error_code(error) == code, error.trailing_metadata()
-    return error
 
 
 @dataclass
@@ -675,39 +652,12 @@ async def test_concurrent_mixed_operations_keep_the_ledger(loyalty: Loyalty) -> 
 
 
 async def test_health(loyalty: Loyalty) -> None:
-    health = health_pb2_grpc.HealthStub(loyalty.channel)
-    for service in ("", SERVICE):
-        reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=T)
-        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
-
-
-def _reflected_services(target: str) -> list[str]:
-    with grpc.insecure_channel(target) as channel:
-        grpc.channel_ready_future(channel).result(timeout=T)
-        return list(ProtoReflectionDescriptorDatabase(channel).get_services())
+    await assert_serving(loyalty.channel, SERVICE)
 
 
 async def test_reflection(loyalty: Loyalty) -> None:
-    # the serve fixture connects to 127.0.0.1:<port>; a sync channel goes to the same target
-    target = loyalty.channel._channel.target  # type: ignore[attr-defined]
-    target = target() if callable(target) else target
-    target = target.decode() if isinstance(target, bytes) else target
-    assert target.startswith("127.0.0.1:"), target
-    services = await asyncio.to_thread(_reflected_services, target)
-    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= set(
-        services
-    )
+    assert {SERVICE, *STANDARD_SERVICES} <= await reflected_services(loyalty.channel)
 
 
 async def test_migrations_match_models(loyalty: Loyalty) -> None:
-    engine = create_async_engine(loyalty.url, poolclass=NullPool)
-    try:
-        async with engine.connect() as conn:
-            diff = await conn.run_sync(
-                lambda sync_conn: compare_metadata(
-                    MigrationContext.configure(sync_conn), storage.metadata
-                )
-            )
-    finally:
-        await engine.dispose()
-    assert diff == []
+    assert await schema_diff(loyalty.url, storage.metadata) == []

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
-    ProtoReflectionDescriptorDatabase,
-)
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from orderflow.orders import storage
 from orderflow.orders.v1 import orders_pb2 as pb
 from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
-from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
 from orderflow.validation import encode_cursor
 from tests.integration.conftest import Serve
+from tests.integration.grpc_checks import (
+    STANDARD_SERVICES,
+    T,
+    assert_serving,
+    error_code,
+    error_details,
+    fails,
+    reflected_services,
+    schema_diff,
+)
 
-T = 10.0  # deadline of every ordinary call, in seconds
 SERVICE = "orderflow.orders.v1.OrderService"
 OWNER = "driver-a"
 OTHER = "driver-b"
@@ -34,30 +35,6 @@ EXPIRE = 0.35  # seconds to wait for a SHORT lease to run out
 LINES = (("a", 2), ("b", 1))
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def error_code(error: grpc.aio.AioRpcError) -> str | None:
-    """The orderflow error code a failed call carried in its trailing metadata."""
-    return dict(error.trailing_metadata() or ()).get(ERROR_CODE_KEY)
-
-
-def error_details(error: grpc.aio.AioRpcError) -> dict[str, Any]:
-    raw = dict(error.trailing_metadata() or ()).get(ERROR_DETAILS_KEY)
-    return json.loads(raw) if raw else {}
-
-
-async def fails(
-    call: Awaitable[Any], status: grpc.StatusCode, code: str | None = None
-) -> grpc.aio.AioRpcError:
-    """Await call, which must fail with status (and orderflow code, if given)."""
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call
-    error = info.value
-    assert error.code() == status, error.details()
-    assert error.details(), "a refused call explains itself"
-    if code is not None:
-        assert error_code(error) == code, error.trailing_metadata()
-    return error
 
 
 def lines_pb(lines: tuple[tuple[str, int], ...], price: int = 0) -> list[pb.OrderLine]:
@@ -860,40 +837,18 @@ async def test_bad_input_on_every_rpc_is_refused_and_changes_nothing(orders: Ord
 
 
 async def test_health_reports_serving(orders: Orders) -> None:
+    await assert_serving(orders.channel, SERVICE)
     health = health_pb2_grpc.HealthStub(orders.channel)
-    for name in ("", SERVICE):
-        r = await health.Check(health_pb2.HealthCheckRequest(service=name), timeout=T)
-        assert r.status == health_pb2.HealthCheckResponse.SERVING, name
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await health.Check(health_pb2.HealthCheckRequest(service="no.Such"), timeout=T)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def _reflected_services(target: str) -> set[str]:
-    with grpc.insecure_channel(target) as channel:
-        return set(ProtoReflectionDescriptorDatabase(channel).get_services())
-
-
 async def test_reflection_lists_the_services(orders: Orders) -> None:
-    # The aio channel keeps its target on the underlying Cython channel.
-    target = orders.channel._channel.target.decode()
-    services = await asyncio.wait_for(asyncio.to_thread(_reflected_services, target), T)
-    assert {SERVICE, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= (
-        services
-    )
+    assert {SERVICE, *STANDARD_SERVICES} <= await reflected_services(orders.channel)
 
 
 async def test_migrations_match_the_models(orders: Orders) -> None:
     # The service is running, so its migrations have been applied.
     await orders.create()
-
-    def diff(sync_conn: Any) -> list[Any]:
-        return compare_metadata(MigrationContext.configure(sync_conn), storage.metadata)
-
-    engine = create_async_engine(orders.url)
-    try:
-        async with engine.connect() as conn:
-            changes = await conn.run_sync(diff)
-    finally:
-        await engine.dispose()
-    assert changes == []
+    assert await schema_diff(orders.url, storage.metadata) == []
