@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 
 from orderflow.inventory.domain import Item, ReservationState
+from orderflow.inventory.migrations import HEAD
 from orderflow.inventory.service import InventoryService
 from orderflow.inventory.v1 import inventory_pb2 as pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as pb_grpc
@@ -105,5 +108,6 @@ def service_spec(service: InventoryService, database: Database) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE_NAME,
         register=lambda server: pb_grpc.add_InventoryServiceServicer_to_server(servicer, server),
-        probe=database.ping,
+        # SERVING only once the database answers and is at the newest migration.
+        probe=functools.partial(database.ping_schema, HEAD),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 from orderflow.errors import (
@@ -17,23 +16,15 @@ from orderflow.errors import (
 from orderflow.inventory import domain
 from orderflow.inventory.domain import Item, Reservation, ReservationState, ReservedLine
 from orderflow.inventory.storage import InventoryUnitOfWork
-from orderflow.platform.db import Database, transact
+from orderflow.platform.db import Database, Rollback, now_us, transact
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 50
 
 
-class _Undo(Exception):
-    """Raised inside a unit of work to roll it back on purpose."""
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class InventoryService:
     def __init__(
-        self, database: Database, *, currency: str, clock: Callable[[], int] = _now_us
+        self, database: Database, *, currency: str, clock: Callable[[], int] = now_us
     ) -> None:
         self.database = database
         self.currency = currency
@@ -103,7 +94,7 @@ class InventoryService:
                 price = await uow.take_stock(sku, quantity, now)
                 if price is None:
                     if await uow.get_reservation(order_id) is not None:
-                        raise _Undo  # the order has one already: roll back, read it below
+                        raise Rollback  # the order has one already: roll back, read it below
                     # Refused, and rolled back: say why, naming every unknown sku first.
                     skus = [s for s, _ in wanted]
                     unknown = sorted(set(skus) - await uow.known_skus(skus))
@@ -122,12 +113,12 @@ class InventoryService:
                 order_id, ReservationState.RESERVED, tuple(reserved), self.currency
             )
             if not await uow.add_reservation(reservation, now):
-                raise _Undo  # a repeat: give the stock back, return the first reservation
+                raise Rollback  # a repeat: give the stock back, return the first reservation
             return reservation
 
         try:
             return await transact(self._uow(), work)
-        except _Undo:
+        except Rollback:
             pass
 
         async def existing(uow: InventoryUnitOfWork) -> Reservation:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 
 from orderflow.loyalty.domain import Account, ApplicationState
+from orderflow.loyalty.migrations import HEAD
 from orderflow.loyalty.service import LoyaltyService
 from orderflow.loyalty.v1 import loyalty_pb2 as pb
 from orderflow.loyalty.v1 import loyalty_pb2_grpc as pb_grpc
@@ -92,5 +95,6 @@ def service_spec(service: LoyaltyService, database: Database) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE_NAME,
         register=lambda server: pb_grpc.add_LoyaltyServiceServicer_to_server(servicer, server),
-        probe=database.ping,
+        # SERVING only once the database answers and is at the newest migration.
+        probe=functools.partial(database.ping_schema, HEAD),
     )

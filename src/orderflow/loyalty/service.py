@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 
 from orderflow.errors import (
@@ -18,20 +17,12 @@ from orderflow.errors import (
 from orderflow.loyalty import domain
 from orderflow.loyalty.domain import Account, Application, ApplicationState, EntryKind, Tiers
 from orderflow.loyalty.storage import LoyaltyUnitOfWork
-from orderflow.platform.db import Database, transact
+from orderflow.platform.db import Database, Rollback, now_us, transact
 from orderflow.validation import check_id
 
 S = ApplicationState
 # What moving an application out of one state does besides changing its state.
 Step = Callable[[LoyaltyUnitOfWork, Application, int], Awaitable[None]]
-
-
-class _Undo(Exception):
-    """Raised inside a unit of work to roll it back on purpose."""
-
-
-def _now_us() -> int:
-    return time.time_ns() // 1000
 
 
 class LoyaltyService:
@@ -41,7 +32,7 @@ class LoyaltyService:
         *,
         tiers: Tiers,
         minor_units: int,
-        clock: Callable[[], int] = _now_us,
+        clock: Callable[[], int] = now_us,
     ) -> None:
         self.database = database
         self.tiers = tiers
@@ -141,7 +132,7 @@ class LoyaltyService:
                 self.minor_units,
             )
             if not await uow.add_application(application, now, if_absent=True):
-                raise _Undo  # applied before: roll back, return the first result below
+                raise Rollback  # applied before: roll back, return the first result below
             redeemed = await uow.add_points(
                 req.customer_id, -req.redeem_points, EntryKind.REDEEM, now, order_id=req.order_id
             )
@@ -156,7 +147,7 @@ class LoyaltyService:
 
         try:
             return await transact(self._uow(), work)
-        except _Undo:
+        except Rollback:
             pass
 
         async def existing(uow: LoyaltyUnitOfWork) -> Application:

@@ -2,33 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-
 from orderflow.orders.grpc_api import service_spec
-from orderflow.orders.migrations import HEAD
 from orderflow.orders.service import OrdersService
-from orderflow.platform.component import Component
-from orderflow.platform.db import create_database
+from orderflow.platform.component import Component, open_database
 from orderflow.settings import CommonSettings, OrdersSettings
 
 
 async def build(
     settings: OrdersSettings, common: CommonSettings, *, migrate: bool = True
 ) -> Component:
-    """The service on its database; with migrate, the database is brought up to date first
-    (`orderflow serve` migrates in a child process instead, so alembic stays out of memory)."""
-    database = create_database(settings.database_url, pool_size=settings.db_pool_size)
-    if migrate:
-        from orderflow.platform import migrations
-
-        try:
-            await migrations.upgrade(database, "orders")
-        except BaseException:
-            await database.dispose()
-            raise
+    """The service on its own database (migrated first unless migrate is False)."""
+    database = await open_database(
+        settings.database_url, settings.db_pool_size, "orders", migrate=migrate
+    )
     service = OrdersService(database)
-    spec = service_spec(service, database)
-    # SERVING only once the database answers and is at the newest migration.
-    spec = dataclasses.replace(spec, probe=functools.partial(database.ping_schema, HEAD))
-    return Component(spec, database)
+    return Component(service_spec(service, database), database)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus, Totals
+from orderflow.orders.migrations import HEAD
 from orderflow.orders.service import OrdersService
 from orderflow.orders.v1 import orders_pb2 as pb
 from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
@@ -170,5 +173,6 @@ def service_spec(service: OrdersService, database: Database) -> ServiceSpec:
     return ServiceSpec(
         name=SERVICE_NAME,
         register=lambda server: pb_grpc.add_OrderServiceServicer_to_server(servicer, server),
-        probe=database.ping,
+        # SERVING only once the database answers and is at the newest migration.
+        probe=functools.partial(database.ping_schema, HEAD),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -11,7 +10,7 @@ from orderflow.errors import IdempotencyKeyReusedError, InvalidArgumentError, No
 from orderflow.orders import domain
 from orderflow.orders.domain import Failure, Order, OrderStatus, Totals
 from orderflow.orders.storage import OrdersUnitOfWork
-from orderflow.platform.db import Database, transact
+from orderflow.platform.db import Database, now_us, transact
 from orderflow.validation import check_id, check_limit, check_range, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 20
@@ -20,16 +19,12 @@ MAX_CLAIM = 100
 Change = Callable[[Order, int], Order]
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class OrdersService:
     def __init__(
         self,
         database: Database,
         *,
-        clock: Callable[[], int] = _now_us,
+        clock: Callable[[], int] = now_us,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         self.database = database

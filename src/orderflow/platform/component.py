@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
-from orderflow.platform.db import Database
+from orderflow.platform.db import Database, create_database
 from orderflow.platform.grpc_server import ServiceSpec, create_server, wait_for_signal
 from orderflow.platform.metrics import MetricsEndpoint, serve_metrics
 
@@ -24,6 +24,23 @@ class Component:
 
     async def close(self) -> None:
         await self.database.dispose()
+
+
+async def open_database(url: str, pool_size: int, service: str, *, migrate: bool) -> Database:
+    """The service's database; with migrate, brought to the newest revision first.
+
+    `orderflow serve` migrates in a child process instead, so alembic stays out of memory.
+    """
+    database = create_database(url, pool_size=pool_size)
+    if migrate:
+        from orderflow.platform import migrations
+
+        try:
+            await migrations.upgrade(database, service)
+        except BaseException:
+            await database.dispose()
+            raise
+    return database
 
 
 async def serve_components(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,15 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 # PostgreSQL SQLSTATEs worth retrying the whole transaction for.
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
+
+
+def now_us() -> int:
+    """The wall clock in epoch microseconds: how every service stores its timestamps."""
+    return time.time_ns() // 1000
+
+
+class Rollback(Exception):
+    """Raised inside a unit of work to roll it back on purpose (caught by its caller)."""
 
 
 class Database:
