@@ -38,9 +38,7 @@ class Principal:
 
     def require_customer(self, customer_id: str) -> None:
         """Acting as customer_id: the customer itself, or an admin (403 otherwise)."""
-        if not self.is_admin and not (
-            CUSTOMER_SCOPE in self.scopes and self.subject == customer_id
-        ):
+        if not self.may_see(customer_id):
             raise ForbiddenError("a customer token acts only for its own customer id")
 
     def may_see(self, customer_id: str) -> bool:
