@@ -386,6 +386,14 @@ def targets(runs: list[dict]) -> list[str]:
     return lines
 
 
+def publish(runs: list[dict], seconds: float, record: Path | None) -> None:
+    """Print the report, and write it to record if given."""
+    text = report(runs, seconds)
+    print(text)
+    if record:
+        record.write_text(text + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -409,10 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in json.loads(args.from_json.read_text())
         ]
         seconds = runs[0]["orderflow"][0].seconds if runs else args.duration
-        text = report(runs, round(seconds))
-        print(text)
-        if args.record:
-            args.record.write_text(text + "\n")
+        publish(runs, round(seconds), args.record)
         return 0
     modes = [m for m in args.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -422,10 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     say = lambda line: print(line, flush=True)  # noqa: E731
     commit = current_commit()
     runs = [{**bench_mode(mode, levels, args.duration, say), "commit": commit} for mode in modes]
-    text = report(runs, args.duration)
-    print(text)
-    if args.record:
-        args.record.write_text(text + "\n")
+    publish(runs, args.duration, args.record)
     if args.json:
         args.json.write_text(
             json.dumps(
