@@ -49,7 +49,7 @@ async def current_revision(database: Database) -> str | None:
     def _read(sync_conn: Connection) -> str | None:
         return MigrationContext.configure(sync_conn).get_current_revision()
 
-    async with database.engine.connect() as conn:
+    async with database.reading() as conn:
         return await conn.run_sync(_read)
 
 

@@ -1,0 +1,166 @@
+"""The unit of work on real databases: commit, rollback, and SQLite locked by another process.
+
+On SQLite, units of work run inline on the event loop (ADR 8); these tests pin down what
+that must not cost: a lock held by another process is waited for without stalling the
+loop, and given up after the busy timeout with the connection still usable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
+from sqlalchemy.exc import OperationalError
+
+from orderflow.platform import db as dbmod
+from orderflow.platform.db import Database, UnitOfWork, create_database, transact
+
+metadata = MetaData()
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("body", String(50), nullable=False),
+)
+
+
+@pytest.fixture
+async def database(make_db_url: Callable[[str], object]) -> AsyncIterator[Database]:
+    url = await make_db_url("unit")  # type: ignore[misc]
+    database = create_database(str(url))
+    async with database.engine.begin() as conn:
+        await conn.run_sync(metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+async def add(database: Database, body: str) -> None:
+    async def work(uow: UnitOfWork) -> None:
+        await uow.connection.execute(insert(notes), {"body": body})
+
+    await transact(lambda: UnitOfWork(database), work)
+
+
+async def bodies(database: Database) -> list[str]:
+    async def work(uow: UnitOfWork) -> list[str]:
+        rows = await uow.connection.execute(select(notes.c.body).order_by(notes.c.id))
+        return [row.body for row in rows]
+
+    return await transact(lambda: UnitOfWork(database, readonly=True), work)
+
+
+async def test_commits_and_rolls_back(database: Database) -> None:
+    await add(database, "kept")
+
+    async def fails(uow: UnitOfWork) -> None:
+        await uow.connection.execute(insert(notes), {"body": "undone"})
+        raise dbmod.Rollback
+
+    with pytest.raises(dbmod.Rollback):
+        await transact(lambda: UnitOfWork(database), fails)
+    await add(database, "after")  # the connection is usable after a rollback
+
+    assert await bodies(database) == ["kept", "after"]
+    # What the units of work wrote is what another engine reads from the database.
+    async with database.engine.connect() as conn:
+        count = (await conn.execute(select(func.count()).select_from(notes))).scalar_one()
+    assert count == 2
+
+
+async def test_concurrent_writers_all_land(database: Database) -> None:
+    await asyncio.gather(*(add(database, f"n{i}") for i in range(200)))
+    assert sorted(await bodies(database)) == sorted(f"n{i}" for i in range(200))
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("INSERT INTO notes (body) VALUES ('other process')")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def hold_write_lock(path: str, seconds: float) -> subprocess.Popen[str]:
+    """Another process that takes SQLite's write lock and keeps it for `seconds`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, path, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def sqlite_path(database: Database) -> str:
+    return str(database.engine.url.database)
+
+
+async def ticking(stop: asyncio.Event) -> int:
+    """How many 10 ms ticks the event loop managed until stop: a stalled loop ticks less."""
+    ticks = 0
+    while not stop.is_set():
+        await asyncio.sleep(0.01)
+        ticks += 1
+    return ticks
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_waits_for_another_process_without_stalling_the_loop(database: Database) -> None:
+    await add(database, "before")
+    holder = hold_write_lock(sqlite_path(database), 0.6)
+    try:
+        stop = asyncio.Event()
+        ticker = asyncio.create_task(ticking(stop))
+        started = time.monotonic()
+        await add(database, "waited")
+        waited = time.monotonic() - started
+        stop.set()
+        ticks = await ticker
+    finally:
+        holder.wait(10)
+    assert holder.returncode == 0
+    assert waited >= 0.3  # it really had to wait for the other process's commit
+    # While waiting, the loop kept running: roughly one tick per 10 ms, not a frozen loop.
+    assert ticks >= waited / 0.01 * 0.5
+    assert await bodies(database) == ["before", "other process", "waited"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_gives_up_after_the_busy_timeout(
+    database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dbmod, "SQLITE_BUSY_TIMEOUT_MS", 300)
+    holder = hold_write_lock(sqlite_path(database), 2.0)
+    try:
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="database is locked"):
+            await add(database, "refused")
+        assert 0.3 <= time.monotonic() - started < 1.5
+    finally:
+        holder.wait(10)
+    await add(database, "later")  # once the other process is done, writes go through again
+    assert await bodies(database) == ["other process", "later"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_probes_do_not_wait_for_the_write_lock(database: Database) -> None:
+    # Readiness probes run every few seconds; one that took the write lock would stall
+    # every writer behind it, and one that needed it would fail while a write is long.
+    async with database.engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        await conn.exec_driver_sql("INSERT INTO alembic_version VALUES ('0001')")
+    holder = hold_write_lock(sqlite_path(database), 3.0)
+    try:
+        started = time.monotonic()
+        await database.ping()
+        await database.ping_schema("0001")
+        assert time.monotonic() - started < 1.0
+        assert holder.poll() is None  # the other process still held the lock throughout
+    finally:
+        holder.wait(10)
