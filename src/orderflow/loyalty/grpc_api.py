@@ -94,7 +94,8 @@ def service_spec(service: LoyaltyService, database: Database) -> ServiceSpec:
     servicer = LoyaltyServicer(service)
     return ServiceSpec(
         name=SERVICE_NAME,
-        register=lambda server: pb_grpc.add_LoyaltyServiceServicer_to_server(servicer, server),
+        servicer=servicer,
+        add_to_server=pb_grpc.add_LoyaltyServiceServicer_to_server,
         # SERVING only once the database answers and is at the newest migration.
         probe=functools.partial(database.ping_schema, HEAD),
     )

@@ -172,7 +172,8 @@ def service_spec(service: OrdersService, database: Database) -> ServiceSpec:
     servicer = OrdersServicer(service)
     return ServiceSpec(
         name=SERVICE_NAME,
-        register=lambda server: pb_grpc.add_OrderServiceServicer_to_server(servicer, server),
+        servicer=servicer,
+        add_to_server=pb_grpc.add_OrderServiceServicer_to_server,
         # SERVING only once the database answers and is at the newest migration.
         probe=functools.partial(database.ping_schema, HEAD),
     )
