@@ -60,6 +60,13 @@ class Measurement:
     p99_ms: float
     errors: int
     peak_rss_mb: dict[str, float]
+    # CPU time (user + system, children included) each process spent per answered order:
+    # steadier than orders/s on a noisy machine, and it shows where the time goes.
+    cpu_ms_per_order: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def cpu_ms_total(self) -> float:
+        return sum(self.cpu_ms_per_order.values())
 
     @property
     def rps(self) -> float:
@@ -79,7 +86,12 @@ def parse_wrk(output: str) -> dict[str, int]:
 
 
 def measurement(
-    system: str, mode: str, concurrency: int, fields: dict[str, int], rss: dict[str, float]
+    system: str,
+    mode: str,
+    concurrency: int,
+    fields: dict[str, int],
+    rss: dict[str, float],
+    cpu_seconds: dict[str, float] | None = None,
 ) -> Measurement:
     errors = sum(fields[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
     return Measurement(
@@ -92,7 +104,26 @@ def measurement(
         p99_ms=fields["p99_us"] / 1000,
         errors=errors,
         peak_rss_mb=rss,
+        cpu_ms_per_order={
+            name: seconds * 1000 / fields["requests"] if fields["requests"] else 0.0
+            for name, seconds in (cpu_seconds or {}).items()
+        },
     )
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time of each process and its children so far."""
+    used = {}
+    for name, pid in pids.items():
+        try:
+            proc = psutil.Process(pid)
+            total = sum(proc.cpu_times()[:2])
+            for child in proc.children(recursive=True):
+                total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        used[name] = total
+    return used
 
 
 class RssSampler:
@@ -190,7 +221,8 @@ def databases(mode: str, workdir: Path, labels: list[str]) -> Iterator[dict[str,
 
 
 def orderflow_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
-    env = {"ORDERFLOW_LOG_LEVEL": "WARNING"}
+    # Measured as users run it: at the default log level (a JSON line per call, to a file).
+    env = {"ORDERFLOW_LOG_LEVEL": "INFO"}
     if mode == "one-process":
         return one_process(workdir, env)
     return per_service(workdir, urls, env)
@@ -235,12 +267,15 @@ def drive(
     for concurrency in levels:
         say(f"  {name}: {concurrency} concurrent clients for {seconds:g}s ...")
         pids = {n: p.popen.pid for n, p in system.processes.items() if p.popen}
+        before = cpu_seconds(pids)
         with RssSampler(pids) as sampler:
             fields = run_wrk(url, concurrency, seconds)
-        m = measurement(name, mode, concurrency, fields, sampler.peak)
+        after = cpu_seconds(pids)
+        used = {n: after[n] - before[n] for n in before if n in after}
+        m = measurement(name, mode, concurrency, fields, sampler.peak, used)
         say(
             f"    {m.rps:8.1f} orders/s  p50 {m.p50_ms:6.1f} ms  p99 {m.p99_ms:6.1f} ms"
-            f"  errors {m.errors}"
+            f"  errors {m.errors}  CPU {m.cpu_ms_total:.2f} ms/order"
         )
         results.append(m)
     return results
@@ -306,7 +341,8 @@ def report(runs: list[dict], seconds: float) -> str:
         f"commit {commit or 'unknown'}; {time.strftime('%Y-%m-%d', time.gmtime())}.",
         "",
         f"Each level runs {seconds:g} s of `POST /api/v1/orders` (1 unit of one of {SKUS} skus, "
-        f"{CUSTOMERS} customers) with wrk (1 thread). The floor makes {CALLS_PER_ORDER} sequential "
+        f"{CUSTOMERS} customers) with wrk (1 thread), orderflow at its default log level "
+        f"(INFO, JSON lines to a file). The floor makes {CALLS_PER_ORDER} sequential "
         "gRPC calls, each one small write transaction, over persistent channels "
         "(bench/floor.py).",
         "",
@@ -323,8 +359,9 @@ def report(runs: list[dict], seconds: float) -> str:
             + ".",
             "",
             "| clients | orderflow orders/s | floor orders/s | ratio "
-            "| p50 ms | p99 ms | floor p50 / p99 ms | errors (ours / floor) | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| p50 ms | p99 ms | floor p50 / p99 ms | errors (ours / floor) "
+            "| CPU ms/order (ours / floor) | peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for ours, theirs in zip(run["orderflow"], run["floor"], strict=True):
             ratio = ours.rps / theirs.rps if theirs.rps else 0.0
@@ -333,11 +370,31 @@ def report(runs: list[dict], seconds: float) -> str:
                 f"| {ours.concurrency} | {ours.rps:.1f} | {theirs.rps:.1f} | {ratio:.0%} "
                 f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} "
                 f"| {theirs.p50_ms:.1f} / {theirs.p99_ms:.1f} "
-                f"| {ours.errors} / {theirs.errors} | {rss} |"
+                f"| {ours.errors} / {theirs.errors} "
+                f"| {_cpu(ours)} / {_cpu(theirs)} | {rss} |"
             )
-        lines.append("")
+        lines += ["", cpu_breakdown(run), ""]
     lines += targets(runs)
     return "\n".join(lines)
+
+
+def _cpu(m: Measurement) -> str:
+    return f"{m.cpu_ms_total:.2f}" if m.cpu_ms_per_order else "-"
+
+
+def cpu_breakdown(run: dict) -> str:
+    """Where the CPU of one order went, per process, at the highest concurrency."""
+    ours, theirs = run["orderflow"][-1], run["floor"][-1]
+    if not ours.cpu_ms_per_order:
+        return "(no CPU figures in this run)"
+
+    def parts(m: Measurement) -> str:
+        return ", ".join(f"{n} {ms:.2f}" for n, ms in m.cpu_ms_per_order.items())
+
+    return (
+        f"CPU ms per order at {ours.concurrency} clients, by process: orderflow {parts(ours)}; "
+        f"floor {parts(theirs)}."
+    )
 
 
 # What issue #6 asks of these figures, checked against each run rather than assumed.

@@ -7,12 +7,13 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bench.run import measurement, parse_wrk, run_wrk
+from bench.run import cpu_seconds, measurement, parse_wrk, run_wrk
 from tests.system import free_port, wait_for_port
 
 FLAKY_SERVER = textwrap.dedent(
@@ -84,3 +85,26 @@ def test_errors_from_a_real_server_are_counted_and_fail_the_run(flaky_server: st
     # Every fourth answer is a 500: wrk counts them as non-2xx.
     assert m.requests // 4 - 4 <= fields["non2xx"] <= m.requests // 4 + 4
     assert m.failed
+
+
+def test_cpu_per_order_is_cpu_time_over_answered_orders() -> None:
+    fields = parse_wrk(
+        "RESULT requests=200 duration_us=1000000 p50_us=1 p99_us=2 non2xx=0 connect=0 "
+        "read=0 write=0 timeout=0"
+    )
+    m = measurement("orderflow", "x", 8, fields, {}, {"gateway": 0.3, "orders": 0.5})
+    assert m.cpu_ms_per_order == {"gateway": 1.5, "orders": 2.5}
+    assert m.cpu_ms_total == 4.0
+
+
+def test_cpu_seconds_reads_a_busy_process_and_skips_a_gone_one() -> None:
+    spin = "import time\nend = time.time() + 0.5\nwhile time.time() < end: pass\ntime.sleep(30)"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(1.0)
+        used = cpu_seconds({"busy": busy.pid})
+        assert 0.3 <= used["busy"] <= 1.5  # it spun for half a second, then slept
+    finally:
+        busy.kill()
+        busy.wait()
+    assert cpu_seconds({"gone": busy.pid}) == {}
