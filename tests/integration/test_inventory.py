@@ -18,7 +18,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from orderflow.inventory import storage
 from orderflow.inventory.v1 import inventory_pb2 as pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as pb_grpc
-from tests.conftest import PgDatabases
 from tests.integration.conftest import Serve
 from tests.integration.grpc_checks import (
     STANDARD_SERVICES,
@@ -522,12 +521,13 @@ async def _wait_serving(channel: grpc.aio.Channel, timeout: float = 20.0) -> Non
     raise TimeoutError(f"inventory not SERVING after {timeout}s (last: {last})")
 
 
-@pytest.mark.postgres
 @pytest.mark.slow
-async def test_two_processes_sharing_postgres_never_oversell(
-    pg_databases: PgDatabases, tmp_path: Path
+async def test_two_processes_sharing_a_database_never_oversell(
+    make_db_url: Callable[[str], Awaitable[str]], tmp_path: Path
 ) -> None:
-    url = await pg_databases.create("inventory2p")
+    # Replicas of a service on one database: PostgreSQL, or one SQLite file, where the
+    # two processes take turns at the file's write lock (ADR 8).
+    url = await make_db_url("inventory2p")
     processes = []
     for n in range(2):
         port = free_port()
