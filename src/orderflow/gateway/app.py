@@ -229,9 +229,6 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        too_large = error_response(
-            "PAYLOAD_TOO_LARGE", f"request bodies are limited to {self.max_bytes} bytes"
-        )
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
                 try:
@@ -239,7 +236,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = self.max_bytes + 1
                 if declared > self.max_bytes:
-                    await too_large(scope, receive, send)
+                    await self._too_large(scope, receive, send)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -251,7 +248,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self._too_large(scope, receive, send)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -266,6 +263,12 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reply = error_response(
+            "PAYLOAD_TOO_LARGE", f"request bodies are limited to {self.max_bytes} bytes"
+        )
+        await reply(scope, receive, send)
 
 
 __all__ = ["create_app"]
