@@ -423,7 +423,10 @@ def targets(runs: list[dict]) -> list[str]:
             f"orders/s (target {TARGET_RATIO:.0%}): {verdict(ratio >= TARGET_RATIO)}.",
             f"- p99 {ours.p99_ms:.0f} ms (target under {TARGET_P99_MS:.0f} ms): "
             f"{verdict(ours.p99_ms < TARGET_P99_MS)}; the floor's own p99 at the same "
-            f"concurrency is {floor.p99_ms:.0f} ms.",
+            f"concurrency is {floor.p99_ms:.0f} ms. With {ours.concurrency} clients always "
+            f"waiting, mean latency is clients / throughput (Little's law), so a p99 under "
+            f"{TARGET_P99_MS:.0f} ms takes more than "
+            f"{ours.concurrency / (TARGET_P99_MS / 1000):.0f} orders/s.",
             f"- errors: {ours.errors}: {verdict(ours.errors == 0)}.",
         ]
         services = {n: mb for n, mb in main["idle_rss_mb"].items() if n != "gateway"}
