@@ -147,7 +147,7 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
         engine = create_async_engine(
             url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}, pool_size=2
         )
-        _configure_sqlite(engine.sync_engine, SQLITE_BUSY_TIMEOUT_MS, raw_begin=False)
+        _configure_sqlite(engine.sync_engine, SQLITE_BUSY_TIMEOUT_MS, begin_event=True)
         inline = create_engine(
             parsed.set(drivername="sqlite"),
             connect_args={"timeout": SQLITE_INLINE_BUSY_MS / 1000},
@@ -157,7 +157,7 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
             # the connection goes back to the pool.
             pool_reset_on_return=None,
         )
-        _configure_sqlite(inline, SQLITE_INLINE_BUSY_MS, raw_begin=True)
+        _configure_sqlite(inline, SQLITE_INLINE_BUSY_MS, begin_event=False)
         return Database(engine, inline)
     engine = create_async_engine(
         url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30
@@ -165,10 +165,18 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
     return Database(engine)
 
 
-def _configure_sqlite(engine: Engine, busy_ms: int, *, raw_begin: bool) -> None:
+def _configure_sqlite(engine: Engine, busy_ms: int, *, begin_event: bool) -> None:
+    """Pragmas on every new connection; with begin_event, BEGIN [IMMEDIATE] on every begin.
+
+    The inline engine has no begin event: any connection event listener makes SQLAlchemy
+    dispatch (empty) events around every statement, so its units of work emit BEGIN
+    themselves (`UnitOfWork._begin_inline`).
+    """
+
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        # Let SQLAlchemy's "begin" event emit BEGIN itself, so it can say IMMEDIATE.
+        # No implicit transactions from the driver: BEGIN is always ours, so it can say
+        # IMMEDIATE.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
@@ -177,20 +185,23 @@ def _configure_sqlite(engine: Engine, busy_ms: int, *, raw_begin: bool) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
-        if raw_begin:
-            # Straight to sqlite3 (a plain connection, not aiosqlite's): BEGIN has no
-            # parameters or result, so SQLAlchemy's statement machinery adds only cost.
-            # Its errors are wrapped as SQLAlchemy would have, so retries recognise them.
-            statement = f"BEGIN {mode}"
-            try:
-                conn.connection.dbapi_connection.execute(statement)
-            except sqlite3.Error as exc:
-                raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
-        else:
+    if begin_event:
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
             conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _raw_begin(sync: Connection, mode: str) -> None:
+    """BEGIN straight to sqlite3 (BEGIN has no parameters or result, so SQLAlchemy's
+    statement machinery would add only cost), its errors wrapped as SQLAlchemy's would be,
+    so that retries recognise them."""
+    statement = f"BEGIN {mode}"
+    try:
+        sync.connection.dbapi_connection.execute(statement)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
 
 class UnitOfWorkConnection(Protocol):
@@ -262,16 +273,17 @@ class UnitOfWork:
         sync: Connection
         if self.readonly:
             sync = engine.connect()
-            sync.execution_options(sqlite_begin="DEFERRED")
         elif database._writer is None or database._writer.closed or database._writer.invalidated:
             # We hold the write lock: the shared writer connection is ours to (re)open.
             sync = database._writer = engine.connect()
         else:
             sync = database._writer
+        sync.begin()  # SQLAlchemy's own bookkeeping: the driver sends nothing for it
         try:
-            sync.begin()
+            _raw_begin(sync, "DEFERRED" if self.readonly else "IMMEDIATE")
         except BaseException:
             # A refused BEGIN (the file is locked) leaves the connection as it was.
+            sync.rollback()
             self._release_inline(sync, broken=sync.invalidated)
             raise
         self._sync = sync
