@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
+import asyncpg
 import pytest
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, insert, select
 from sqlalchemy.exc import OperationalError
@@ -164,3 +165,27 @@ async def test_probes_do_not_wait_for_the_write_lock(database: Database) -> None
         assert holder.poll() is None  # the other process still held the lock throughout
     finally:
         holder.wait(10)
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True
+)
+async def test_a_connection_the_server_dropped_is_replaced(database: Database) -> None:
+    # Pooled connections are not pinged before use (a round trip per transaction): when
+    # PostgreSQL has dropped one (restart, failover, idle timeout), the transaction that
+    # meets it is run again on a new connection instead of failing.
+    await add(database, "before")
+    url = database.engine.url
+    admin = await asyncpg.connect(
+        user=url.username, host=url.host, port=url.port, database=url.database
+    )
+    try:
+        dropped = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert dropped >= 1  # the pool's idle connection was cut off
+    await add(database, "after")
+    assert await bodies(database) == ["before", "after"]

@@ -53,6 +53,11 @@ class Rollback(Exception):
     """Raised inside a unit of work to roll it back on purpose (caught by its caller)."""
 
 
+class CommitOutcomeUnknownError(RuntimeError):
+    """The connection broke during COMMIT: the transaction may or may not have been applied,
+    so, unlike a connection that broke before it, it is not run again."""
+
+
 class Database:
     """An engine plus what its dialect needs to make units of work behave the same everywhere.
 
@@ -159,9 +164,10 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
         )
         _configure_sqlite(inline, SQLITE_INLINE_BUSY_MS, begin_event=False)
         return Database(engine, inline)
-    engine = create_async_engine(
-        url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, pool_timeout=30
-    )
+    # No pre-ping (a round trip before every transaction): a connection the server dropped
+    # fails its transaction as "invalidated", and retry_transaction runs it again on a
+    # fresh one (every unit of work is safe to run twice).
+    engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
     return Database(engine)
 
 
@@ -300,7 +306,14 @@ class UnitOfWork:
         if self._sync is not None:
             self._sync.commit()
         else:
-            await self._async().commit()
+            try:
+                await self._async().commit()
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise CommitOutcomeUnknownError(
+                        "the database connection broke during COMMIT"
+                    ) from exc
+                raise
         self._committed = True
 
     def _async(self) -> AsyncConnection:
@@ -345,6 +358,10 @@ def is_retryable(exc: BaseException) -> bool:
         # A unique key raced by a concurrent insert: the retry reads the winner's row.
         return True
     if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            # The server dropped the connection (restart, failover, idle timeout): the pool
+            # has discarded it, and the next attempt gets a new one.
+            return True
         orig = exc.orig
         sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if sqlstate in _RETRYABLE_SQLSTATES:
