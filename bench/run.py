@@ -111,19 +111,24 @@ def measurement(
     )
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """User + system CPU time of each process and its children so far."""
-    used = {}
+def per_family(
+    pids: dict[str, int], measure: Callable[[psutil.Process], float]
+) -> dict[str, float]:
+    """measure() summed over each process and its children; a process that is gone is left
+    out."""
+    totals = {}
     for name, pid in pids.items():
         try:
             proc = psutil.Process(pid)
-            total = sum(proc.cpu_times()[:2])
-            for child in proc.children(recursive=True):
-                total += sum(child.cpu_times()[:2])
+            totals[name] = sum(measure(p) for p in [proc, *proc.children(recursive=True)])
         except psutil.Error:
             continue
-        used[name] = total
-    return used
+    return totals
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time of each process and its children so far."""
+    return per_family(pids, lambda p: sum(p.cpu_times()[:2]))
 
 
 class RssSampler:
@@ -138,14 +143,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for name, pid in self.pids.items():
-                try:
-                    proc = psutil.Process(pid)
-                    rss = proc.memory_info().rss + sum(
-                        c.memory_info().rss for c in proc.children(recursive=True)
-                    )
-                except psutil.Error:
-                    continue
+            for name, rss in per_family(self.pids, lambda p: p.memory_info().rss).items():
                 self.peak[name] = max(self.peak[name], rss / 2**20)
             self._stop.wait(self.every)
 
