@@ -123,9 +123,7 @@ async def run_onebox(
         # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
         metrics = GatewayMetrics()
         metrics.registry.register(RegistryCollector(running.metrics.registry))
-        server = uvicorn_server(
-            create_app(wired, common, auth=auth, metrics=metrics), host, gateway.port
-        )
+        server = uvicorn_server(create_app(wired, common, auth=auth, metrics=metrics), gateway)
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110

@@ -153,6 +153,11 @@ class GatewaySettings(_Base):
     recovery_interval_seconds: PositiveSeconds = 2.0
     recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    # How long an idle HTTP connection stays open. Longer than the idle timeout of the
+    # clients and load balancers in front (60 s is common), so that they, not the gateway,
+    # close it: a client that sends on a connection the gateway just closed gets a reset,
+    # and does not repeat a POST by itself (ADR 10).
+    keep_alive_seconds: Annotated[int, Field(ge=1, le=3600)] = 75
     # Reply as soon as an order is CONFIRMED; commit its stock and points just after.
     finish_in_background: bool = True
     # Orders a client (token subject, or address without auth) may place per second, and

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
+from pathlib import Path
 
 import httpx
 
-from tests.e2e.conftest import eventually, item, new_customer, new_item, points, stock, unique
+from tests.e2e.conftest import (
+    eventually,
+    item,
+    new_customer,
+    new_item,
+    points,
+    start,
+    stock,
+    unique,
+)
+from tests.system import System, one_process
 
 
 async def test_confirmed_order_with_discount_and_redeemed_points(api: httpx.AsyncClient) -> None:
@@ -227,3 +240,59 @@ async def test_loyalty_accounts(api: httpx.AsyncClient) -> None:
     )
     assert negative.status_code == 409
     assert await points(api, customer) == 0
+
+
+# HTTP keep-alive. A client pool sends its next request on a connection it believes open;
+# if the server closed it an instant before, the request meets a reset, and a client does
+# not repeat a POST by itself. The gateway keeps an idle connection 75 s by default, longer
+# than httpx (5 s) and common load balancers (60 s), so they close first (ADR 10).
+
+REQUEST = b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n"
+
+
+def exchange(conn: socket.socket) -> bytes:
+    """Send one request and read its reply (small, with Content-Length); b"" if closed."""
+    conn.sendall(REQUEST)
+    reply = b""
+    while b"\r\n\r\n" not in reply:
+        chunk = conn.recv(65536)
+        if not chunk:
+            return reply
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":", 1)[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
+    return head
+
+
+def connect(system: System) -> socket.socket:
+    host, port = system.base_url.removeprefix("http://").rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=10)
+
+
+def test_a_connection_idle_longer_than_a_client_pool_keeps_it_is_still_served(
+    system: System,
+) -> None:
+    with connect(system) as conn:
+        assert exchange(conn).startswith(b"HTTP/1.1 200")
+        time.sleep(6)  # past httpx's 5 s, and past uvicorn's own default of 5 s
+        assert exchange(conn).startswith(b"HTTP/1.1 200")
+
+
+def test_the_gateway_closes_a_connection_idle_past_its_keep_alive(tmp_path: Path) -> None:
+    system = start(one_process(tmp_path, {"ORDERFLOW_GATEWAY_KEEP_ALIVE_SECONDS": "1"}))
+    try:
+        with connect(system) as conn:
+            assert exchange(conn).startswith(b"HTTP/1.1 200")
+            time.sleep(0.3)
+            assert exchange(conn).startswith(b"HTTP/1.1 200")
+            time.sleep(2)
+            conn.settimeout(5)
+            assert conn.recv(1) == b"", "the idle connection was not closed"
+    finally:
+        system.stop()
