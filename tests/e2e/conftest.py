@@ -17,6 +17,17 @@ from tests.system import System, one_process, per_service
 SERVICES = ["orders", "inventory", "loyalty"]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+    """A failed test shows the end of each process log of the systems it used."""
+    report: pytest.TestReport = yield
+    if report.when == "call" and report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, System):
+                report.sections.append((f"{value.mode} system logs", value.logs()))
+    return report
+
+
 def start(system: System) -> System:
     try:
         system.start()
