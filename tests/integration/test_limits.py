@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -46,20 +48,42 @@ async def test_an_oversized_message_is_refused(component: Component) -> None:
     await running.stop(0)
 
 
-async def test_calls_beyond_the_concurrency_bound_are_refused(component: Component) -> None:
+async def test_calls_beyond_the_concurrency_bound_are_refused(
+    component: Component, tmp_path: Path
+) -> None:
     running = await _serve(component, max_concurrent_rpcs=2)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-        stub = inventory_pb2_grpc.InventoryServiceStub(ch)
-        calls = [
-            stub.ReserveStock(
-                inventory_pb2.ReserveStockRequest(
+    # Another process's writer holds the database, so the first two calls stay in flight
+    # (waiting for the lock) while the other 58 arrive; a reserve is quick enough otherwise
+    # that calls might never overlap.
+    holder = sqlite3.connect(tmp_path / "inventory.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = inventory_pb2_grpc.InventoryServiceStub(ch)
+
+            async def reserve(n: int) -> grpc.StatusCode:
+                request = inventory_pb2.ReserveStockRequest(
                     order_id=f"o-{n}", lines=[inventory_pb2.StockLine(sku="NONE", quantity=1)]
-                ),
-                timeout=10,
-            )
-            for n in range(60)
-        ]
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        codes = {r.code() for r in results if isinstance(r, grpc.aio.AioRpcError)}
-        assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
-    await running.stop(0)
+                )
+                try:
+                    await stub.ReserveStock(request, timeout=20)
+                except grpc.aio.AioRpcError as exc:
+                    return exc.code()
+                return grpc.StatusCode.OK
+
+            calls = [asyncio.create_task(reserve(n)) for n in range(60)]
+            refused = 0
+            for finished in asyncio.as_completed(calls, timeout=15):
+                refused += await finished == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if refused == 58:
+                    break
+            holder.rollback()
+            codes = Counter(await asyncio.gather(*calls))
+        # the two let in ran once the lock was free, and found no such item
+        assert codes == {
+            grpc.StatusCode.RESOURCE_EXHAUSTED: 58,
+            grpc.StatusCode.INVALID_ARGUMENT: 2,
+        }
+    finally:
+        holder.close()
+        await running.stop(0)
