@@ -12,10 +12,20 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import asyncpg
+import grpc.aio
 import pytest
 
 PG_ADMIN_DSN = os.environ.get("ORDERFLOW_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # grpc.aio shares one completion queue and poller thread among its servers and
+    # channels, and shuts them down when the last one is garbage collected. Tests create
+    # and drop hundreds, each on its own event loop; a shutdown that ran inside a garbage
+    # collection once waited for the poller thread forever and hung the run. Holding a
+    # reference from here keeps one poller for the whole session, as a serving process has.
+    grpc.aio.init_grpc_aio()
 
 
 async def _pg_admin() -> asyncpg.Connection:
