@@ -362,7 +362,7 @@ def report(runs: list[dict], seconds: float) -> str:
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for ours, theirs in zip(run["orderflow"], run["floor"], strict=True):
-            ratio = ours.rps / theirs.rps if theirs.rps else 0.0
+            ratio = share_of_floor(ours, theirs)
             rss = ", ".join(f"{n} {mb:.0f}" for n, mb in ours.peak_rss_mb.items())
             lines.append(
                 f"| {ours.concurrency} | {ours.rps:.1f} | {theirs.rps:.1f} | {ratio:.0%} "
@@ -374,6 +374,15 @@ def report(runs: list[dict], seconds: float) -> str:
         lines += ["", cpu_breakdown(run), ""]
     lines += targets(runs)
     return "\n".join(lines)
+
+
+def share_of_floor(ours: Measurement, floor: Measurement) -> float:
+    """orderflow's orders/s as a fraction of the floor's at the same concurrency."""
+    return ours.rps / floor.rps if floor.rps else 0.0
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
 
 
 def _cpu(m: Measurement) -> str:
@@ -411,11 +420,7 @@ def targets(runs: list[dict]) -> list[str]:
         pairs = list(zip(main["orderflow"], main["floor"], strict=True))
         top = max(pairs, key=lambda pair: pair[0].concurrency)
         ours, floor = top
-        ratio = ours.rps / floor.rps if floor.rps else 0.0
-
-        def verdict(ok: bool) -> str:
-            return "met" if ok else "NOT met"
-
+        ratio = share_of_floor(ours, floor)
         lines += [
             f"- per-service SQLite, {ours.concurrency} clients: {ratio:.0%} of the floor's "
             f"orders/s (target {TARGET_RATIO:.0%}): {verdict(ratio >= TARGET_RATIO)}.",
@@ -438,7 +443,7 @@ def targets(runs: list[dict]) -> list[str]:
         ok = onebox["ready_s"] < TARGET_READY_S
         lines.append(
             f"- one-process mode ready in {onebox['ready_s']:.2f} s "
-            f"(target {TARGET_READY_S:.0f} s): {'met' if ok else 'NOT met'}."
+            f"(target {TARGET_READY_S:.0f} s): {verdict(ok)}."
         )
     lines.append("")
     return lines
