@@ -52,9 +52,9 @@ async def test_calls_beyond_the_concurrency_bound_are_refused(
     component: Component, tmp_path: Path
 ) -> None:
     running = await _serve(component, max_concurrent_rpcs=2)
-    # Another process's writer holds the database, so the first two calls stay in flight
-    # (waiting for the lock) while the other 58 arrive; a reserve is quick enough otherwise
-    # that calls might never overlap.
+    # Another connection holds SQLite's write lock (as another process's writer would), so
+    # the first two calls stay in flight, waiting for it, while the other 58 arrive; a
+    # reserve is quick enough otherwise that calls might never overlap.
     holder = sqlite3.connect(tmp_path / "inventory.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
