@@ -71,7 +71,7 @@ async def build_component(
     service: str, service_settings: Any, common: Any, *, migrate: bool = True
 ) -> Any:
     """Build (and by default migrate) one service from its settings."""
-    module = importlib.import_module(f"orderflow.{service}.app")
+    module = importlib.import_module(f"orderflow.{service}.bootstrap")
     return await module.build(service_settings, common, migrate=migrate)
 
 
