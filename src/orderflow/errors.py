@@ -15,6 +15,7 @@
     ├── ConflictError                 (abstract)        retrying later may succeed or never will
     │   ├── CompensatedError          ALREADY_COMPENSATED  the step was undone (tombstone)
     │   ├── LeaseHeldError            LEASE_HELD        another driver holds the order's lease
+    │   ├── ConcurrentChangeError     CONCURRENT_CHANGE  the record changed between read and write
     │   └── RequestInProgressError    REQUEST_IN_PROGRESS  the same idempotent request is running
     ├── DependencyError               (abstract)        a needed service did not answer well
     │   ├── ServiceUnavailableError   SERVICE_UNAVAILABLE  no answer in time: it may have acted
@@ -100,6 +101,10 @@ class LeaseHeldError(ConflictError):
     code = "LEASE_HELD"
 
 
+class ConcurrentChangeError(ConflictError):
+    code = "CONCURRENT_CHANGE"
+
+
 class RequestInProgressError(ConflictError):
     code = "REQUEST_IN_PROGRESS"
 
@@ -155,6 +160,7 @@ ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {
         ConflictError,
         CompensatedError,
         LeaseHeldError,
+        ConcurrentChangeError,
         RequestInProgressError,
         DependencyError,
         ServiceUnavailableError,
