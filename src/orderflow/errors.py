@@ -1,32 +1,34 @@
 """The one tree of domain errors shared by every orderflow service (no framework imports).
 
-    OrderflowError                    code            meaning
+    OrderflowError                    INTERNAL          a failure nobody named (a bug)
     ├── InvalidArgumentError          INVALID_ARGUMENT  malformed or out-of-range input
     │   └── UnknownSkuError           UNKNOWN_SKU       an order line names no catalog item
     ├── NotFoundError                 NOT_FOUND         the thing asked for does not exist
     ├── AlreadyExistsError            ALREADY_EXISTS    a create collided with an existing key
     │   └── IdempotencyKeyReusedError IDEMPOTENCY_KEY_REUSED  same key, different request
-    ├── BusinessRuleError             (abstract)        the request is valid but refused
+    ├── BusinessRuleError             FAILED_PRECONDITION  (base) valid, but refused
     │   ├── OutOfStockError           OUT_OF_STOCK
     │   ├── InsufficientPointsError   INSUFFICIENT_POINTS
     │   ├── NegativeBalanceError      NEGATIVE_BALANCE  an adjustment would go below zero
     │   ├── NotCancellableError       NOT_CANCELLABLE
     │   └── InvalidStateError         INVALID_STATE     a transition not allowed from here
-    ├── ConflictError                 (abstract)        retrying later may succeed or never will
+    ├── ConflictError                 CONFLICT          (base) a retry may succeed, or never will
     │   ├── CompensatedError          ALREADY_COMPENSATED  the step was undone (tombstone)
     │   ├── LeaseHeldError            LEASE_HELD        another driver holds the order's lease
     │   ├── ConcurrentChangeError     CONCURRENT_CHANGE  the record changed between read and write
     │   └── RequestInProgressError    REQUEST_IN_PROGRESS  the same idempotent request is running
-    ├── DependencyError               (abstract)        a needed service did not answer well
+    ├── DependencyError               DEPENDENCY_FAILED  (base) a needed service did not answer well
     │   ├── ServiceUnavailableError   SERVICE_UNAVAILABLE  no answer in time: it may have acted
     │   └── UpstreamError             UPSTREAM_ERROR    it answered with an unexpected failure
-    └── AccessError                   (abstract)        the caller may not do this (gateway)
+    └── AccessError                   ACCESS_DENIED     (base) the caller may not do this (gateway)
         ├── UnauthenticatedError      UNAUTHENTICATED   no valid bearer token
         ├── ForbiddenError            FORBIDDEN         the token's scope does not allow it
         └── RateLimitedError          RATE_LIMITED      too many requests; retry after a while
 
-The gRPC layer maps these to status codes in one table (orderflow.platform.grpc_errors);
-the gateway maps status codes and codes back to HTTP in one table of its own.
+A (base) class is raised only through a subclass; it still has a code, a gRPC status and
+an HTTP status, so an error from a newer peer is never a bare 500. The gRPC layer maps
+the classes to status codes in one table (orderflow.platform.grpc_errors); the gateway
+maps codes to HTTP statuses in one table of its own (orderflow.gateway.errors).
 """
 
 from __future__ import annotations
@@ -141,33 +143,18 @@ class RateLimitedError(AccessError):
         self.retry_after_seconds = retry_after_seconds
 
 
-# Every concrete error by its code, so a client can rebuild the error it was sent.
-ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {
-    cls.code: cls
-    for cls in (
-        OrderflowError,
-        InvalidArgumentError,
-        UnknownSkuError,
-        NotFoundError,
-        AlreadyExistsError,
-        IdempotencyKeyReusedError,
-        BusinessRuleError,
-        OutOfStockError,
-        InsufficientPointsError,
-        NegativeBalanceError,
-        NotCancellableError,
-        InvalidStateError,
-        ConflictError,
-        CompensatedError,
-        LeaseHeldError,
-        ConcurrentChangeError,
-        RequestInProgressError,
-        DependencyError,
-        ServiceUnavailableError,
-        UpstreamError,
-        AccessError,
-        UnauthenticatedError,
-        ForbiddenError,
-        RateLimitedError,
-    )
-}
+def error_classes() -> list[type[OrderflowError]]:
+    """OrderflowError and every subclass of it, parents before children."""
+    found: list[type[OrderflowError]] = []
+    todo = [OrderflowError]
+    while todo:
+        cls = todo.pop(0)
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    return found
+
+
+# Every error by its code, so a client can rebuild the error it was sent. Read from the
+# tree itself, so a new subclass is in it at once; tests/unit/test_errors.py checks that
+# codes are unique and that each has a gRPC status and an HTTP status.
+ERRORS_BY_CODE: dict[str, type[OrderflowError]] = {cls.code: cls for cls in error_classes()}

@@ -1,4 +1,9 @@
-"""The one table mapping error codes to HTTP statuses, and the JSON error shape of every reply."""
+"""The one table mapping error codes to HTTP statuses, and the JSON error shape of every reply.
+
+Every code of orderflow.errors has a line (tests/unit/test_errors.py checks it), and so
+do the codes only the HTTP edge gives (VALIDATION_ERROR, MALFORMED_REQUEST, ...). An
+unknown code (say, a failure code stored on an order by a newer version) is a 500.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +24,21 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
     "PAYLOAD_TOO_LARGE": 413,
     "UNSUPPORTED_MEDIA_TYPE": 415,
     "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
     "OUT_OF_STOCK": 409,
     "INSUFFICIENT_POINTS": 409,
     "NEGATIVE_BALANCE": 409,
     "NOT_CANCELLABLE": 409,
     "INVALID_STATE": 409,
+    "CONFLICT": 409,
     "ALREADY_COMPENSATED": 409,
     "LEASE_HELD": 409,
+    "CONCURRENT_CHANGE": 409,
     "REQUEST_IN_PROGRESS": 409,
+    "DEPENDENCY_FAILED": 503,
     "SERVICE_UNAVAILABLE": 503,
     "UPSTREAM_ERROR": 502,
+    "ACCESS_DENIED": 403,
     "UNAUTHENTICATED": 401,
     "FORBIDDEN": 403,
     "RATE_LIMITED": 429,

@@ -18,13 +18,18 @@ from orderflow.errors import (
     InvalidArgumentError,
     NotFoundError,
     OrderflowError,
+    RateLimitedError,
+    UnauthenticatedError,
 )
 
 ERROR_CODE_KEY = "orderflow-error-code"
 ERROR_DETAILS_KEY = "orderflow-error-details"
 
-# Checked in order: the first class the error is an instance of wins.
+# Checked in order: the first class the error is an instance of wins, so each family's
+# base covers its subclasses (a subclass needs a line only if its status differs).
 STATUS_BY_ERROR: tuple[tuple[type[OrderflowError], grpc.StatusCode], ...] = (
+    (UnauthenticatedError, grpc.StatusCode.UNAUTHENTICATED),
+    (RateLimitedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
     (AlreadyExistsError, grpc.StatusCode.ALREADY_EXISTS),
