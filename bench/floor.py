@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from sqlalchemy import BigInteger, Column, MetaData, String, Table, insert
 
-from orderflow.gateway.clients import CHANNEL_OPTIONS
+from orderflow.gateway.rpc import CHANNEL_OPTIONS
 from orderflow.platform.db import Database, UnitOfWork, create_database
 
 metadata = MetaData()

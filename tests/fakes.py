@@ -95,10 +95,6 @@ class FakeOrders:
         self.orders[order.id] = updated
         return updated
 
-    async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order:
-        self.calls("orders.acquire_lease")
-        return self._set(self.orders[order_id], lease_owner=owner)
-
     async def confirm_order(
         self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
     ) -> Order:
@@ -205,8 +201,8 @@ class FakeInventory:
         elif not state:
             self.reservations[order_id] = ("RELEASED", ())
 
-    async def commit(self, order_id: str) -> None:
-        self.calls("inventory.commit")
+    async def commit_stock(self, order_id: str) -> None:
+        self.calls("inventory.commit_stock")
         if self.reservations[order_id][0] == "RESERVED":
             self._move(order_id, "reserved", "sold", "COMMITTED")
 
@@ -241,10 +237,10 @@ class FakeLoyalty:
         self.percent = percent
         self.applications: dict[str, tuple[str, str, Discount]] = {}
 
-    async def apply(
+    async def apply_discount(
         self, order_id: str, customer_id: str, subtotal: int, redeem_points: int
     ) -> Discount:
-        self.calls("loyalty.apply")
+        self.calls("loyalty.apply_discount")
         if order_id in self.applications:
             state, _, d = self.applications[order_id]
             if state in ("CANCELLED", "REFUNDED"):
@@ -260,8 +256,8 @@ class FakeLoyalty:
         self.applications[order_id] = ("APPLIED", customer_id, d)
         return d
 
-    async def cancel(self, order_id: str) -> None:
-        self.calls("loyalty.cancel")
+    async def void_discount(self, order_id: str) -> None:
+        self.calls("loyalty.void_discount")
         state, customer, d = self.applications.get(order_id, ("", "", Discount(0, 0, 0, 0)))
         if state == "APPLIED":
             self.points[customer] += d.points_redeemed
@@ -269,15 +265,15 @@ class FakeLoyalty:
         elif not state:
             self.applications[order_id] = ("CANCELLED", "", d)
 
-    async def commit(self, order_id: str) -> None:
-        self.calls("loyalty.commit")
+    async def commit_discount(self, order_id: str) -> None:
+        self.calls("loyalty.commit_discount")
         state, customer, d = self.applications[order_id]
         if state == "APPLIED":
             self.points[customer] += d.points_earned
             self.applications[order_id] = ("COMMITTED", customer, d)
 
-    async def refund(self, order_id: str) -> None:
-        self.calls("loyalty.refund")
+    async def refund_discount(self, order_id: str) -> None:
+        self.calls("loyalty.refund_discount")
         state, customer, d = self.applications[order_id]
         if state == "COMMITTED":
             net = d.points_redeemed - d.points_earned

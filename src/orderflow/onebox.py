@@ -17,8 +17,9 @@ import structlog
 
 from orderflow.errors import AlreadyExistsError, NotFoundError
 from orderflow.gateway.app import create_app
-from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty
+from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
 from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.rpc import Channels
 from orderflow.gateway.server import uvicorn_server
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server

@@ -11,7 +11,8 @@ import grpc
 import pytest
 
 from orderflow.boot import build_component
-from orderflow.gateway.clients import Channels, GrpcInventory
+from orderflow.gateway.clients import GrpcInventory
+from orderflow.gateway.rpc import Channels
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.tls import channel_credentials, make_certs, server_credentials

@@ -25,11 +25,11 @@ class GatedLoyalty(FakeLoyalty):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def apply(
+    async def apply_discount(
         self, order_id: str, customer_id: str, subtotal: int, redeem_points: int
     ) -> Discount:
         await self.gate.wait()
-        return await super().apply(order_id, customer_id, subtotal, redeem_points)
+        return await super().apply_discount(order_id, customer_id, subtotal, redeem_points)
 
 
 class World:
@@ -92,7 +92,7 @@ async def test_duplicate_while_the_first_is_running_gets_409(
     world.loyalty.gate.clear()
     headers = {"Idempotency-Key": "dup-1"}
     first = asyncio.create_task(client.post("/api/v1/orders", json=ORDER, headers=headers))
-    while "loyalty.apply" not in world.calls.log and not world.inventory.reservations:
+    while "loyalty.apply_discount" not in world.calls.log and not world.inventory.reservations:
         await asyncio.sleep(0.001)
     duplicate = await client.post("/api/v1/orders", json=ORDER, headers=headers)
     assert duplicate.status_code == 409

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from orderflow.gateway.app import create_app
-from orderflow.gateway.clients import metadata_value
 from orderflow.gateway.deps import Services
 from orderflow.gateway.readiness import Readiness
+from orderflow.gateway.rpc import metadata_value
 from orderflow.settings import CommonSettings, GatewaySettings
 from tests.fakes import Calls, FakeInventory, FakeLoyalty, FakeOrders
 

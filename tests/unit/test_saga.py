@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orderflow.errors import (
+    IdempotencyKeyReusedError,
     InsufficientPointsError,
     InvalidArgumentError,
     NotCancellableError,
@@ -16,8 +17,8 @@ from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, REJECTED, Lin
 from orderflow.gateway.saga import OrderSaga
 from tests.fakes import Calls, FakeInventory, FakeLoyalty, FakeOrders
 
-FORWARD = ["orders.create", "inventory.reserve", "loyalty.apply", "orders.confirm"]
-FINISH = ["inventory.commit", "loyalty.commit", "orders.settle"]
+FORWARD = ["orders.create", "inventory.reserve", "loyalty.apply_discount", "orders.confirm"]
+FINISH = ["inventory.commit_stock", "loyalty.commit_discount", "orders.settle"]
 
 
 def make(points: int = 500) -> tuple[OrderSaga, Calls, FakeOrders, FakeInventory, FakeLoyalty]:
@@ -63,11 +64,19 @@ async def test_happy_path_confirms_with_exact_totals_and_commits() -> None:
 UNDO_CASES = [
     # (failing call, error, expected undo calls after orders.reject)
     ("inventory.reserve", OutOfStockError("out"), []),
-    ("loyalty.apply", InsufficientPointsError("no points"), ["inventory.release"]),
-    ("orders.confirm", InvalidArgumentError("bad totals"), ["loyalty.cancel", "inventory.release"]),
+    ("loyalty.apply_discount", InsufficientPointsError("no points"), ["inventory.release"]),
+    (
+        "orders.confirm",
+        InvalidArgumentError("bad totals"),
+        ["loyalty.void_discount", "inventory.release"],
+    ),
     # No clear answer: the failed step may have acted, so it is undone as well.
     ("inventory.reserve", ServiceUnavailableError("down"), ["inventory.release"]),
-    ("loyalty.apply", ServiceUnavailableError("down"), ["loyalty.cancel", "inventory.release"]),
+    (
+        "loyalty.apply_discount",
+        ServiceUnavailableError("down"),
+        ["loyalty.void_discount", "inventory.release"],
+    ),
 ]
 
 
@@ -105,8 +114,8 @@ async def test_orders_unreachable_at_confirm_leaves_the_order_to_recovery() -> N
 
 async def test_undo_that_cannot_run_now_is_finished_by_recovery() -> None:
     saga, calls, orders, inventory, loyalty = make()
-    calls.fail("loyalty.apply", ServiceUnavailableError("loyalty down"))
-    calls.fail("loyalty.cancel", ServiceUnavailableError("loyalty down"))
+    calls.fail("loyalty.apply_discount", ServiceUnavailableError("loyalty down"))
+    calls.fail("loyalty.void_discount", ServiceUnavailableError("loyalty down"))
     order = (await saga.place(new_order())).order
     # REJECTED at once (the durable decision), stock released, the loyalty undo still owed.
     assert order.status == REJECTED and not order.settled
@@ -115,15 +124,15 @@ async def test_undo_that_cannot_run_now_is_finished_by_recovery() -> None:
     calls.log.clear()
     (claimed,) = await orders.claim_stale("recovery", 10, 10)
     resumed = await saga.resume(claimed, "recovery")
-    assert calls.log[1:] == ["loyalty.cancel", "inventory.release", "orders.settle"]
+    assert calls.log[1:] == ["loyalty.void_discount", "inventory.release", "orders.settle"]
     assert resumed.status == REJECTED and resumed.settled
-    # The cancel left a tombstone: a late Apply for this order is refused.
+    # The void left a tombstone: a late ApplyDiscount for this order is refused.
     assert loyalty.applications[order.id][0] == "CANCELLED"
 
 
 async def test_commit_that_cannot_run_now_is_finished_by_recovery() -> None:
     saga, calls, orders, inventory, loyalty = make()
-    calls.fail("loyalty.commit", ServiceUnavailableError("down"))
+    calls.fail("loyalty.commit_discount", ServiceUnavailableError("down"))
     order = (await saga.place(new_order())).order
     assert order.status == CONFIRMED and not order.settled
     calls.heal()
@@ -147,10 +156,10 @@ async def test_cancel_refunds_returns_stock_then_cancels() -> None:
     saga, calls, _orders, inventory, loyalty = make()
     order = (await saga.place(new_order())).order
     calls.log.clear()
-    cancelled = await saga.cancel(order.id)
+    cancelled = await saga.cancel_order(order.id)
     assert calls.log == [
         "orders.request_cancel",
-        "loyalty.refund",
+        "loyalty.refund_discount",
         "inventory.return",
         "orders.cancel",
     ]
@@ -159,7 +168,7 @@ async def test_cancel_refunds_returns_stock_then_cancels() -> None:
     assert loyalty.points["c-1"] == 500
     # Cancelling again returns the same, with no further effect.
     calls.log.clear()
-    assert (await saga.cancel(order.id)).status == CANCELLED
+    assert (await saga.cancel_order(order.id)).status == CANCELLED
     assert calls.log == ["orders.request_cancel"]
 
 
@@ -168,7 +177,7 @@ async def test_cancel_refused_when_earned_points_were_spent_keeps_the_order() ->
     order = (await saga.place(new_order(redeem=0))).order
     loyalty.points["c-1"] = 0  # the customer spent the points the order earned
     with pytest.raises(NotCancellableError):
-        await saga.cancel(order.id)
+        await saga.cancel_order(order.id)
     current = await _orders.get_order(order.id)
     assert current.status == CONFIRMED and not current.cancel_requested and current.settled
     assert inventory.items["MUG-1"]["sold"] == 2
@@ -180,4 +189,30 @@ async def test_cancel_of_a_rejected_order_is_refused() -> None:
     calls.fail("inventory.reserve", OutOfStockError("out"))
     order = (await saga.place(new_order())).order
     with pytest.raises(NotCancellableError):
-        await saga.cancel(order.id)
+        await saga.cancel_order(order.id)
+
+
+def test_new_order_is_leased_to_a_new_driver_and_keyed_by_the_request() -> None:
+    saga, *_ = make()
+    lines = [Line("MUG-1", 2)]
+    first = saga.new_order("c-1", lines, 0, idempotency_key="k-9", request='{"a":1}')
+    second = saga.new_order("c-1", lines, 0, idempotency_key="k-9", request='{"a":1}')
+    other = saga.new_order("c-1", lines, 0, idempotency_key="k-9", request='{"a":2}')
+    assert first.fingerprint == second.fingerprint != other.fingerprint
+    assert first.lease_owner != second.lease_owner
+    assert first.lease_owner.startswith("gateway:") and first.lease_seconds == 10
+    assert (first.customer_id, first.lines, first.idempotency_key) == ("c-1", (lines[0],), "k-9")
+    # Without a client key each request gets a key of its own: a retry of CreateOrder
+    # by the gateway reuses it, a new request does not.
+    keyless = [saga.new_order("c-1", lines, 0, idempotency_key=None, request="r") for _ in "ab"]
+    assert keyless[0].idempotency_key.startswith("gw-")
+    assert keyless[0].idempotency_key != keyless[1].idempotency_key
+
+
+async def test_same_key_with_another_request_is_refused() -> None:
+    saga, _calls, _orders, inventory, _loyalty = make()
+    lines = [Line("MUG-1", 1)]
+    await saga.place(saga.new_order("c-1", lines, 0, idempotency_key="k", request="one"))
+    with pytest.raises(IdempotencyKeyReusedError):
+        await saga.place(saga.new_order("c-1", lines, 0, idempotency_key="k", request="two"))
+    assert inventory.items["MUG-1"]["sold"] == 1

@@ -19,7 +19,8 @@ from orderflow.errors import OrderflowError
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.background import Background
-from orderflow.gateway.clients import Channels, GrpcInventory, GrpcLoyalty, GrpcOrders
+from orderflow.gateway.budget import budget
+from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.metrics import GatewayMetrics
@@ -27,6 +28,7 @@ from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
+from orderflow.gateway.rpc import Channels
 from orderflow.gateway.saga import OrderSaga
 from orderflow.platform.telemetry import instrument_gateway
 from orderflow.platform.tls import channel_credentials
@@ -125,6 +127,8 @@ def create_app(
     app.include_router(loyalty.router)
     app.include_router(health.router)
     _install_error_handlers(app)
+    # Added first, so innermost: the budget starts once the body is read.
+    app.add_middleware(BudgetMiddleware, seconds=settings.request_timeout_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(
@@ -216,6 +220,22 @@ class RequestContextMiddleware:
                 ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
+
+
+class BudgetMiddleware:
+    """Runs each request within one time budget, so the deadlines of every gRPC call it
+    makes are bounded by what is left of ORDERFLOW_GATEWAY_REQUEST_TIMEOUT_SECONDS."""
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        with budget(self.seconds):
+            await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:

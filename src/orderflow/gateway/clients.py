@@ -1,33 +1,18 @@
-"""gRPC clients behind the gateway's ports: deadlines from the budget, retries, status -> error.
+"""The gateway's ports over gRPC: one adapter per service, and the protobuf <-> port mapping.
 
-Every call gets a deadline: what is left of the current budget, capped by the per-call
-timeout. Only UNAVAILABLE is retried (with exponential backoff, within the budget);
-every saga RPC is idempotent on the order id, and CreateOrder always carries an
-idempotency key, so a retry never doubles an effect. A failure comes back as the
-domain error the service raised (its code travels in trailing metadata), or as
-ServiceUnavailableError / UpstreamError when the service gave no usable answer.
+Each adapter turns a port call into a request message, makes it through a `Caller`
+(deadline, retry, error translation: orderflow.gateway.rpc) and maps the reply back to
+the gateway's own types (orderflow.gateway.ports). Nothing else here knows protobuf.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import quote
 
 import grpc
-import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orderflow.errors import (
-    ERRORS_BY_CODE,
-    OrderflowError,
-    ServiceUnavailableError,
-    UpstreamError,
-)
-from orderflow.gateway.budget import remaining
 from orderflow.gateway.ports import (
     Account,
     Discount,
@@ -39,96 +24,11 @@ from orderflow.gateway.ports import (
     Page,
     Reservation,
 )
+from orderflow.gateway.rpc import Caller
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
 from orderflow.loyalty.v1 import loyalty_pb2, loyalty_pb2_grpc
 from orderflow.orders.v1 import orders_pb2, orders_pb2_grpc
-from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY
-from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
-from orderflow.platform.telemetry import client_interceptors
 from orderflow.settings import GatewaySettings
-
-CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
-    # Spread calls over every address a (headless) service name resolves to.
-    ("grpc.lb_policy_name", "round_robin"),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-    ("grpc.max_send_message_length", 4 * 1024 * 1024),
-    # Retries are ours (budget-aware); reconnect quickly once a service is back.
-    ("grpc.enable_retries", 0),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 1000),
-)
-
-_NO_ANSWER = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
-
-
-def translate(exc: grpc.aio.AioRpcError, service: str) -> OrderflowError:
-    """The domain error behind a failed call."""
-    code = exc.code()
-    if code in _NO_ANSWER:
-        return ServiceUnavailableError(
-            f"the {service} service did not answer ({code.name.lower()})", service=service
-        )
-    trailing = dict(exc.trailing_metadata() or ())
-    error_cls = ERRORS_BY_CODE.get(str(trailing.get(ERROR_CODE_KEY, "")))
-    if error_cls is not None and error_cls.code not in ("INTERNAL",):
-        try:
-            details = json.loads(str(trailing.get(ERROR_DETAILS_KEY, "{}")))
-        except ValueError:
-            details = {}
-        return error_cls(exc.details() or error_cls.code, **details)
-    return UpstreamError(
-        f"the {service} service failed ({code.name}): {exc.details()}", service=service
-    )
-
-
-def metadata_value(value: str) -> str:
-    """value as gRPC metadata may carry it (printable ASCII), percent-encoded if need be:
-    an id from a URL can be any text, and anything else would fail the call."""
-    if value.isascii() and value.isprintable():
-        return value
-    return quote(value, safe="")
-
-
-class Caller:
-    """Calls one service's RPCs with deadlines, id metadata and retries."""
-
-    def __init__(self, service: str, settings: GatewaySettings) -> None:
-        self.service = service
-        self.timeout = settings.rpc_timeout_seconds
-        self.attempts = settings.rpc_attempts
-        self.backoff = settings.rpc_backoff_seconds
-
-    async def __call__(
-        self, method: Callable[..., Awaitable[Any]], request: Any, order_id: str = ""
-    ) -> Any:
-        ids = structlog.contextvars.get_contextvars()
-        metadata: list[tuple[str, str]] = []
-        if ids.get("request_id"):
-            metadata.append((REQUEST_ID_KEY, metadata_value(str(ids["request_id"]))))
-        if order_id or ids.get("order_id"):
-            metadata.append((ORDER_ID_KEY, metadata_value(order_id or str(ids["order_id"]))))
-        for attempt in range(self.attempts):
-            timeout = remaining(self.timeout)
-            if timeout <= 0.001:
-                raise ServiceUnavailableError(
-                    f"no time left to call the {self.service} service", service=self.service
-                )
-            try:
-                return await method(request, timeout=timeout, metadata=metadata)
-            except grpc.aio.AioRpcError as exc:
-                delay = self.backoff * (2**attempt)
-                retry = (
-                    exc.code() == grpc.StatusCode.UNAVAILABLE
-                    and attempt + 1 < self.attempts
-                    and remaining(self.timeout) > delay
-                )
-                if not retry:
-                    raise translate(exc, self.service) from None
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
 
 
 def _dt(ts: Timestamp) -> datetime | None:
@@ -203,14 +103,6 @@ class GrpcOrders:
         )
         response = await self.call(self.stub.ListOrders, request)
         return Page([order_from_pb(o) for o in response.orders], response.next_cursor or None)
-
-    async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order:
-        request = orders_pb2.AcquireOrderLeaseRequest(
-            order_id=order_id, lease_owner=owner, lease_seconds=seconds
-        )
-        return order_from_pb(
-            (await self.call(self.stub.AcquireOrderLease, request, order_id)).order
-        )
 
     async def confirm_order(
         self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
@@ -299,7 +191,7 @@ class GrpcInventory:
         request = inventory_pb2.ReleaseStockRequest(order_id=order_id)
         await self.call(self.stub.ReleaseStock, request, order_id)
 
-    async def commit(self, order_id: str) -> None:
+    async def commit_stock(self, order_id: str) -> None:
         request = inventory_pb2.CommitStockRequest(order_id=order_id)
         await self.call(self.stub.CommitStock, request, order_id)
 
@@ -341,7 +233,7 @@ class GrpcLoyalty:
         self.stub = loyalty_pb2_grpc.LoyaltyServiceStub(channel)
         self.call = Caller("loyalty", settings)
 
-    async def apply(
+    async def apply_discount(
         self, order_id: str, customer_id: str, subtotal: int, redeem_points: int
     ) -> Discount:
         request = loyalty_pb2.ApplyDiscountRequest(
@@ -360,15 +252,15 @@ class GrpcLoyalty:
             tier=r.tier,
         )
 
-    async def cancel(self, order_id: str) -> None:
+    async def void_discount(self, order_id: str) -> None:
         request = loyalty_pb2.CancelDiscountRequest(order_id=order_id)
         await self.call(self.stub.CancelDiscount, request, order_id)
 
-    async def commit(self, order_id: str) -> None:
+    async def commit_discount(self, order_id: str) -> None:
         request = loyalty_pb2.CommitDiscountRequest(order_id=order_id)
         await self.call(self.stub.CommitDiscount, request, order_id)
 
-    async def refund(self, order_id: str) -> None:
+    async def refund_discount(self, order_id: str) -> None:
         request = loyalty_pb2.RefundDiscountRequest(order_id=order_id)
         await self.call(self.stub.RefundDiscount, request, order_id)
 
@@ -385,33 +277,3 @@ class GrpcLoyalty:
             customer_id=customer_id, delta=delta, reason=reason
         )
         return account_from_pb((await self.call(self.stub.AdjustPoints, request)).account)
-
-
-class Channels:
-    """One channel per distinct target (in one-process mode the three services share one)."""
-
-    def __init__(self, credentials: grpc.ChannelCredentials | None = None) -> None:
-        """With credentials (mutual TLS, see platform.tls) every channel is a TLS channel."""
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._credentials = credentials
-
-    def get(self, target: str) -> grpc.aio.Channel:
-        if target not in self._channels:
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(
-                    target, options=CHANNEL_OPTIONS, interceptors=client_interceptors()
-                )
-            else:
-                channel = grpc.aio.secure_channel(
-                    target,
-                    self._credentials,
-                    options=CHANNEL_OPTIONS,
-                    interceptors=client_interceptors(),
-                )
-            self._channels[target] = channel
-        return self._channels[target]
-
-    async def close(self) -> None:
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()

@@ -1,13 +1,19 @@
 """The order saga: place an order across the three services, undo what was done when a step fails.
 
-Placing: CreateOrder (PENDING, leased to this driver) -> Reserve -> Apply -> Confirm ->
-then Commit stock and loyalty and mark the order settled. A business failure at a step
-undoes the steps before it, in reverse; a step that failed without a clear answer
+Placing: create_order (PENDING, leased to this driver) -> reserve -> apply_discount ->
+confirm_order, then the follow-ups commit_stock and commit_discount, and settle_order
+marks the order settled. A business failure at a step
+undoes the steps before it, in reverse (release, void_discount); a step that failed
+without a clear answer
 (unreachable, out of time) may have acted, so it is undone too. The order is REJECTED
 first — the durable decision — and the undo steps follow; any that cannot run now are
 left to the recovery worker (the order stays unsettled until they have run).
 
-Cancelling a CONFIRMED order: mark it, refund loyalty, return the stock, then CANCELLED.
+Cancelling a CONFIRMED order: request_cancel marks it, refund_discount, return_stock,
+then cancel_order makes it CANCELLED.
+
+A word used here means one thing: bare "commit" is only ever a database commit (inside
+a service); the saga's follow-ups are commit_stock and commit_discount.
 
 Every step is idempotent on the order id, so `resume()` can drive any order found
 unsettled from wherever it stopped.
@@ -15,9 +21,10 @@ unsettled from wherever it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -38,6 +45,7 @@ from orderflow.gateway.ports import (
     REJECTED,
     Failure,
     InventoryPort,
+    Line,
     LoyaltyPort,
     NewOrder,
     Order,
@@ -99,7 +107,7 @@ class OrderSaga:
         self.owner_prefix = owner_prefix
         self.observer = observer or SagaObserver()
         self._clock = clock or time.perf_counter
-        # With a Background, commits and settling of a confirmed order run after the reply.
+        # With a Background, the follow-ups of a confirmed order run after the reply.
         self.background = background
 
     async def _step(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -114,6 +122,32 @@ class OrderSaga:
 
     # -- placing -----------------------------------------------------------------------
 
+    def new_order(
+        self,
+        customer_id: str,
+        lines: Sequence[Line],
+        redeem_points: int,
+        *,
+        idempotency_key: str | None,
+        request: str,
+    ) -> NewOrder:
+        """The order to create for one placing request, leased to a new driver of this saga.
+
+        request: the request as canonical text; its hash goes with the key, so the same key
+        with another request is refused (IDEMPOTENCY_KEY_REUSED) instead of answered.
+        """
+        return NewOrder(
+            customer_id=customer_id,
+            lines=tuple(lines),
+            redeem_points=redeem_points,
+            # Without a client key the gateway still sends one of its own, so that its retry
+            # of CreateOrder after a lost answer cannot create a second order.
+            idempotency_key=idempotency_key or f"gw-{uuid.uuid4().hex}",
+            fingerprint=hashlib.sha256(request.encode()).hexdigest(),
+            lease_owner=new_owner(self.owner_prefix),
+            lease_seconds=self.lease_seconds,
+        )
+
     async def place(self, new: NewOrder) -> Placed:
         """Create the order and drive it; an existing order for the same key is returned as is."""
         order, created = await self._step("create", lambda: self.orders.create_order(new))
@@ -125,7 +159,7 @@ class OrderSaga:
     async def drive(self, order: Order, owner: str, *, defer: bool = False) -> Order:
         """Run a PENDING order forward; on failure reject it and undo what was done.
 
-        With defer (and a Background), the commits after confirmation run after the reply.
+        With defer (and a Background), the follow-ups after confirmation run after the reply.
         """
         done: list[str] = []  # undoable steps that went through, in order
         step = "reserve"
@@ -135,10 +169,10 @@ class OrderSaga:
             )
             done.append(step)
             subtotal = sum(line.quantity * line.unit_price for line in reservation.lines)
-            step = "apply"
+            step = "apply_discount"
             discount = await self._step(
-                "apply",
-                lambda: self.loyalty.apply(
+                "apply_discount",
+                lambda: self.loyalty.apply_discount(
                     order.id, order.customer_id, subtotal, order.redeem_points
                 ),
             )
@@ -184,14 +218,14 @@ class OrderSaga:
 
     async def compensate(self, order: Order, owner: str, done: list[str]) -> Order:
         """Undo `done` in reverse, then settle the order if every undo went through."""
-        undo: dict[str, Callable[[], Awaitable[None]]] = {
-            "apply": lambda: self.loyalty.cancel(order.id),
-            "reserve": lambda: self.inventory.release(order.id),
+        undo: dict[str, tuple[str, Callable[[], Awaitable[None]]]] = {
+            "apply_discount": ("void_discount", lambda: self.loyalty.void_discount(order.id)),
+            "reserve": ("release", lambda: self.inventory.release(order.id)),
         }
         complete = True
         for step in reversed(done):
             try:
-                await self._step(f"undo_{step}", undo[step])
+                await self._step(*undo[step])
             except DependencyError as exc:
                 complete = False
                 log.warning("undo_deferred", order_id=order.id, step=step, error=exc.message)
@@ -200,12 +234,12 @@ class OrderSaga:
         return await self._settle(order, owner)
 
     async def finish_confirmed(self, order: Order, owner: str) -> Order:
-        """Commit stock and loyalty of a CONFIRMED order, then settle it."""
+        """Run the follow-ups of a CONFIRMED order (commit_stock, commit_discount), then settle."""
         try:
-            await self._step("commit_stock", lambda: self.inventory.commit(order.id))
-            await self._step("commit_loyalty", lambda: self.loyalty.commit(order.id))
+            await self._step("commit_stock", lambda: self.inventory.commit_stock(order.id))
+            await self._step("commit_discount", lambda: self.loyalty.commit_discount(order.id))
         except DependencyError as exc:
-            log.warning("commit_deferred", order_id=order.id, error=exc.message)
+            log.warning("follow_up_deferred", order_id=order.id, error=exc.message)
             return order
         return await self._settle(order, owner)
 
@@ -218,7 +252,7 @@ class OrderSaga:
 
     # -- cancelling --------------------------------------------------------------------
 
-    async def cancel(self, order_id: str) -> Order:
+    async def cancel_order(self, order_id: str) -> Order:
         """Cancel a CONFIRMED order (NotCancellableError otherwise); a CANCELLED one is returned."""
         owner = new_owner(self.owner_prefix)
         if self.background is not None:
@@ -234,14 +268,14 @@ class OrderSaga:
 
     async def continue_cancel(self, order: Order, owner: str) -> Order:
         try:
-            await self._step("refund_loyalty", lambda: self.loyalty.refund(order.id))
+            await self._step("refund_discount", lambda: self.loyalty.refund_discount(order.id))
         except NotCancellableError:
             # Nothing was undone yet: the order stays CONFIRMED, as it was.
             withdrawn = await self.orders.withdraw_cancel(order.id, owner)
             await self.finish_confirmed(withdrawn, owner)
             raise
         await self._step("return_stock", lambda: self.inventory.return_stock(order.id))
-        return await self._step("cancel", lambda: self.orders.cancel_order(order.id, owner))
+        return await self._step("cancel_order", lambda: self.orders.cancel_order(order.id, owner))
 
     # -- recovery ----------------------------------------------------------------------
 
@@ -258,18 +292,14 @@ class OrderSaga:
             except NotCancellableError:
                 return await self.orders.get_order(order.id)
         if order.status == CONFIRMED:
-            self.observer.recovery("commit_confirmed")
+            self.observer.recovery("finish_confirmed")
             return await self.finish_confirmed(order, owner)
         if order.status == REJECTED:
             self.observer.recovery("compensate_rejected")
             # Which steps ran is not recorded: every undo is idempotent and tombstones, so run all.
-            return await self.compensate(order, owner, ["reserve", "apply"])
+            return await self.compensate(order, owner, ["reserve", "apply_discount"])
         self.observer.recovery("settle")
         return await self._settle(order, owner)
 
 
-def is_terminal(order: Order) -> bool:
-    return order.status in (CONFIRMED, REJECTED, CANCELLED)
-
-
-__all__ = ["OrderSaga", "OrderflowError", "Placed", "SagaObserver", "is_terminal", "new_owner"]
+__all__ = ["OrderSaga", "OrderflowError", "Placed", "SagaObserver", "new_owner"]
