@@ -6,7 +6,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from orderflow.gateway.budget import budget
 from orderflow.gateway.deps import GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import ItemIn, ItemListOut, ItemOut, ItemPatchIn
@@ -23,8 +22,7 @@ async def list_items(
     limit: Annotated[int, Query(ge=1, le=100)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
 ) -> dict[str, Any]:
-    with budget(gateway.settings.request_timeout_seconds):
-        page = await gateway.services.inventory.list_items(limit, cursor or "")
+    page = await gateway.services.inventory.list_items(limit, cursor or "")
     return {
         "items": [ItemOut.of(i).model_dump() for i in page.entries],
         "next_cursor": page.next_cursor,
@@ -33,8 +31,7 @@ async def list_items(
 
 @router.get("/{sku}", response_model=ItemOut, responses=error_responses((401, 404)))
 async def get_item(sku: SkuPath, gateway: GatewayDep, _principal: PrincipalDep) -> ItemOut:
-    with budget(gateway.settings.request_timeout_seconds):
-        return ItemOut.of(await gateway.services.inventory.get_item(sku))
+    return ItemOut.of(await gateway.services.inventory.get_item(sku))
 
 
 @router.post(
@@ -42,10 +39,7 @@ async def get_item(sku: SkuPath, gateway: GatewayDep, _principal: PrincipalDep) 
 )
 async def create_item(body: ItemIn, gateway: GatewayDep, principal: PrincipalDep) -> ItemOut:
     principal.require_admin()
-    with budget(gateway.settings.request_timeout_seconds):
-        item = await gateway.services.inventory.create_item(
-            body.sku, body.name, body.price, body.stock
-        )
+    item = await gateway.services.inventory.create_item(body.sku, body.name, body.price, body.stock)
     return ItemOut.of(item)
 
 
@@ -54,8 +48,5 @@ async def update_item(
     sku: SkuPath, body: ItemPatchIn, gateway: GatewayDep, principal: PrincipalDep
 ) -> ItemOut:
     principal.require_admin()
-    with budget(gateway.settings.request_timeout_seconds):
-        item = await gateway.services.inventory.update_item(
-            sku, body.name, body.price, body.restock
-        )
+    item = await gateway.services.inventory.update_item(sku, body.name, body.price, body.restock)
     return ItemOut.of(item)

@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from orderflow.gateway.budget import budget
 from orderflow.gateway.deps import GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import AccountOut, PointsIn, TierIn
@@ -23,8 +22,7 @@ async def get_account(
     customer_id: CustomerPath, gateway: GatewayDep, principal: PrincipalDep
 ) -> AccountOut:
     principal.check_owner(customer_id, "loyalty account")
-    with budget(gateway.settings.request_timeout_seconds):
-        return AccountOut.of(await gateway.services.loyalty.get_account(customer_id))
+    return AccountOut.of(await gateway.services.loyalty.get_account(customer_id))
 
 
 @router.put(
@@ -34,8 +32,7 @@ async def set_tier(
     customer_id: CustomerPath, body: TierIn, gateway: GatewayDep, principal: PrincipalDep
 ) -> AccountOut:
     principal.require_admin()
-    with budget(gateway.settings.request_timeout_seconds):
-        return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier))
+    return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier))
 
 
 @router.post(
@@ -47,6 +44,5 @@ async def adjust_points(
     customer_id: CustomerPath, body: PointsIn, gateway: GatewayDep, principal: PrincipalDep
 ) -> AccountOut:
     principal.require_admin()
-    with budget(gateway.settings.request_timeout_seconds):
-        account = await gateway.services.loyalty.adjust_points(customer_id, body.delta, body.reason)
+    account = await gateway.services.loyalty.adjust_points(customer_id, body.delta, body.reason)
     return AccountOut.of(account)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from orderflow.gateway.budget import budget
 from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep
 from orderflow.gateway.errors import error_responses, http_status
-from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, NewOrder, Order
-from orderflow.gateway.saga import new_owner
+from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, Order
 from orderflow.gateway.schemas import OrderListOut, OrderOut, PlaceOrderIn, Status
 
 router = APIRouter(prefix="/api/v1/orders", tags=["orders"])
@@ -75,21 +71,14 @@ async def place_order(
     principal.require_customer(body.customer_id)
     client = principal.subject if gateway.auth.enabled else _address(request)
     gateway.limiter.take(client)
-    settings = gateway.settings
-    fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    new = NewOrder(
-        customer_id=body.customer_id,
-        lines=tuple(Line(x.sku, x.quantity) for x in body.items),
-        redeem_points=body.redeem_points,
-        # Without a client key the gateway still sends one of its own, so that its retry
-        # of CreateOrder after a lost answer cannot create a second order.
-        idempotency_key=idempotency_key or f"gw-{uuid.uuid4().hex}",
-        fingerprint=fingerprint,
-        lease_owner=new_owner(gateway.saga.owner_prefix),
-        lease_seconds=settings.lease_seconds,
+    new = gateway.saga.new_order(
+        body.customer_id,
+        [Line(x.sku, x.quantity) for x in body.items],
+        body.redeem_points,
+        idempotency_key=idempotency_key,
+        request=body.model_dump_json(),
     )
-    with budget(settings.request_timeout_seconds):
-        placed = await gateway.saga.place(new)
+    placed = await gateway.saga.place(new)
     return placed_response(gateway, placed.order, placed.created)
 
 
@@ -97,8 +86,7 @@ async def place_order(
 async def get_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    with budget(gateway.settings.request_timeout_seconds):
-        order = await gateway.services.orders.get_order(order_id)
+    order = await gateway.services.orders.get_order(order_id)
     principal.check_owner(order.customer_id, "order")
     return _order_json(gateway, order)
 
@@ -116,10 +104,9 @@ async def list_orders(
         # A customer lists its own orders: the filter defaults to, and must be, itself.
         principal.require_customer(customer_id or principal.subject)
         customer_id = principal.subject
-    with budget(gateway.settings.request_timeout_seconds):
-        page = await gateway.services.orders.list_orders(
-            customer_id or "", status or "", limit, cursor or ""
-        )
+    page = await gateway.services.orders.list_orders(
+        customer_id or "", status or "", limit, cursor or ""
+    )
     return {
         "orders": [_order_json(gateway, o) for o in page.entries],
         "next_cursor": page.next_cursor,
@@ -135,11 +122,10 @@ async def list_orders(
 async def cancel_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    with budget(gateway.settings.request_timeout_seconds):
-        if not principal.is_admin:
-            mine = await gateway.services.orders.get_order(order_id)
-            principal.check_owner(mine.customer_id, "order")
-        order = await gateway.saga.cancel(order_id)
+    if not principal.is_admin:
+        mine = await gateway.services.orders.get_order(order_id)
+        principal.check_owner(mine.customer_id, "order")
+    order = await gateway.saga.cancel_order(order_id)
     return _order_json(gateway, order)
 
 
