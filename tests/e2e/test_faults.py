@@ -130,6 +130,47 @@ async def test_duplicate_while_the_first_is_stuck_gets_409(
     )
 
 
+async def test_second_cancel_while_the_first_holds_the_order_gets_409_not_500(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    """Two writes to one order at once: the later one is refused as a conflict (LEASE_HELD),
+    the order is left to the first, and recovery finishes it once loyalty answers again."""
+    sku = await new_item(api, price=1000, stock=5)
+    customer = await new_customer(api, tier="gold", points=100)
+    body = {"customer_id": customer, "items": [{"sku": sku, "quantity": 2}], "redeem_points": 50}
+    placed = await api.post("/api/v1/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    earned = placed.json()["points_earned"]
+    await eventually(lambda: points(api, customer), 100 - 50 + earned)  # settled
+    loyalty = faulty.processes["loyalty"].popen
+    assert loyalty is not None
+    os.kill(loyalty.pid, signal.SIGSTOP)  # the first cancel hangs at RefundDiscount
+    try:
+        first = asyncio.create_task(api.post(f"/api/v1/orders/{order_id}/cancel"))
+        await asyncio.sleep(0.5)
+        second = await api.post(f"/api/v1/orders/{order_id}/cancel")
+        assert second.status_code == 409, second.text
+        error = second.json()["error"]
+        assert error["code"] == "LEASE_HELD"
+        assert error["details"]["order_id"] == order_id
+        stuck = await first
+        assert stuck.status_code == 503, stuck.text
+        assert stuck.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+    finally:
+        os.kill(loyalty.pid, signal.SIGCONT)
+
+    async def cancelled() -> bool:
+        order = (await api.get(f"/api/v1/orders/{order_id}")).json()
+        return bool(order["status"] == "CANCELLED")
+
+    await wait_until(cancelled, timeout=20, what="recovery finished the cancel")
+    assert (await item(api, sku))["available"] == 5
+    assert await points(api, customer) == 100
+    again = await api.post(f"/api/v1/orders/{order_id}/cancel")
+    assert again.status_code == 200 and again.json()["status"] == "CANCELLED"
+
+
 async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
     faulty: System, api: httpx.AsyncClient
 ) -> None:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from orderflow.gateway.app import create_app
+from orderflow.gateway.budget import remaining
 from orderflow.gateway.deps import Services
 from orderflow.gateway.ports import Discount
 from orderflow.gateway.readiness import Readiness
@@ -218,3 +219,23 @@ async def test_health_ready_metrics_and_openapi(client: httpx.AsyncClient) -> No
     ):
         assert path in paths
     assert "409" in paths["/api/v1/orders"]["post"]["responses"]
+
+
+async def test_every_request_runs_within_the_request_budget(
+    client: httpx.AsyncClient, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline a service call gets is bounded by what is left of the request's budget."""
+    left: list[float] = []
+    for port, name in ((world.inventory, "get_item"), (world.inventory, "reserve")):
+        call = getattr(port, name)
+
+        async def timed(*args: Any, _call: Any = call) -> Any:
+            left.append(remaining(1000.0))
+            return await _call(*args)
+
+        monkeypatch.setattr(port, name, timed)
+    assert (await client.get("/api/v1/items/MUG-1")).status_code == 200
+    assert (await client.post("/api/v1/orders", json=ORDER)).status_code == 201
+    budget = GatewaySettings().request_timeout_seconds
+    assert len(left) == 2 and all(0 < seconds <= budget for seconds in left), left
+    assert remaining(1000.0) == 1000.0  # and the budget ends with the request
