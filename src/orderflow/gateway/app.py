@@ -8,7 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import structlog
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -19,9 +19,8 @@ from orderflow.errors import OrderflowError
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.background import Background
-from orderflow.gateway.budget import budget
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
-from orderflow.gateway.deps import Gateway, Services
+from orderflow.gateway.deps import Gateway, Services, request_budget
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.ratelimit import RateLimiter
@@ -121,14 +120,13 @@ def create_app(
         version="1",
         summary="Order placement over gRPC services: stock, loyalty, and a saga that undoes.",
         lifespan=lifespan,
+        dependencies=[Depends(request_budget)],
     )
     app.include_router(orders.router)
     app.include_router(items.router)
     app.include_router(loyalty.router)
     app.include_router(health.router)
     _install_error_handlers(app)
-    # Added first, so innermost: the budget starts once the body is read.
-    app.add_middleware(BudgetMiddleware, seconds=settings.request_timeout_seconds)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # closed unless origins are configured
         app.add_middleware(
@@ -220,22 +218,6 @@ class RequestContextMiddleware:
                 ms=round(elapsed * 1000, 2),
             )
             structlog.contextvars.clear_contextvars()
-
-
-class BudgetMiddleware:
-    """Runs each request within one time budget, so the deadlines of every gRPC call it
-    makes are bounded by what is left of ORDERFLOW_GATEWAY_REQUEST_TIMEOUT_SECONDS."""
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        with budget(self.seconds):
-            await self.app(scope, receive, send)
 
 
 class BodyLimitMiddleware:
