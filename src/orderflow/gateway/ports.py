@@ -1,4 +1,20 @@
-"""What the gateway needs from the three services: Protocols over plain data, for fakes too."""
+"""What the gateway needs from the three services: Protocols over plain data, for fakes too.
+
+Why the gateway has types of its own, and uses neither the services' domain types nor
+the protobuf messages:
+
+- Not the domain types: each service owns its domain and may change it (fields, rules,
+  states) without the gateway knowing; in the per-service deployment the gateway does not
+  even run that code. What crosses is only what the wire contract carries, and the types
+  here say exactly that, no more (no versions, lease expiry times, ledgers).
+- Not protobuf: generated messages are mutable, have no None (an unset field reads as
+  0 or ""), enums as ints and timestamps as a message. The saga, the routes and the fakes
+  in tests/fakes.py work with frozen dataclasses instead, and only gateway/clients.py
+  knows protobuf: the saga can be tested with fakes, and a change of wire format changes
+  one module.
+
+docs/architecture.md shows where each type crosses on the order path.
+"""
 
 from __future__ import annotations
 
