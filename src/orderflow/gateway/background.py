@@ -1,7 +1,7 @@
 """Saga work that need not keep the client waiting, run after the reply in this process.
 
-Once an order is CONFIRMED the client has its answer; committing the stock and the
-loyalty points and settling the order follow in a task here. Nothing is lost if the
+Once an order is CONFIRMED the client has its answer; its follow-ups (commit_stock,
+commit_discount) and settling the order run in a task here. Nothing is lost if the
 process dies first: the order stays unsettled, and the recovery worker (of this gateway
 or another) finishes it once its lease runs out.
 """

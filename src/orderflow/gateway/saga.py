@@ -256,7 +256,7 @@ class OrderSaga:
         """Cancel a CONFIRMED order (NotCancellableError otherwise); a CANCELLED one is returned."""
         owner = new_owner(self.owner_prefix)
         if self.background is not None:
-            # A just-confirmed order is still being committed here: let that finish first.
+            # A just-confirmed order may still have follow-ups running here: let them finish.
             await self.background.wait(order_id)
         order = await self._step(
             "request_cancel",
