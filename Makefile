@@ -18,13 +18,14 @@ install: $(STAMP)  ## create .venv with orderflow and the dev tools
 run: $(STAMP)  ## one process, demo data: gateway on :8080, gRPC on :50051
 	$(BIN)/orderflow run --demo
 
-test: $(STAMP)  ## every test: unit, integration (SQLite + PostgreSQL), end-to-end
-	$(BIN)/pytest -q
+test: $(STAMP)  ## every test: unit, integration (SQLite + PostgreSQL), end-to-end; coverage report
+	$(BIN)/pytest -q --cov=orderflow --cov-report=term:skip-covered
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -q tests/unit
 
-lint: $(STAMP) check-protos  ## ruff, formatting, mypy (strict on src/), buf lint
+# .pre-commit-config.yaml runs the same checks on each commit (`.venv/bin/pre-commit install`).
+lint: $(STAMP) check-protos  ## ruff, formatting, mypy (strict on src/, relaxed on tests/), buf lint
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-COMPONENTS = ("orders", "inventory", "loyalty", "gateway")
+from orderflow.registry import COMPONENT_NAMES, SERVICE_NAMES
 
 
 def free_port() -> int:
@@ -147,15 +147,15 @@ def one_process(workdir: Path, extra_env: dict[str, str] | None = None) -> Syste
 def per_service(
     workdir: Path, database_urls: dict[str, str], extra_env: dict[str, str] | None = None
 ) -> System:
-    ports = {name: free_port() for name in COMPONENTS}
+    ports = {name: free_port() for name in COMPONENT_NAMES}
     env = _base_env(extra_env or {})
-    for name in ("orders", "inventory", "loyalty"):
+    for name in SERVICE_NAMES:
         env[f"ORDERFLOW_{name.upper()}_PORT"] = str(ports[name])
         env[f"ORDERFLOW_{name.upper()}_DATABASE_URL"] = database_urls[name]
         env[f"ORDERFLOW_GATEWAY_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     env["ORDERFLOW_GATEWAY_PORT"] = str(ports["gateway"])
     system = System("per-service", f"http://127.0.0.1:{ports['gateway']}")
-    for name in COMPONENTS:
+    for name in COMPONENT_NAMES:
         argv = [sys.executable, "-m", "orderflow", "serve", name]
         system.processes[name] = Process(name, argv, env, ports[name], workdir / f"{name}.log")
     return system

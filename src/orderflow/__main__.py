@@ -1,7 +1,8 @@
 """`orderflow` (the console script) and `python -m orderflow`.
 
-`orderflow serve <component>` goes straight to the lean serving path; everything else,
-`--help` included, goes through the full command line (orderflow.cli).
+`orderflow serve ...` goes straight to the lean serving path, which parses its own
+arguments (orderflow.boot.serve_parser); everything else goes through the full command
+line (orderflow.cli).
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import sys
 
 def main() -> None:
     args = sys.argv[1:]
-    if args[:1] == ["serve"] and not {"--help", "-h"} & set(args):
+    if args[:1] == ["serve"]:
         from orderflow.boot import serve_main
 
-        if serve_main(args[1:]):
-            return
+        serve_main(args[1:])
+        return
     from orderflow.cli import main as cli_main
 
     cli_main()

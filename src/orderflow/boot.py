@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
-T = TypeVar("T")
+from orderflow import registry
 
-SERVICES = ("orders", "inventory", "loyalty")
-COMPONENTS = (*SERVICES, "gateway")
+if TYPE_CHECKING:
+    from orderflow.platform.component import Component
+    from orderflow.settings import CommonSettings
+
+T = TypeVar("T")
 
 
 def say(line: str) -> None:
@@ -57,22 +59,15 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def service_settings(service: str) -> Any:
-    from orderflow import settings
-
-    cls = {
-        "orders": settings.OrdersSettings,
-        "inventory": settings.InventorySettings,
-        "loyalty": settings.LoyaltySettings,
-    }[service]
-    return load_settings(cls)
+    """The settings of a service (by name), from ORDERFLOW_<SERVICE>_*, or exit 2."""
+    return load_settings(registry.service(service).settings_cls)
 
 
 async def build_component(
-    service: str, service_settings: Any, common: Any, *, migrate: bool = True
-) -> Any:
-    """Build (and by default migrate) one service from its settings."""
-    module = importlib.import_module(f"orderflow.{service}.bootstrap")
-    return await module.build(service_settings, common, migrate=migrate)
+    service: str, settings: Any, common: CommonSettings, *, migrate: bool = True
+) -> Component:
+    """Build (and by default migrate) the service called service from its settings."""
+    return await registry.service(service).build(settings, common, migrate=migrate)
 
 
 def migrate_in_child(service: str) -> None:
@@ -123,7 +118,7 @@ def serve(component: str, migrate: bool = True) -> None:
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing(component, common.otlp_endpoint)
-    if component == "gateway":
+    if component == registry.GATEWAY:
         from orderflow.gateway.server import serve_gateway
         from orderflow.settings import GatewaySettings
 
@@ -154,17 +149,25 @@ def serve(component: str, migrate: bool = True) -> None:
     run(main())
 
 
-def serve_main(argv: list[str]) -> bool:
-    """`orderflow serve ...` without the CLI toolkit; False if argv needs the full CLI."""
-    parser = argparse.ArgumentParser(prog="orderflow serve", add_help=False, exit_on_error=False)
-    parser.add_argument("component", choices=COMPONENTS)
-    parser.add_argument("--migrate", dest="migrate", action="store_true", default=True)
-    parser.add_argument("--no-migrate", dest="migrate", action="store_false")
-    try:
-        args, rest = parser.parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit):
-        return False
-    if rest:
-        return False  # let the full CLI explain what is wrong
+SERVE_HELP = "Run one component in this process (per-service mode); settings from ORDERFLOW_*."
+
+
+def serve_parser() -> argparse.ArgumentParser:
+    """The one parser of `orderflow serve` (the full CLI lists the command and defers here)."""
+    parser = argparse.ArgumentParser(prog="orderflow serve", description=SERVE_HELP)
+    parser.add_argument(
+        "component", choices=registry.COMPONENT_NAMES, help="which component to run"
+    )
+    parser.add_argument(
+        "--migrate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the service's migrations before serving (off when a job does; default: on)",
+    )
+    return parser
+
+
+def serve_main(argv: list[str]) -> None:
+    """`orderflow serve ...`, without loading the command-line toolkit."""
+    args = serve_parser().parse_args(argv)
     serve(args.component, args.migrate)
-    return True

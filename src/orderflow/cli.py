@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
 
-from orderflow import boot
+from orderflow import boot, registry
 
 app = typer.Typer(
     help="orderflow: an order-placement backend of gRPC services behind a REST gateway.",
@@ -22,29 +21,15 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
-class Service(StrEnum):
-    orders = "orders"
-    inventory = "inventory"
-    loyalty = "loyalty"
-
-
-class Component(StrEnum):
-    orders = "orders"
-    inventory = "inventory"
-    loyalty = "loyalty"
-    gateway = "gateway"
-
-
-@app.command()
-def serve(
-    component: Annotated[Component, typer.Argument(help="which component to run")],
-    migrate: Annotated[
-        bool,
-        typer.Option(help="apply the service's migrations before serving (off when a job does)"),
-    ] = True,
-) -> None:
-    """Run one component in this process (per-service mode); settings from ORDERFLOW_*."""
-    boot.serve(component.value, migrate)
+@app.command(
+    help=boot.SERVE_HELP,
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def serve(ctx: typer.Context) -> None:
+    # Listed here for `orderflow --help`; its arguments are parsed by the lean serving
+    # path alone (orderflow.__main__ sends `orderflow serve ...` there directly).
+    boot.serve_main(ctx.args)
 
 
 @app.command()
@@ -87,10 +72,23 @@ def run(
     )
 
 
+def _known_services(names: list[str] | None) -> list[str] | None:
+    for name in names or []:
+        if name not in registry.SERVICE_NAMES:
+            known = ", ".join(registry.SERVICE_NAMES)
+            raise typer.BadParameter(f"{name!r} is not a service; the services are {known}")
+    return names
+
+
 @app.command()
 def migrate(
     services: Annotated[
-        list[Service] | None, typer.Argument(help="services to migrate (default: all three)")
+        list[str] | None,
+        typer.Argument(
+            help=f"services to migrate, of {', '.join(registry.SERVICE_NAMES)} (default: all)",
+            callback=_known_services,
+            show_default=False,
+        ),
     ] = None,
     wait: Annotated[
         float, typer.Option(min=0, max=3600, help="seconds to wait for a database to answer")
@@ -100,7 +98,7 @@ def migrate(
     from orderflow.platform.db import create_database
     from orderflow.platform.migrations import current_revision, upgrade
 
-    chosen = [s.value for s in (services or list(Service))]
+    chosen = services or list(registry.SERVICE_NAMES)
     configured = {name: boot.service_settings(name) for name in chosen}
 
     async def reachable(name: str, database: Any) -> None:

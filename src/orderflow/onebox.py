@@ -25,14 +25,8 @@ from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.metrics import RegistryCollector
 from orderflow.platform.tls import channel_credentials, server_credentials
-from orderflow.settings import (
-    AuthSettings,
-    CommonSettings,
-    GatewaySettings,
-    InventorySettings,
-    LoyaltySettings,
-    OrdersSettings,
-)
+from orderflow.registry import SERVICES
+from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 log = structlog.get_logger("orderflow.run")
 
@@ -49,16 +43,13 @@ DEMO_ACCOUNTS = (("c-1", "gold", 500), ("c-2", "silver", 0), ("c-3", "standard",
 def service_settings(data_dir: Path) -> dict[str, Any]:
     """Each service's settings, with its database under data_dir unless configured."""
     chosen: dict[str, Any] = {}
-    for name, cls in (
-        ("orders", OrdersSettings),
-        ("inventory", InventorySettings),
-        ("loyalty", LoyaltySettings),
-    ):
+    for definition in SERVICES:
+        cls = definition.settings_cls
         cfg = cls()
         if "database_url" not in cfg.model_fields_set:
-            url = f"sqlite+aiosqlite:///{(data_dir / f'{name}.db').resolve()}"
+            url = f"sqlite+aiosqlite:///{(data_dir / f'{definition.name}.db').resolve()}"
             cfg = cls(database_url=url)
-        chosen[name] = cfg
+        chosen[definition.name] = cfg
     return chosen
 
 
@@ -103,13 +94,11 @@ async def run_onebox(
     auth: AuthSettings | None = None,
 ) -> None:
     """Run everything until SIGTERM/SIGINT."""
-    from orderflow.boot import build_component
-
     data_dir = data_dir.resolve()  # noqa: ASYNC240 - once, before serving
     configured = service_settings(data_dir)
     components: list[Component] = []
-    for name, cfg in configured.items():
-        components.append(await build_component(name, cfg, common))
+    for definition in SERVICES:
+        components.append(await definition.build(configured[definition.name], common))
     host = gateway.host
     running = await create_server(
         [c.spec for c in components], host, grpc_port, credentials=server_credentials(common)

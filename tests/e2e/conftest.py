@@ -5,20 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from typing import Any
 
 import httpx
 import pytest
 
+from orderflow.registry import SERVICE_NAMES
 from tests.conftest import pg_databases_sync
 from tests.system import System, one_process, per_service
 
-SERVICES = ["orders", "inventory", "loyalty"]
+SERVICES = list(SERVICE_NAMES)
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item,
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test shows the end of each process log of the systems it used."""
     report: pytest.TestReport = yield
     if report.when == "call" and report.failed:
@@ -61,8 +64,8 @@ def per_service_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sys
 def system(request: pytest.FixtureRequest) -> System:
     """Parametrises a test over both ways of running (per-service on PostgreSQL)."""
     if request.param == "one-process":
-        return request.getfixturevalue("onebox_system")  # type: ignore[no-any-return]
-    return request.getfixturevalue("per_service_system")  # type: ignore[no-any-return]
+        return request.getfixturevalue("onebox_system")
+    return request.getfixturevalue("per_service_system")
 
 
 @pytest.fixture
@@ -101,7 +104,7 @@ async def new_customer(api: httpx.AsyncClient, tier: str = "standard", points: i
 async def item(api: httpx.AsyncClient, sku: str) -> dict[str, Any]:
     response = await api.get(f"/api/v1/items/{sku}")
     assert response.status_code == 200, response.text
-    return response.json()  # type: ignore[no-any-return]
+    return response.json()
 
 
 async def points(api: httpx.AsyncClient, customer: str) -> int:

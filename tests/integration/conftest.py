@@ -8,17 +8,10 @@ from typing import Any
 import grpc
 import pytest
 
-from orderflow.boot import build_component
+from orderflow import registry
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import RunningServer, create_server
-from orderflow.settings import (
-    CommonSettings,
-    InventorySettings,
-    LoyaltySettings,
-    OrdersSettings,
-)
-
-SETTINGS = {"orders": OrdersSettings, "inventory": InventorySettings, "loyalty": LoyaltySettings}
+from orderflow.settings import CommonSettings
 
 Serve = Callable[..., Awaitable[grpc.aio.Channel]]
 
@@ -33,8 +26,9 @@ async def serve() -> AsyncIterator[Serve]:
     started: list[tuple[RunningServer, Component, grpc.aio.Channel]] = []
 
     async def start(service: str, database_url: str, **settings: Any) -> grpc.aio.Channel:
-        cfg = SETTINGS[service](database_url=database_url, **settings)
-        component = await build_component(service, cfg, CommonSettings())
+        definition = registry.service(service)
+        cfg = definition.settings_cls(database_url=database_url, **settings)
+        component = await definition.build(cfg, CommonSettings())
         server = await create_server([component.spec], "127.0.0.1", 0)
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
         started.append((server, component, channel))
