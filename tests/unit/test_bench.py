@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,13 +97,22 @@ def test_cpu_per_order_is_cpu_time_over_answered_orders() -> None:
 
 
 def test_cpu_seconds_reads_a_busy_process_and_skips_a_gone_one() -> None:
-    spin = "import time\nend = time.time() + 0.5\nwhile time.time() < end: pass\ntime.sleep(30)"
-    busy = subprocess.Popen([sys.executable, "-c", spin])
+    # It spins until it has used half a second of CPU (however busy the machine is), says
+    # so, then sleeps: its CPU time is then known whatever else the machine is doing.
+    spin = (
+        "import time\nwhile time.process_time() < 0.5: pass\n"
+        "print('spun', flush=True)\ntime.sleep(30)"
+    )
+    busy = subprocess.Popen([sys.executable, "-c", spin], stdout=subprocess.PIPE)
+    out = busy.stdout
+    assert out is not None
     try:
-        time.sleep(1.0)
+        assert out.readline() == b"spun\n"
         used = cpu_seconds({"busy": busy.pid})
-        assert 0.3 <= used["busy"] <= 1.5  # it spun for half a second, then slept
+        # Half a second of spinning plus start-up, read in clock ticks (0.01 s).
+        assert 0.45 <= used["busy"] <= 1.5
     finally:
         busy.kill()
         busy.wait()
+        out.close()
     assert cpu_seconds({"gone": busy.pid}) == {}
