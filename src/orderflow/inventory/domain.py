@@ -2,7 +2,8 @@
 
 Per sku, available + reserved + sold == received, and no counter is ever negative.
 A reservation belongs to one order and moves RESERVED -> COMMITTED or RELEASED, and
-COMMITTED or RESERVED -> RETURNED; RELEASED and RETURNED are final (tombstones).
+COMMITTED or RESERVED -> RETURNED; RELEASED and RETURNED are final (tombstones). The
+transition tables below are the whole state machine.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orderflow.errors import InvalidArgumentError
+from orderflow.platform.transitions import Transition
 from orderflow.validation import (
     MAX_STOCK,
     check_id,
@@ -32,6 +34,37 @@ class ReservationState(StrEnum):
     def compensated(self) -> bool:
         """Released or returned: a late Reserve for the order must be refused."""
         return self in (ReservationState.RELEASED, ReservationState.RETURNED)
+
+
+# Which stock counter a move of a reservation takes its quantities from, and to which.
+StockMove = tuple[str, str]
+_S = ReservationState
+
+# Give reserved stock back. With no reservation yet, leave a RELEASED tombstone, so a late
+# Reserve for the order is refused.
+RELEASE = Transition[ReservationState, StockMove](
+    target=_S.RELEASED,
+    moves={_S.RESERVED: ("reserved", "available")},
+    done=frozenset({_S.RELEASED, _S.RETURNED}),
+    tombstone=True,
+    fast_from=_S.RESERVED,
+)
+# Turn reserved stock into sold stock (the saga's follow-up once the order is confirmed).
+COMMIT_STOCK = Transition[ReservationState, StockMove](
+    target=_S.COMMITTED,
+    moves={_S.RESERVED: ("reserved", "sold")},
+    done=frozenset({_S.COMMITTED}),
+    tombstone=False,
+    fast_from=_S.RESERVED,
+)
+# Give a cancelled order's stock, sold or still reserved, back to available.
+RETURN_STOCK = Transition[ReservationState, StockMove](
+    target=_S.RETURNED,
+    moves={_S.RESERVED: ("reserved", "available"), _S.COMMITTED: ("sold", "available")},
+    done=frozenset({_S.RELEASED, _S.RETURNED}),
+    tombstone=True,
+    fast_from=_S.RESERVED,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +92,11 @@ class Reservation:
     state: ReservationState
     lines: tuple[ReservedLine, ...]
     currency: str
+
+
+def tombstone(order_id: str, state: ReservationState, currency: str) -> Reservation:
+    """The record of a reservation finished before it was made: no lines, a final state."""
+    return Reservation(order_id, state, (), currency)
 
 
 @dataclass(frozen=True)

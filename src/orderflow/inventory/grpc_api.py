@@ -94,7 +94,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     async def CommitStock(
         self, request: pb.CommitStockRequest, context: grpc.aio.ServicerContext
     ) -> pb.CommitStockResponse:
-        return pb.CommitStockResponse(state=_STATE[await self.service.commit(request.order_id)])
+        return pb.CommitStockResponse(
+            state=_STATE[await self.service.commit_stock(request.order_id)]
+        )
 
     async def ReturnStock(
         self, request: pb.ReturnStockRequest, context: grpc.aio.ServicerContext

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from orderflow.inventory.storage import InventoryUnitOfWork
+from orderflow.inventory.storage import SqlInventoryUnitOfWork
 from orderflow.platform.db import Database
 
 log = structlog.get_logger("orderflow.inventory.metrics")
@@ -40,8 +40,8 @@ class StockGauges(Collector):
 
     async def refresh(self) -> None:
         """Read the stock of the first max_skus items (one more, to tell if there are more)."""
-        async with InventoryUnitOfWork(self.database, readonly=True) as uow:
-            found = await uow.list_items("", self.max_skus + 1)
+        async with SqlInventoryUnitOfWork(self.database, readonly=True) as uow:
+            found = await uow.items.page("", self.max_skus + 1)
         self._truncated = len(found) > self.max_skus
         self._levels = tuple(
             (i.sku, i.available, i.reserved, i.sold) for i in found[: self.max_skus]

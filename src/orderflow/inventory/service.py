@@ -1,37 +1,118 @@
-"""Inventory use cases: each one checks its input, then runs as one retried transaction."""
+"""Inventory use cases: each one checks its input, then runs as one retried transaction.
+
+The service knows its storage only as the repositories described here (Protocols); the
+bootstrap hands it a factory of SQL units of work, unit tests one of fakes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Protocol, TypeVar
 
 from orderflow.errors import (
     AlreadyExistsError,
     CompensatedError,
-    ConflictError,
-    InvalidStateError,
     NotFoundError,
     OutOfStockError,
     UnknownSkuError,
 )
 from orderflow.inventory import domain
-from orderflow.inventory.domain import Item, Reservation, ReservationState, ReservedLine
-from orderflow.inventory.storage import InventoryUnitOfWork
-from orderflow.platform.db import Database, Rollback, now_us, transact
+from orderflow.inventory.domain import (
+    Item,
+    ItemChange,
+    NewItem,
+    Reservation,
+    ReservationState,
+    ReservedLine,
+    StockMove,
+)
+from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
+from orderflow.platform.transitions import Transition, TransitionRunner
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 50
 
+T = TypeVar("T")
+
+
+class ItemRepository(Protocol):
+    async def get(self, sku: str) -> Item | None: ...
+
+    async def add(self, new: NewItem, currency: str, now: int) -> None: ...
+
+    async def page(self, after: str, limit: int) -> list[Item]:
+        """Up to limit items in sku order, strictly after `after`."""
+        ...
+
+    async def change(self, change: ItemChange, now: int) -> bool:
+        """Apply change; False if there is no such item."""
+        ...
+
+    async def known_skus(self, skus: Iterable[str]) -> set[str]: ...
+
+    async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
+        """Move quantity from available to reserved if there is enough; the unit price or None."""
+        ...
+
+    async def move_stock(
+        self, lines: Sequence[ReservedLine], source: str, target: str, now: int
+    ) -> None:
+        """Move each line's quantity from counter source to counter target."""
+        ...
+
+
+class ReservationRepository(Protocol):
+    async def get(self, order_id: str, *, lock: bool = False) -> Reservation | None: ...
+
+    async def add(self, reservation: Reservation, now: int) -> None:
+        """Insert; an existing reservation of the order fails the transaction (it is retried)."""
+        ...
+
+    async def add_if_absent(self, reservation: Reservation, now: int) -> bool:
+        """Insert; False (nothing inserted) if the order already has a reservation."""
+        ...
+
+    async def move(
+        self, order_id: str, source: ReservationState, target: ReservationState, now: int
+    ) -> Reservation | None:
+        """source -> target in one statement; None (nothing changed) if it was not in source."""
+        ...
+
+
+class InventoryUnitOfWork(Transactional, Protocol):
+    @property
+    def items(self) -> ItemRepository: ...
+
+    @property
+    def reservations(self) -> ReservationRepository: ...
+
 
 class InventoryService:
     def __init__(
-        self, database: Database, *, currency: str, clock: Callable[[], int] = now_us
+        self,
+        uow: UnitOfWorkFactory[InventoryUnitOfWork],
+        *,
+        currency: str,
+        clock: Callable[[], int] = now_us,
     ) -> None:
-        self.database = database
+        self.uow = uow
+        self._reader = functools.partial(uow, readonly=True)
         self.currency = currency
         self.now = clock
+        self._reservations = TransitionRunner[
+            InventoryUnitOfWork, ReservationState, StockMove, Reservation
+        ](
+            transact=self._transact,
+            records=lambda uow: uow.reservations,
+            effect=self._move_stock,
+            tombstone=lambda order_id, state: domain.tombstone(order_id, state, currency),
+            clock=clock,
+            noun="reservation",
+        )
 
-    def _uow(self, readonly: bool = False) -> Callable[[], InventoryUnitOfWork]:
-        return lambda: InventoryUnitOfWork(self.database, readonly=readonly)
+    def _transact(self, work: Callable[[InventoryUnitOfWork], Awaitable[T]]) -> Awaitable[T]:
+        return transact(self.uow, work)
 
     # -- catalog -----------------------------------------------------------------------
 
@@ -39,28 +120,28 @@ class InventoryService:
         new = domain.new_item(sku, name, price, stock)
 
         async def work(uow: InventoryUnitOfWork) -> Item:
-            if await uow.get_item(new.sku) is not None:
+            if await uow.items.get(new.sku) is not None:
                 raise AlreadyExistsError(f"item {new.sku} already exists", sku=new.sku)
-            await uow.add_item(new, self.currency, self.now())
+            await uow.items.add(new, self.currency, self.now())
             return await self._item(uow, new.sku)
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
     async def get_item(self, sku: str) -> Item:
         sku = check_sku(sku)
-        return await transact(self._uow(readonly=True), lambda uow: self._item(uow, sku))
+        return await transact(self._reader, lambda uow: self._item(uow, sku))
 
     async def list_items(self, limit: int, cursor: str) -> tuple[list[Item], str]:
         limit = check_limit(limit, default=DEFAULT_PAGE)
         after = decode_cursor(cursor) if cursor else ""
 
         async def work(uow: InventoryUnitOfWork) -> tuple[list[Item], str]:
-            found = await uow.list_items(after, limit + 1)
+            found = await uow.items.page(after, limit + 1)
             more = len(found) > limit
             page = found[:limit]
             return page, encode_cursor(page[-1].sku) if more else ""
 
-        return await transact(self._uow(readonly=True), work)
+        return await transact(self._reader, work)
 
     async def update_item(
         self, sku: str, name: str | None, price: int | None, restock: int | None
@@ -68,15 +149,15 @@ class InventoryService:
         change = domain.item_change(sku, name, price, restock)
 
         async def work(uow: InventoryUnitOfWork) -> Item:
-            if not await uow.change_item(change, self.now()):
+            if not await uow.items.change(change, self.now()):
                 raise NotFoundError(f"no item with sku {change.sku}", sku=change.sku)
             return await self._item(uow, change.sku)
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
     @staticmethod
     async def _item(uow: InventoryUnitOfWork, sku: str) -> Item:
-        item = await uow.get_item(sku)
+        item = await uow.items.get(sku)
         if item is None:
             raise NotFoundError(f"no item with sku {sku}", sku=sku)
         return item
@@ -91,16 +172,16 @@ class InventoryService:
             now = self.now()
             reserved: list[ReservedLine] = []
             for sku, quantity in wanted:  # sorted by sku: rows are locked in one order
-                price = await uow.take_stock(sku, quantity, now)
+                price = await uow.items.take_stock(sku, quantity, now)
                 if price is None:
-                    if await uow.get_reservation(order_id) is not None:
+                    if await uow.reservations.get(order_id) is not None:
                         raise Rollback  # the order has one already: roll back, read it below
                     # Refused, and rolled back: say why, naming every unknown sku first.
                     skus = [s for s, _ in wanted]
-                    unknown = sorted(set(skus) - await uow.known_skus(skus))
+                    unknown = sorted(set(skus) - await uow.items.known_skus(skus))
                     if unknown:
                         raise UnknownSkuError(f"unknown sku: {', '.join(unknown)}", skus=unknown)
-                    item = await uow.get_item(sku)
+                    item = await uow.items.get(sku)
                     available = item.available if item else 0
                     raise OutOfStockError(
                         f"{sku}: {quantity} requested, {available} available",
@@ -112,17 +193,17 @@ class InventoryService:
             reservation = Reservation(
                 order_id, ReservationState.RESERVED, tuple(reserved), self.currency
             )
-            if not await uow.add_reservation(reservation, now):
+            if not await uow.reservations.add_if_absent(reservation, now):
                 raise Rollback  # a repeat: give the stock back, return the first reservation
             return reservation
 
         try:
-            return await transact(self._uow(), work)
+            return await transact(self.uow, work)
         except Rollback:
             pass
 
         async def existing(uow: InventoryUnitOfWork) -> Reservation:
-            found = await uow.get_reservation(order_id)
+            found = await uow.reservations.get(order_id)
             if found is None:  # pragma: no cover - reservations are never deleted
                 raise RuntimeError(f"reservation of {order_id} vanished")
             if found.state.compensated:
@@ -134,91 +215,29 @@ class InventoryService:
                 )
             return found
 
-        return await transact(self._uow(readonly=True), existing)
+        return await transact(self._reader, existing)
 
     async def release(self, order_id: str) -> ReservationState:
         """Give reserved stock back; with no reservation yet, leave a RELEASED tombstone."""
-        return await self._finish(
-            order_id,
-            ReservationState.RELEASED,
-            moves={ReservationState.RESERVED: ("reserved", "available")},
-            done=(ReservationState.RELEASED, ReservationState.RETURNED),
-            tombstone=True,
-        )
+        return await self._move(domain.RELEASE, order_id)
 
-    async def commit(self, order_id: str) -> ReservationState:
+    async def commit_stock(self, order_id: str) -> ReservationState:
         """Turn reserved stock into sold stock."""
-        return await self._finish(
-            order_id,
-            ReservationState.COMMITTED,
-            moves={ReservationState.RESERVED: ("reserved", "sold")},
-            done=(ReservationState.COMMITTED,),
-            tombstone=False,
-        )
+        return await self._move(domain.COMMIT_STOCK, order_id)
 
     async def return_stock(self, order_id: str) -> ReservationState:
         """Give a cancelled order's stock (sold or still reserved) back to available."""
-        return await self._finish(
-            order_id,
-            ReservationState.RETURNED,
-            moves={
-                ReservationState.RESERVED: ("reserved", "available"),
-                ReservationState.COMMITTED: ("sold", "available"),
-            },
-            done=(ReservationState.RELEASED, ReservationState.RETURNED),
-            tombstone=True,
-        )
+        return await self._move(domain.RETURN_STOCK, order_id)
 
-    async def _finish(
-        self,
-        order_id: str,
-        target: ReservationState,
-        *,
-        moves: dict[ReservationState, tuple[str, str]],
-        done: tuple[ReservationState, ...],
-        tombstone: bool,
+    async def _move(
+        self, transition: Transition[ReservationState, StockMove], order_id: str
     ) -> ReservationState:
-        """Move a reservation to target: from a state in moves (moving its stock), no-op if done."""
         order_id = check_id("order_id", order_id)
+        return (await self._reservations.apply(transition, order_id)).state
 
-        if ReservationState.RESERVED in moves:
-            # The usual case in one statement: RESERVED -> target, then its stock.
-            async def fast(uow: InventoryUnitOfWork) -> ReservationState | None:
-                now = self.now()
-                lines = await uow.move_reservation(order_id, ReservationState.RESERVED, target, now)
-                if lines is None:
-                    return None
-                source, destination = moves[ReservationState.RESERVED]
-                await uow.move_stock(lines, source, destination, now)
-                return target
-
-            state = await transact(self._uow(), fast)
-            if state is not None:
-                return state
-
-        async def work(uow: InventoryUnitOfWork) -> ReservationState:
-            now = self.now()
-            reservation = await uow.get_reservation(order_id, lock=True)
-            if reservation is None:
-                if not tombstone:
-                    raise NotFoundError(f"order {order_id} has no reservation", order_id=order_id)
-                await uow.add_reservation(
-                    Reservation(order_id, target, (), self.currency), now, if_absent=False
-                )
-                return target
-            if reservation.state in done:
-                return reservation.state
-            if reservation.state not in moves:
-                raise InvalidStateError(
-                    f"the reservation of order {order_id} is {reservation.state.value}; "
-                    f"it cannot become {target.value}",
-                    order_id=order_id,
-                    state=reservation.state.value,
-                )
-            source, destination = moves[reservation.state]
-            if await uow.move_reservation(order_id, reservation.state, target, now) is None:
-                raise ConflictError(f"the reservation of order {order_id} changed meanwhile")
-            await uow.move_stock(reservation.lines, source, destination, now)
-            return target
-
-        return await transact(self._uow(), work)
+    @staticmethod
+    async def _move_stock(
+        uow: InventoryUnitOfWork, reservation: Reservation, move: StockMove, now: int
+    ) -> None:
+        source, target = move
+        await uow.items.move_stock(reservation.lines, source, target, now)

@@ -1,4 +1,4 @@
-"""Inventory tables and the unit of work that reads and changes them (SQLAlchemy Core).
+"""Inventory tables, their repositories and the unit of work that exposes them (SQLAlchemy Core).
 
 Stock counters change only through conditional UPDATEs (`... WHERE available >= :n`),
 so concurrent reservations can never drive a counter negative on either database, and
@@ -33,7 +33,7 @@ from orderflow.inventory.domain import (
     ReservationState,
     ReservedLine,
 )
-from orderflow.platform.db import UnitOfWork
+from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
 
 metadata = MetaData()
 
@@ -120,7 +120,7 @@ _MOVE_RESERVATION = (
         reservations.c.state == bindparam("_from"),
     )
     .values(state=bindparam("_to"), updated_us=bindparam("_now"))
-    .returning(reservations.c.lines)
+    .returning(reservations.c.currency, reservations.c.lines)
 )
 
 
@@ -128,14 +128,19 @@ def _lines(raw: list[dict[str, Any]]) -> tuple[ReservedLine, ...]:
     return tuple(ReservedLine(**x) for x in raw)
 
 
-class InventoryUnitOfWork(UnitOfWork):
-    # -- items -------------------------------------------------------------------------
+class SqlItemRepository:
+    """Items and their stock counters."""
 
-    async def get_item(self, sku: str) -> Item | None:
+    __slots__ = ("connection",)
+
+    def __init__(self, connection: UnitOfWorkConnection) -> None:
+        self.connection = connection
+
+    async def get(self, sku: str) -> Item | None:
         row = (await self.connection.execute(_GET_ITEM, {"_sku": sku})).first()
         return None if row is None else _item(row)
 
-    async def add_item(self, new: NewItem, currency: str, now: int) -> None:
+    async def add(self, new: NewItem, currency: str, now: int) -> None:
         await self.connection.execute(
             items.insert().values(
                 sku=new.sku,
@@ -151,13 +156,15 @@ class InventoryUnitOfWork(UnitOfWork):
             )
         )
 
-    async def list_items(self, after: str, limit: int) -> list[Item]:
+    async def page(self, after: str, limit: int) -> list[Item]:
+        """Items in sku order, strictly after `after`."""
         query = select(*_ITEM_COLUMNS).order_by(items.c.sku).limit(limit)
         if after:
             query = query.where(items.c.sku > after)
         return [_item(row) for row in await self.connection.execute(query)]
 
-    async def change_item(self, change: ItemChange, now: int) -> bool:
+    async def change(self, change: ItemChange, now: int) -> bool:
+        """Apply change; False if there is no such item."""
         values: dict[str, object] = {"updated_us": now}
         if change.name is not None:
             values["name"] = change.name
@@ -198,53 +205,70 @@ class InventoryUnitOfWork(UnitOfWork):
                     "of a reservation: the counters were changed outside orderflow"
                 )
 
-    # -- reservations ------------------------------------------------------------------
 
-    async def get_reservation(self, order_id: str, *, lock: bool = False) -> Reservation | None:
+class SqlReservationRepository:
+    """Reservations: one per order, moved between states by conditional UPDATEs."""
+
+    __slots__ = ("connection", "database")
+
+    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
+        self.connection = connection
+        self.database = database
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Reservation | None:
         query = _LOCK_RESERVATION if lock else _GET_RESERVATION
         row = (await self.connection.execute(query, {"_order_id": order_id})).first()
         if row is None:
             return None
         return Reservation(order_id, ReservationState(row.state), _lines(row.lines), row.currency)
 
-    async def add_reservation(
-        self, reservation: Reservation, now: int, *, if_absent: bool = True
-    ) -> bool:
-        """Insert the reservation; False (nothing inserted) if the order already has one.
-
-        With if_absent=False an existing one raises IntegrityError instead, so the transaction
-        is retried and sees it.
-        """
-        statement = (
-            self.database.insert_ignore(reservations, ["order_id"])
-            if if_absent
-            else reservations.insert()
-        )
-        result = await self.connection.execute(
-            statement,
-            {
-                "order_id": reservation.order_id,
-                "state": reservation.state.value,
-                "currency": reservation.currency,
-                "lines": [
-                    {"sku": x.sku, "quantity": x.quantity, "unit_price": x.unit_price}
-                    for x in reservation.lines
-                ],
-                "created_us": now,
-                "updated_us": now,
-            },
-        )
+    async def add_if_absent(self, reservation: Reservation, now: int) -> bool:
+        """Insert the reservation; False (nothing inserted) if the order already has one."""
+        statement = self.database.insert_ignore(reservations, ["order_id"])
+        result = await self.connection.execute(statement, _reservation_row(reservation, now))
         return result.rowcount == 1
 
-    async def move_reservation(
+    async def add(self, reservation: Reservation, now: int) -> None:
+        """Insert the reservation; if the order has one already, IntegrityError, so the
+        transaction is retried and sees it."""
+        await self.connection.execute(reservations.insert(), _reservation_row(reservation, now))
+
+    async def move(
         self, order_id: str, source: ReservationState, target: ReservationState, now: int
-    ) -> tuple[ReservedLine, ...] | None:
-        """source -> target in one statement; the reservation's lines, or None if it was not
-        in source (then nothing changed)."""
+    ) -> Reservation | None:
+        """source -> target in one statement; the reservation in target, or None if it was
+        not in source (then nothing changed)."""
         row = (
             await self.connection.execute(
                 _MOVE_RESERVATION,
                 {"_order_id": order_id, "_from": source.value, "_to": target.value, "_now": now},
             )
         ).first()
-        return None if row is None else _lines(row.lines)
+        return (
+            None if row is None else Reservation(order_id, target, _lines(row.lines), row.currency)
+        )
+
+
+def _reservation_row(reservation: Reservation, now: int) -> dict[str, Any]:
+    return {
+        "order_id": reservation.order_id,
+        "state": reservation.state.value,
+        "currency": reservation.currency,
+        "lines": [
+            {"sku": x.sku, "quantity": x.quantity, "unit_price": x.unit_price}
+            for x in reservation.lines
+        ],
+        "created_us": now,
+        "updated_us": now,
+    }
+
+
+class SqlInventoryUnitOfWork(UnitOfWork):
+    """A transaction on the inventory database with its repositories."""
+
+    items: SqlItemRepository
+    reservations: SqlReservationRepository
+
+    def _attach(self) -> None:
+        self.items = SqlItemRepository(self.connection)
+        self.reservations = SqlReservationRepository(self.connection, self.database)

@@ -35,7 +35,8 @@ from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert
 
 T = TypeVar("T")
-U = TypeVar("U", bound="UnitOfWork")
+U = TypeVar("U", bound="Transactional")
+U_co = TypeVar("U_co", covariant=True)
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_INLINE_BUSY_MS = 20
@@ -111,6 +112,99 @@ class Database:
                 "run `orderflow migrate`"
             )
 
+    # -- transactions (what units of work run in) -------------------------------------
+
+    async def begin(self, *, readonly: bool = False) -> Transaction:
+        """Open a transaction. On SQLite a writer first waits its turn on the write lock and
+        runs inline on the shared writer connection; a reader gets a connection of its own."""
+        locked = False
+        if self._write_lock is not None and not readonly:
+            await self._write_lock.acquire()
+            locked = True
+        try:
+            if self.inline_engine is not None:
+                return self._begin_inline(self.inline_engine, readonly=readonly, locked=locked)
+            conn = await self.engine.connect()
+            try:
+                await conn.begin()
+            except BaseException:
+                await conn.close()
+                raise
+            return Transaction(conn, None, readonly=readonly, locked=locked)
+        except BaseException:
+            self._unlock(locked)
+            raise
+
+    def _begin_inline(self, engine: Engine, *, readonly: bool, locked: bool) -> Transaction:
+        sync: Connection
+        if readonly:
+            sync = engine.connect()
+        elif self._writer is None or self._writer.closed or self._writer.invalidated:
+            # We hold the write lock: the shared writer connection is ours to (re)open.
+            sync = self._writer = engine.connect()
+        else:
+            sync = self._writer
+        sync.begin()  # SQLAlchemy's own bookkeeping: the driver sends nothing for it
+        try:
+            _raw_begin(sync, "DEFERRED" if readonly else "IMMEDIATE")
+        except BaseException:
+            # A refused BEGIN (the file is locked) leaves the connection as it was.
+            sync.rollback()
+            self._release_inline(sync, readonly=readonly, broken=sync.invalidated)
+            raise
+        return Transaction(InlineConnection(sync), sync, readonly=readonly, locked=locked)
+
+    async def commit(self, transaction: Transaction) -> None:
+        """The database commit of transaction."""
+        if transaction.sync is not None:
+            transaction.sync.commit()
+        else:
+            assert isinstance(transaction.connection, AsyncConnection)
+            try:
+                await transaction.connection.commit()
+            except DBAPIError as exc:
+                if exc.connection_invalidated:
+                    raise CommitOutcomeUnknownError(
+                        "the database connection broke during COMMIT"
+                    ) from exc
+                raise
+        transaction.committed = True
+
+    async def end(self, transaction: Transaction) -> None:
+        """Roll transaction back unless it was committed, and give back what it held."""
+        try:
+            sync = transaction.sync
+            if sync is not None:
+                broken = True
+                try:
+                    if not transaction.committed:
+                        sync.rollback()
+                    broken = False
+                finally:
+                    self._release_inline(sync, readonly=transaction.readonly, broken=broken)
+            else:
+                conn = transaction.connection
+                assert isinstance(conn, AsyncConnection)
+                try:
+                    if not transaction.committed:
+                        await conn.rollback()
+                finally:
+                    await conn.close()
+        finally:
+            self._unlock(transaction.locked)
+            transaction.locked = False
+
+    def _release_inline(self, sync: Connection, *, readonly: bool, broken: bool) -> None:
+        """Give back a reader's connection; keep the writer's unless it may be unusable."""
+        if readonly or broken:
+            if sync is self._writer:
+                self._writer = None
+            sync.close()
+
+    def _unlock(self, locked: bool) -> None:
+        if locked and self._write_lock is not None:
+            self._write_lock.release()
+
     async def dispose(self) -> None:
         await self.engine.dispose()
         if self._writer is not None:
@@ -176,7 +270,7 @@ def _configure_sqlite(engine: Engine, busy_ms: int, *, begin_event: bool) -> Non
 
     The inline engine has no begin event: any connection event listener makes SQLAlchemy
     dispatch (empty) events around every statement, so its units of work emit BEGIN
-    themselves (`UnitOfWork._begin_inline`).
+    themselves (`Database._begin_inline`).
     """
 
     @event.listens_for(engine, "connect")
@@ -231,11 +325,61 @@ class InlineConnection:
         return self.sync_connection.execute(statement, parameters)
 
 
-class UnitOfWork:
-    """One transaction: `async with uow:` rolls back unless `await uow.commit()` ran.
+class Transaction:
+    """An open transaction of a Database (`Database.begin`): statements go to `connection`;
+    `Database.commit` and `Database.end` finish it. Only the Database reads the rest."""
 
-    Subclasses attach their repositories to `self.connection` in `_attach()`.
-    A read-only unit of work does not take SQLite's write lock.
+    __slots__ = ("connection", "sync", "readonly", "locked", "committed")
+
+    def __init__(
+        self,
+        connection: UnitOfWorkConnection,
+        sync: Connection | None,
+        *,
+        readonly: bool,
+        locked: bool,
+    ) -> None:
+        self.connection = connection
+        self.sync = sync  # the inline (SQLite) connection, or None on PostgreSQL
+        self.readonly = readonly
+        self.locked = locked  # holds the database's write lock
+        self.committed = False
+
+
+class Transactional(Protocol):
+    """What `transact` needs of a unit of work: `async with` it, then commit unless readonly.
+
+    Each service describes its own unit of work (the repositories it exposes) on top of this,
+    so its use cases run on the SQL one in production and on a fake in unit tests.
+    """
+
+    readonly: bool
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None:
+        """Make the transaction's changes durable (the database commit)."""
+        ...
+
+
+class UnitOfWorkFactory(Protocol[U_co]):
+    """What a service is given to open units of work: `factory(readonly=True)` for reads."""
+
+    def __call__(self, *, readonly: bool = False) -> U_co: ...
+
+
+class UnitOfWork:
+    """One SQL transaction: `async with uow:` rolls back unless `await uow.commit()` ran.
+
+    Each service's Sql...UnitOfWork subclass puts its repositories on `self.connection` in
+    `_attach()`. A read-only unit of work does not take SQLite's write lock.
     """
 
     connection: UnitOfWorkConnection
@@ -243,82 +387,20 @@ class UnitOfWork:
     def __init__(self, database: Database, *, readonly: bool = False) -> None:
         self.database = database
         self.readonly = readonly
-        self._committed = False
-        self._locked = False
-        self._sync: Connection | None = None
+        self._transaction: Transaction | None = None
 
     def _attach(self) -> None:
         """Create repositories on self.connection (override)."""
 
     async def __aenter__(self) -> Self:
-        lock = self.database._write_lock
-        if lock is not None and not self.readonly:
-            await lock.acquire()
-            self._locked = True
-        try:
-            inline = self.database.inline_engine
-            if inline is not None:
-                self._begin_inline(inline)
-            else:
-                conn = await self.database.engine.connect()
-                self.connection = conn
-                try:
-                    await conn.begin()
-                except BaseException:
-                    await conn.close()
-                    raise
-        except BaseException:
-            self._unlock()
-            raise
-        self._committed = False
+        self._transaction = await self.database.begin(readonly=self.readonly)
+        self.connection = self._transaction.connection
         self._attach()
         return self
 
-    def _begin_inline(self, engine: Engine) -> None:
-        database = self.database
-        sync: Connection
-        if self.readonly:
-            sync = engine.connect()
-        elif database._writer is None or database._writer.closed or database._writer.invalidated:
-            # We hold the write lock: the shared writer connection is ours to (re)open.
-            sync = database._writer = engine.connect()
-        else:
-            sync = database._writer
-        sync.begin()  # SQLAlchemy's own bookkeeping: the driver sends nothing for it
-        try:
-            _raw_begin(sync, "DEFERRED" if self.readonly else "IMMEDIATE")
-        except BaseException:
-            # A refused BEGIN (the file is locked) leaves the connection as it was.
-            sync.rollback()
-            self._release_inline(sync, broken=sync.invalidated)
-            raise
-        self._sync = sync
-        self.connection = InlineConnection(sync)
-
-    def _release_inline(self, sync: Connection, *, broken: bool = False) -> None:
-        """Give back a reader's connection; keep the writer's unless it may be unusable."""
-        if self.readonly or broken:
-            if sync is self.database._writer:
-                self.database._writer = None
-            sync.close()
-
     async def commit(self) -> None:
-        if self._sync is not None:
-            self._sync.commit()
-        else:
-            try:
-                await self._async().commit()
-            except DBAPIError as exc:
-                if exc.connection_invalidated:
-                    raise CommitOutcomeUnknownError(
-                        "the database connection broke during COMMIT"
-                    ) from exc
-                raise
-        self._committed = True
-
-    def _async(self) -> AsyncConnection:
-        assert isinstance(self.connection, AsyncConnection)
-        return self.connection
+        assert self._transaction is not None, "commit() outside `async with`"
+        await self.database.commit(self._transaction)
 
     async def __aexit__(
         self,
@@ -326,30 +408,9 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            if self._sync is not None:
-                sync, self._sync = self._sync, None
-                broken = True
-                try:
-                    if not self._committed:
-                        sync.rollback()
-                    broken = False
-                finally:
-                    self._release_inline(sync, broken=broken)
-            else:
-                conn = self._async()
-                try:
-                    if not self._committed:
-                        await conn.rollback()
-                finally:
-                    await conn.close()
-        finally:
-            self._unlock()
-
-    def _unlock(self) -> None:
-        if self._locked and self.database._write_lock is not None:
-            self._locked = False
-            self.database._write_lock.release()
+        transaction, self._transaction = self._transaction, None
+        if transaction is not None:
+            await self.database.end(transaction)
 
 
 def is_retryable(exc: BaseException) -> bool:
