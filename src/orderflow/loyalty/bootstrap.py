@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+
 from orderflow.loyalty.domain import Tiers
 from orderflow.loyalty.grpc_api import service_spec
 from orderflow.loyalty.service import LoyaltyService
+from orderflow.loyalty.storage import SqlLoyaltyUnitOfWork
 from orderflow.platform.component import Component, open_database
 from orderflow.settings import CommonSettings, LoyaltySettings
 
@@ -17,7 +20,7 @@ async def build(
         settings.database_url, settings.db_pool_size, "loyalty", migrate=migrate
     )
     service = LoyaltyService(
-        database,
+        functools.partial(SqlLoyaltyUnitOfWork, database),
         tiers=Tiers(settings.tiers, settings.default_tier),
         minor_units=common.minor_units,
     )

@@ -2,7 +2,9 @@
 
 An account's points equal the sum of its ledger entries and are never negative. An
 application belongs to one order and moves APPLIED -> COMMITTED or CANCELLED, and
-APPLIED or COMMITTED -> REFUNDED; CANCELLED and REFUNDED are final (tombstones).
+APPLIED or COMMITTED -> REFUNDED; CANCELLED and REFUNDED are final (tombstones). The
+transition tables below are the whole state machine; each move names the ledger entries
+it books (`entry_delta` says how many points each one is).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from orderflow.errors import InvalidArgumentError
+from orderflow.platform.transitions import Transition
 from orderflow.validation import MAX_MONEY, check_id, check_money, check_range, check_text
 
 
@@ -37,6 +40,40 @@ class EntryKind(StrEnum):
     ADJUST = "ADJUST"
 
 
+# The ledger entries a move of an application books, in order.
+Entries = tuple[EntryKind, ...]
+_S = ApplicationState
+
+# Undo Apply (the saga's compensation): redeemed points come back. With nothing applied
+# yet, leave a CANCELLED tombstone, so a late Apply for the order is refused.
+VOID_DISCOUNT = Transition[ApplicationState, Entries](
+    target=_S.CANCELLED,
+    moves={_S.APPLIED: (EntryKind.REFUND_REDEEM,)},
+    done=frozenset({_S.CANCELLED, _S.REFUNDED}),
+    tombstone=True,
+    fast_from=_S.APPLIED,
+)
+# Make the order's loyalty effects final: its earned points are credited.
+COMMIT_DISCOUNT = Transition[ApplicationState, Entries](
+    target=_S.COMMITTED,
+    moves={_S.APPLIED: (EntryKind.EARN,)},
+    done=frozenset({_S.COMMITTED}),
+    tombstone=False,
+    fast_from=_S.APPLIED,
+)
+# For a cancelled order: redeemed points come back, earned points are taken back.
+REFUND_DISCOUNT = Transition[ApplicationState, Entries](
+    target=_S.REFUNDED,
+    moves={
+        _S.APPLIED: (EntryKind.REFUND_REDEEM,),
+        _S.COMMITTED: (EntryKind.REFUND_REDEEM, EntryKind.REVOKE_EARN),
+    },
+    done=frozenset({_S.CANCELLED, _S.REFUNDED}),
+    tombstone=True,
+    fast_from=_S.APPLIED,
+)
+
+
 @dataclass(frozen=True)
 class Account:
     customer_id: str
@@ -57,6 +94,24 @@ class Application:
     points_redeemed: int
     total: int
     points_earned: int
+
+
+def entry_delta(application: Application, kind: EntryKind) -> int:
+    """The points an order's ledger entry of kind moves (negative: taken from the account)."""
+    if kind is EntryKind.REDEEM:
+        return -application.points_redeemed
+    if kind is EntryKind.REFUND_REDEEM:
+        return application.points_redeemed
+    if kind is EntryKind.EARN:
+        return application.points_earned
+    if kind is EntryKind.REVOKE_EARN:
+        return -application.points_earned
+    raise ValueError(f"{kind} is not an entry of an order")
+
+
+def tombstone(order_id: str, state: ApplicationState) -> Application:
+    """The record of an application finished before it was made: nothing priced, a final state."""
+    return Application(order_id, "", state, "", 0, 0, 0, 0, 0, 0)
 
 
 class Tiers:

@@ -60,7 +60,7 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
     async def ApplyDiscount(
         self, request: pb.ApplyDiscountRequest, context: grpc.aio.ServicerContext
     ) -> pb.ApplyDiscountResponse:
-        app = await self.service.apply(
+        app = await self.service.apply_discount(
             request.order_id, request.customer_id, request.subtotal, request.redeem_points
         )
         return pb.ApplyDiscountResponse(
@@ -76,18 +76,20 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
     async def CancelDiscount(
         self, request: pb.CancelDiscountRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelDiscountResponse:
-        return pb.CancelDiscountResponse(state=_STATE[await self.service.cancel(request.order_id)])
+        state = await self.service.void_discount(request.order_id)
+        return pb.CancelDiscountResponse(state=_STATE[state])
 
     async def CommitDiscount(
         self, request: pb.CommitDiscountRequest, context: grpc.aio.ServicerContext
     ) -> pb.CommitDiscountResponse:
-        state, earned = await self.service.commit(request.order_id)
+        state, earned = await self.service.commit_discount(request.order_id)
         return pb.CommitDiscountResponse(state=_STATE[state], points_earned=earned)
 
     async def RefundDiscount(
         self, request: pb.RefundDiscountRequest, context: grpc.aio.ServicerContext
     ) -> pb.RefundDiscountResponse:
-        return pb.RefundDiscountResponse(state=_STATE[await self.service.refund(request.order_id)])
+        state = await self.service.refund_discount(request.order_id)
+        return pb.RefundDiscountResponse(state=_STATE[state])
 
 
 def service_spec(service: LoyaltyService, database: Database) -> ServiceSpec:

@@ -1,49 +1,126 @@
-"""Loyalty use cases: each one checks its input, then runs as one retried transaction."""
+"""Loyalty use cases: each one checks its input, then runs as one retried transaction.
+
+The service knows its storage only as the repositories described here (Protocols); the
+bootstrap hands it a factory of SQL units of work, unit tests one of fakes.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
 
 from orderflow.errors import (
     CompensatedError,
-    ConflictError,
     IdempotencyKeyReusedError,
     InsufficientPointsError,
-    InvalidStateError,
     NegativeBalanceError,
     NotCancellableError,
     NotFoundError,
 )
 from orderflow.loyalty import domain
-from orderflow.loyalty.domain import Account, Application, ApplicationState, EntryKind, Tiers
-from orderflow.loyalty.storage import LoyaltyUnitOfWork
-from orderflow.platform.db import Database, Rollback, now_us, transact
+from orderflow.loyalty.domain import (
+    Account,
+    Application,
+    ApplicationState,
+    Entries,
+    EntryKind,
+    Tiers,
+)
+from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
+from orderflow.platform.transitions import Transition, TransitionRunner
 from orderflow.validation import check_id
 
-S = ApplicationState
-# What moving an application out of one state does besides changing its state.
-Step = Callable[[LoyaltyUnitOfWork, Application, int], Awaitable[None]]
+T = TypeVar("T")
+
+
+class AccountRepository(Protocol):
+    async def get(self, customer_id: str) -> tuple[str, int] | None:
+        """(tier, points) of the customer's account, or None."""
+        ...
+
+    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
+        """Open an account at tier with no points unless the customer has one."""
+        ...
+
+    async def set_tier(self, customer_id: str, tier: str, now: int) -> None: ...
+
+    async def add_points(
+        self,
+        customer_id: str,
+        delta: int,
+        kind: EntryKind,
+        now: int,
+        *,
+        order_id: str | None = None,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Change the balance by delta with its ledger entry; False (nothing done) if it would
+        go negative. A zero delta records nothing."""
+        ...
+
+    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
+        """The delta of an earlier adjustment made with this key, or None."""
+        ...
+
+
+class ApplicationRepository(Protocol):
+    async def get(self, order_id: str, *, lock: bool = False) -> Application | None: ...
+
+    async def add(self, application: Application, now: int) -> None:
+        """Insert; an existing application of the order fails the transaction (it is retried)."""
+        ...
+
+    async def add_if_absent(self, application: Application, now: int) -> bool:
+        """Insert; False (nothing inserted) if the order already has an application."""
+        ...
+
+    async def move(
+        self, order_id: str, source: ApplicationState, target: ApplicationState, now: int
+    ) -> Application | None:
+        """source -> target in one statement; None (nothing changed) if it was not in source."""
+        ...
+
+
+class LoyaltyUnitOfWork(Transactional, Protocol):
+    @property
+    def accounts(self) -> AccountRepository: ...
+
+    @property
+    def applications(self) -> ApplicationRepository: ...
 
 
 class LoyaltyService:
     def __init__(
         self,
-        database: Database,
+        uow: UnitOfWorkFactory[LoyaltyUnitOfWork],
         *,
         tiers: Tiers,
         minor_units: int,
         clock: Callable[[], int] = now_us,
     ) -> None:
-        self.database = database
+        self.uow = uow
+        self._reader = functools.partial(uow, readonly=True)
         self.tiers = tiers
         self.minor_units = minor_units
         self.now = clock
+        self._applications = TransitionRunner[
+            LoyaltyUnitOfWork, ApplicationState, Entries, Application
+        ](
+            transact=self._transact,
+            records=lambda uow: uow.applications,
+            effect=self._book,
+            tombstone=domain.tombstone,
+            clock=clock,
+            noun="loyalty application",
+        )
 
-    def _uow(self, readonly: bool = False) -> Callable[[], LoyaltyUnitOfWork]:
-        return lambda: LoyaltyUnitOfWork(self.database, readonly=readonly)
+    def _transact(self, work: Callable[[LoyaltyUnitOfWork], Awaitable[T]]) -> Awaitable[T]:
+        return transact(self.uow, work)
 
     async def _account(self, uow: LoyaltyUnitOfWork, customer_id: str) -> Account:
-        found = await uow.get_account(customer_id)
+        found = await uow.accounts.get(customer_id)
         if found is None:
             raise NotFoundError(
                 f"customer {customer_id} has no loyalty account", customer_id=customer_id
@@ -55,7 +132,7 @@ class LoyaltyService:
 
     async def get_account(self, customer_id: str) -> Account:
         customer_id = check_id("customer_id", customer_id)
-        return await transact(self._uow(readonly=True), lambda uow: self._account(uow, customer_id))
+        return await transact(self._reader, lambda uow: self._account(uow, customer_id))
 
     async def set_tier(self, customer_id: str, tier: str) -> Account:
         customer_id = check_id("customer_id", customer_id)
@@ -63,11 +140,11 @@ class LoyaltyService:
 
         async def work(uow: LoyaltyUnitOfWork) -> Account:
             now = self.now()
-            await uow.ensure_account(customer_id, tier, now)
-            await uow.set_tier(customer_id, tier, now)
+            await uow.accounts.ensure(customer_id, tier, now)
+            await uow.accounts.set_tier(customer_id, tier, now)
             return await self._account(uow, customer_id)
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
     async def adjust_points(
         self, customer_id: str, delta: int, reason: str, idempotency_key: str = ""
@@ -78,7 +155,7 @@ class LoyaltyService:
         async def work(uow: LoyaltyUnitOfWork) -> Account:
             now = self.now()
             if adj.idempotency_key:
-                earlier = await uow.find_adjustment(adj.customer_id, adj.idempotency_key)
+                earlier = await uow.accounts.find_adjustment(adj.customer_id, adj.idempotency_key)
                 if earlier is not None:
                     if earlier != adj.delta:
                         raise IdempotencyKeyReusedError(
@@ -87,8 +164,8 @@ class LoyaltyService:
                             customer_id=adj.customer_id,
                         )
                     return await self._account(uow, adj.customer_id)
-            await uow.ensure_account(adj.customer_id, self.tiers.default, now)
-            done = await uow.add_points(
+            await uow.accounts.ensure(adj.customer_id, self.tiers.default, now)
+            done = await uow.accounts.add_points(
                 adj.customer_id,
                 adj.delta,
                 EntryKind.ADJUST,
@@ -107,11 +184,11 @@ class LoyaltyService:
                 )
             return await self._account(uow, adj.customer_id)
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
     # -- per-order applications --------------------------------------------------------
 
-    async def apply(
+    async def apply_discount(
         self, order_id: str, customer_id: str, subtotal: int, redeem_points: int
     ) -> Application:
         """Price the order's discount and redeem its points; repeating returns the first result."""
@@ -119,8 +196,8 @@ class LoyaltyService:
 
         async def work(uow: LoyaltyUnitOfWork) -> Application:
             now = self.now()
-            if await uow.get_account(req.customer_id) is None:
-                await uow.ensure_account(req.customer_id, self.tiers.default, now)
+            if await uow.accounts.get(req.customer_id) is None:
+                await uow.accounts.ensure(req.customer_id, self.tiers.default, now)
             account = await self._account(uow, req.customer_id)
             application = domain.price_order(
                 req.order_id,
@@ -131,10 +208,14 @@ class LoyaltyService:
                 req.redeem_points,
                 self.minor_units,
             )
-            if not await uow.add_application(application, now, if_absent=True):
+            if not await uow.applications.add_if_absent(application, now):
                 raise Rollback  # applied before: roll back, return the first result below
-            redeemed = await uow.add_points(
-                req.customer_id, -req.redeem_points, EntryKind.REDEEM, now, order_id=req.order_id
+            redeemed = await uow.accounts.add_points(
+                req.customer_id,
+                domain.entry_delta(application, EntryKind.REDEEM),
+                EntryKind.REDEEM,
+                now,
+                order_id=req.order_id,
             )
             if not redeemed:
                 available = (await self._account(uow, req.customer_id)).points
@@ -146,12 +227,12 @@ class LoyaltyService:
             return application
 
         try:
-            return await transact(self._uow(), work)
+            return await transact(self.uow, work)
         except Rollback:
             pass
 
         async def existing(uow: LoyaltyUnitOfWork) -> Application:
-            found = await uow.get_application(req.order_id)
+            found = await uow.applications.get(req.order_id)
             if found is None:  # pragma: no cover - applications are never deleted
                 raise RuntimeError(f"loyalty application of {req.order_id} vanished")
             if found.state.compensated:
@@ -163,125 +244,39 @@ class LoyaltyService:
                 )
             return found
 
-        return await transact(self._uow(readonly=True), existing)
+        return await transact(self._reader, existing)
 
-    async def cancel(self, order_id: str) -> ApplicationState:
-        """Undo Apply: redeemed points come back. With nothing applied, leave a tombstone."""
+    async def void_discount(self, order_id: str) -> ApplicationState:
+        """Undo apply_discount: redeemed points come back. With nothing applied, a tombstone."""
+        return (await self._move(domain.VOID_DISCOUNT, order_id)).state
 
-        async def step(uow: LoyaltyUnitOfWork, app: Application, now: int) -> None:
-            await uow.add_points(
-                app.customer_id,
-                app.points_redeemed,
-                EntryKind.REFUND_REDEEM,
-                now,
-                order_id=app.order_id,
-            )
-
-        app = await self._finish(
-            order_id, S.CANCELLED, {S.APPLIED: step}, (S.CANCELLED, S.REFUNDED), tombstone=True
-        )
-        return app.state
-
-    async def commit(self, order_id: str) -> tuple[ApplicationState, int]:
+    async def commit_discount(self, order_id: str) -> tuple[ApplicationState, int]:
         """Make the order's loyalty effects final: its earned points are credited."""
-
-        async def step(uow: LoyaltyUnitOfWork, app: Application, now: int) -> None:
-            await uow.add_points(
-                app.customer_id, app.points_earned, EntryKind.EARN, now, order_id=app.order_id
-            )
-
-        app = await self._finish(
-            order_id, S.COMMITTED, {S.APPLIED: step}, (S.COMMITTED,), tombstone=False
-        )
+        app = await self._move(domain.COMMIT_DISCOUNT, order_id)
         return app.state, app.points_earned
 
-    async def refund(self, order_id: str) -> ApplicationState:
+    async def refund_discount(self, order_id: str) -> ApplicationState:
         """For a cancelled order: redeemed points come back, earned points are taken back."""
+        return (await self._move(domain.REFUND_DISCOUNT, order_id)).state
 
-        async def from_applied(uow: LoyaltyUnitOfWork, app: Application, now: int) -> None:
-            await uow.add_points(
-                app.customer_id,
-                app.points_redeemed,
-                EntryKind.REFUND_REDEEM,
-                now,
-                order_id=app.order_id,
-            )
+    async def _move(
+        self, transition: Transition[ApplicationState, Entries], order_id: str
+    ) -> Application:
+        order_id = check_id("order_id", order_id)
+        return await self._applications.apply(transition, order_id)
 
-        async def from_committed(uow: LoyaltyUnitOfWork, app: Application, now: int) -> None:
-            await from_applied(uow, app, now)
-            revoked = await uow.add_points(
-                app.customer_id,
-                -app.points_earned,
-                EntryKind.REVOKE_EARN,
-                now,
-                order_id=app.order_id,
+    @staticmethod
+    async def _book(uow: LoyaltyUnitOfWork, app: Application, entries: Entries, now: int) -> None:
+        """Book the ledger entries of a move of app."""
+        for kind in entries:
+            delta = domain.entry_delta(app, kind)
+            done = await uow.accounts.add_points(
+                app.customer_id, delta, kind, now, order_id=app.order_id
             )
-            if not revoked:
+            if not done and delta < 0:
                 raise NotCancellableError(
                     f"the {app.points_earned} points earned by order {app.order_id} were "
                     "already spent, so the order cannot be cancelled",
                     order_id=app.order_id,
                     points_earned=app.points_earned,
                 )
-
-        app = await self._finish(
-            order_id,
-            S.REFUNDED,
-            {S.APPLIED: from_applied, S.COMMITTED: from_committed},
-            (S.CANCELLED, S.REFUNDED),
-            tombstone=True,
-        )
-        return app.state
-
-    async def _finish(
-        self,
-        order_id: str,
-        target: ApplicationState,
-        steps: dict[ApplicationState, Step],
-        done: tuple[ApplicationState, ...],
-        *,
-        tombstone: bool,
-    ) -> Application:
-        """Move an application to target, running the step of its current state; no-op if done."""
-        order_id = check_id("order_id", order_id)
-
-        if S.APPLIED in steps:
-            # The usual case in one statement: APPLIED -> target, then its points.
-            async def fast(uow: LoyaltyUnitOfWork) -> Application | None:
-                now = self.now()
-                app = await uow.move_application(order_id, S.APPLIED, target, now)
-                if app is not None:
-                    await steps[S.APPLIED](uow, app, now)
-                return app
-
-            moved = await transact(self._uow(), fast)
-            if moved is not None:
-                return moved
-
-        async def work(uow: LoyaltyUnitOfWork) -> Application:
-            now = self.now()
-            app = await uow.get_application(order_id, lock=True)
-            if app is None:
-                if not tombstone:
-                    raise NotFoundError(
-                        f"order {order_id} has no loyalty application", order_id=order_id
-                    )
-                app = Application(order_id, "", target, "", 0, 0, 0, 0, 0, 0)
-                await uow.add_application(app, now)
-                return app
-            if app.state in done:
-                return app
-            if app.state not in steps:
-                raise InvalidStateError(
-                    f"the loyalty application of order {order_id} is {app.state.value}; "
-                    f"it cannot become {target.value}",
-                    order_id=order_id,
-                    state=app.state.value,
-                )
-            moved = await uow.move_application(order_id, app.state, target, now)
-            if moved is None:
-                raise ConflictError(f"the loyalty application of {order_id} changed meanwhile")
-            await steps[app.state](uow, moved, now)
-            return moved
-
-        return await transact(self._uow(), work)

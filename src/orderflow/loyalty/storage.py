@@ -1,4 +1,4 @@
-"""Loyalty tables and the unit of work that reads and changes them (SQLAlchemy Core).
+"""Loyalty tables, their repositories and the unit of work that exposes them (SQLAlchemy Core).
 
 Balances change only through conditional UPDATEs (`... WHERE points + :delta >= 0`), each
 with its ledger entry in the same transaction; UNIQUE(order_id, kind) on the ledger makes
@@ -25,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 
 from orderflow.loyalty.domain import Application, ApplicationState, EntryKind
-from orderflow.platform.db import UnitOfWork
+from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
 
 metadata = MetaData()
 
@@ -111,15 +111,21 @@ _MOVE_APPLICATION = (
 )
 
 
-class LoyaltyUnitOfWork(UnitOfWork):
-    # -- accounts ----------------------------------------------------------------------
+class SqlAccountRepository:
+    """Accounts and their ledger: a balance changes only with its ledger entry."""
 
-    async def get_account(self, customer_id: str) -> tuple[str, int] | None:
+    __slots__ = ("connection", "database")
+
+    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
+        self.connection = connection
+        self.database = database
+
+    async def get(self, customer_id: str) -> tuple[str, int] | None:
         """(tier, points) of the customer's account, or None."""
         row = (await self.connection.execute(_GET_ACCOUNT, {"_customer_id": customer_id})).first()
         return None if row is None else (row.tier, row.points)
 
-    async def ensure_account(self, customer_id: str, tier: str, now: int) -> None:
+    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
         """Open an account at tier with no points unless the customer has one."""
         await self.connection.execute(
             self.database.insert_ignore(accounts, ["customer_id"]),
@@ -185,31 +191,35 @@ class LoyaltyUnitOfWork(UnitOfWork):
         ).first()
         return None if row is None else int(row.delta)
 
-    # -- applications ------------------------------------------------------------------
 
-    async def get_application(self, order_id: str, *, lock: bool = False) -> Application | None:
+class SqlApplicationRepository:
+    """Per-order applications: one per order, moved between states by conditional UPDATEs."""
+
+    __slots__ = ("connection", "database")
+
+    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
+        self.connection = connection
+        self.database = database
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Application | None:
         query = _LOCK_APPLICATION if lock else _GET_APPLICATION
         row = (await self.connection.execute(query, {"_order_id": order_id})).first()
         return None if row is None else _application(row)
 
-    async def add_application(
-        self, application: Application, now: int, *, if_absent: bool = False
-    ) -> bool:
-        """Insert the application. If the order has one already: with if_absent, nothing is
-        done and False returned; without, IntegrityError (so the transaction is retried)."""
-        values = {c.name: getattr(application, c.name) for c in _APPLICATION_COLUMNS}
-        values["state"] = application.state.value
-        statement = (
-            self.database.insert_ignore(applications, ["order_id"])
-            if if_absent
-            else applications.insert()
-        )
+    async def add(self, application: Application, now: int) -> None:
+        """Insert the application; if the order has one already, IntegrityError, so the
+        transaction is retried and sees it."""
+        await self.connection.execute(applications.insert(), _application_row(application, now))
+
+    async def add_if_absent(self, application: Application, now: int) -> bool:
+        """Insert the application; False (nothing inserted) if the order already has one."""
         result = await self.connection.execute(
-            statement, {**values, "created_us": now, "updated_us": now}
+            self.database.insert_ignore(applications, ["order_id"]),
+            _application_row(application, now),
         )
         return result.rowcount == 1
 
-    async def move_application(
+    async def move(
         self, order_id: str, source: ApplicationState, target: ApplicationState, now: int
     ) -> Application | None:
         """source -> target in one statement; the application in its new state, or None if it
@@ -221,3 +231,20 @@ class LoyaltyUnitOfWork(UnitOfWork):
             )
         ).first()
         return None if row is None else _application(row)
+
+
+def _application_row(application: Application, now: int) -> dict[str, Any]:
+    values = {c.name: getattr(application, c.name) for c in _APPLICATION_COLUMNS}
+    values["state"] = application.state.value
+    return {**values, "created_us": now, "updated_us": now}
+
+
+class SqlLoyaltyUnitOfWork(UnitOfWork):
+    """A transaction on the loyalty database with its repositories."""
+
+    accounts: SqlAccountRepository
+    applications: SqlApplicationRepository
+
+    def _attach(self) -> None:
+        self.accounts = SqlAccountRepository(self.connection, self.database)
+        self.applications = SqlApplicationRepository(self.connection, self.database)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from orderflow.orders.grpc_api import service_spec
 from orderflow.orders.service import OrdersService
+from orderflow.orders.storage import SqlOrdersUnitOfWork
 from orderflow.platform.component import Component, open_database
 from orderflow.settings import CommonSettings, OrdersSettings
 
@@ -15,5 +18,5 @@ async def build(
     database = await open_database(
         settings.database_url, settings.db_pool_size, "orders", migrate=migrate
     )
-    service = OrdersService(database)
+    service = OrdersService(functools.partial(SqlOrdersUnitOfWork, database))
     return Component(service_spec(service, database), database)

@@ -75,7 +75,7 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateOrderResponse:
-        order, created = await self.service.create(
+        order, created = await self.service.create_order(
             request.customer_id,
             [(x.sku, x.quantity) for x in request.lines],
             request.redeem_points,
@@ -89,7 +89,7 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
     async def GetOrder(
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOrderResponse:
-        return pb.GetOrderResponse(order=order_pb(await self.service.get(request.order_id)))
+        return pb.GetOrderResponse(order=order_pb(await self.service.get_order(request.order_id)))
 
     async def ListOrders(
         self, request: pb.ListOrdersRequest, context: grpc.aio.ServicerContext
@@ -123,14 +123,14 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
             total=request.total,
             points_earned=request.points_earned,
         )
-        order = await self.service.confirm(request.order_id, request.lease_owner, totals)
+        order = await self.service.confirm_order(request.order_id, request.lease_owner, totals)
         return pb.ConfirmOrderResponse(order=order_pb(order))
 
     async def RejectOrder(
         self, request: pb.RejectOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.RejectOrderResponse:
         failure = Failure(request.failure.code, request.failure.message)
-        order = await self.service.reject(request.order_id, request.lease_owner, failure)
+        order = await self.service.reject_order(request.order_id, request.lease_owner, failure)
         return pb.RejectOrderResponse(order=order_pb(order))
 
     async def RequestOrderCancel(
@@ -150,13 +150,13 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
-        order = await self.service.cancel(request.order_id, request.lease_owner)
+        order = await self.service.cancel_order(request.order_id, request.lease_owner)
         return pb.CancelOrderResponse(order=order_pb(order))
 
     async def SettleOrder(
         self, request: pb.SettleOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.SettleOrderResponse:
-        order = await self.service.settle(request.order_id, request.lease_owner)
+        order = await self.service.settle_order(request.order_id, request.lease_owner)
         return pb.SettleOrderResponse(order=order_pb(order))
 
     async def ClaimStaleOrders(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
-from dataclasses import replace
+from typing import Protocol
 
 from orderflow.errors import IdempotencyKeyReusedError, InvalidArgumentError, NotFoundError
 from orderflow.orders import domain
 from orderflow.orders.domain import Failure, Order, OrderStatus, Totals
-from orderflow.orders.storage import OrdersUnitOfWork
-from orderflow.platform.db import Database, now_us, transact
+from orderflow.platform.db import Transactional, UnitOfWorkFactory, now_us, transact
 from orderflow.validation import check_id, check_limit, check_range, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 20
@@ -19,22 +19,54 @@ MAX_CLAIM = 100
 Change = Callable[[Order, int], Order]
 
 
+class OrderRepository(Protocol):
+    async def get(self, order_id: str, *, lock: bool = False) -> Order | None: ...
+
+    async def find_by_key(self, customer_id: str, idempotency_key: str) -> Order | None: ...
+
+    async def add(self, order: Order) -> bool:
+        """Insert order; False (nothing inserted) when its customer already used its key."""
+        ...
+
+    async def save(self, order: Order, read: Order) -> None:
+        """Write order over read, the version it was computed from (compare-and-set):
+        ConcurrentChangeError if the stored order is no longer at read's version."""
+        ...
+
+    async def settle(self, order_id: str, owner: str, now: int) -> Order | None:
+        """domain.settle's usual case in one statement; None (nothing done) otherwise."""
+        ...
+
+    async def page(
+        self, customer_id: str, status: str, before: tuple[int, str] | None, limit: int
+    ) -> list[Order]:
+        """Newest first, strictly older than `before` = (created_us, id)."""
+        ...
+
+    async def stale(self, now: int, limit: int) -> list[Order]:
+        """Up to limit orders for which domain.is_stale holds, oldest first, locked."""
+        ...
+
+
+class OrdersUnitOfWork(Transactional, Protocol):
+    @property
+    def orders(self) -> OrderRepository: ...
+
+
 class OrdersService:
     def __init__(
         self,
-        database: Database,
+        uow: UnitOfWorkFactory[OrdersUnitOfWork],
         *,
         clock: Callable[[], int] = now_us,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
-        self.database = database
+        self.uow = uow
+        self._reader = functools.partial(uow, readonly=True)
         self.now = clock
         self.new_id = new_id
 
-    def _uow(self, readonly: bool = False) -> Callable[[], OrdersUnitOfWork]:
-        return lambda: OrdersUnitOfWork(self.database, readonly=readonly)
-
-    async def create(
+    async def create_order(
         self,
         customer_id: str,
         lines: list[tuple[str, int]],
@@ -80,9 +112,9 @@ class OrdersService:
                 updated_us=now,
                 version=1,
             )
-            if await uow.add(order):
+            if await uow.orders.add(order):
                 return order, True
-            earlier = await uow.find_by_key(new.customer_id, new.idempotency_key)
+            earlier = await uow.orders.find_by_key(new.customer_id, new.idempotency_key)
             if earlier is None:  # pragma: no cover - the key's row cannot vanish
                 raise RuntimeError("idempotency key conflict without an order")
             if earlier.request_fingerprint != new.request_fingerprint:
@@ -93,15 +125,15 @@ class OrdersService:
                 )
             return earlier, False
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
-    async def get(self, order_id: str) -> Order:
+    async def get_order(self, order_id: str) -> Order:
         order_id = check_id("order_id", order_id)
-        return await transact(self._uow(readonly=True), lambda uow: self._get(uow, order_id))
+        return await transact(self._reader, lambda uow: self._get(uow, order_id))
 
     @staticmethod
     async def _get(uow: OrdersUnitOfWork, order_id: str, *, lock: bool = False) -> Order:
-        order = await uow.get(order_id, lock=lock)
+        order = await uow.orders.get(order_id, lock=lock)
         if order is None:
             raise NotFoundError(f"no order with id {order_id}", order_id=order_id)
         return order
@@ -118,12 +150,12 @@ class OrdersService:
         before = _parse_cursor(cursor) if cursor else None
 
         async def work(uow: OrdersUnitOfWork) -> tuple[list[Order], str]:
-            found = await uow.page(customer_id, status, before, limit + 1)
+            found = await uow.orders.page(customer_id, status, before, limit + 1)
             page = found[:limit]
             more = len(found) > limit
             return page, encode_cursor(f"{page[-1].created_us}:{page[-1].id}") if more else ""
 
-        return await transact(self._uow(readonly=True), work)
+        return await transact(self._reader, work)
 
     async def _change(self, order_id: str, change: Change) -> Order:
         order_id = check_id("order_id", order_id)
@@ -132,10 +164,10 @@ class OrdersService:
             read = await self._get(uow, order_id, lock=True)
             changed = change(read, self.now())
             if changed is not read:
-                await uow.save(changed, read)
+                await uow.orders.save(changed, read)
             return changed
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
     async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order:
         owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
@@ -143,13 +175,13 @@ class OrdersService:
             order_id, lambda order, now: domain.acquire_lease(order, owner, lease, now)
         )
 
-    async def confirm(self, order_id: str, owner: str, totals: Totals) -> Order:
+    async def confirm_order(self, order_id: str, owner: str, totals: Totals) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(
             order_id, lambda order, now: domain.confirm(order, owner, totals, now)
         )
 
-    async def reject(self, order_id: str, owner: str, failure: Failure) -> Order:
+    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(
             order_id, lambda order, now: domain.reject(order, owner, failure, now)
@@ -167,18 +199,19 @@ class OrdersService:
             order_id, lambda order, now: domain.withdraw_cancel(order, owner, now)
         )
 
-    async def cancel(self, order_id: str, owner: str) -> Order:
+    async def cancel_order(self, order_id: str, owner: str) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(order_id, lambda order, now: domain.cancel(order, owner, now))
 
-    async def settle(self, order_id: str, owner: str) -> Order:
+    async def settle_order(self, order_id: str, owner: str) -> Order:
+        """domain.settle, tried first as one statement (the usual case), then by the rules."""
         owner = domain.check_owner(owner)
         order_id = check_id("order_id", order_id)
 
         async def fast(uow: OrdersUnitOfWork) -> Order | None:
-            return await uow.settle(order_id, owner, self.now())
+            return await uow.orders.settle(order_id, owner, self.now())
 
-        settled = await transact(self._uow(), fast)
+        settled = await transact(self.uow, fast)
         if settled is not None:
             return settled
         return await self._change(order_id, lambda order, now: domain.settle(order, owner, now))
@@ -191,19 +224,13 @@ class OrdersService:
         async def work(uow: OrdersUnitOfWork) -> list[Order]:
             now = self.now()
             claimed = []
-            for read in await uow.stale(now, limit):
-                order = replace(
-                    read,
-                    lease_owner=owner,
-                    lease_expires_us=now + lease,
-                    updated_us=now,
-                    version=read.version + 1,
-                )
-                await uow.save(order, read)
+            for read in await uow.orders.stale(now, limit):
+                order = domain.claim(read, owner, lease, now)
+                await uow.orders.save(order, read)
                 claimed.append(order)
             return claimed
 
-        return await transact(self._uow(), work)
+        return await transact(self.uow, work)
 
 
 def _parse_cursor(cursor: str) -> tuple[int, str]:

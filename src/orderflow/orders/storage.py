@@ -1,4 +1,4 @@
-"""Orders tables and the unit of work that reads and changes them (SQLAlchemy Core).
+"""Orders table, its repository and the unit of work that exposes it (SQLAlchemy Core).
 
 An order is written back as a compare-and-set on the version it was read at, after a
 SELECT ... FOR UPDATE on PostgreSQL (the write lock serialises writers on SQLite), so a
@@ -30,9 +30,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
-from orderflow.errors import ConflictError
+from orderflow.errors import ConcurrentChangeError
 from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus
-from orderflow.platform.db import UnitOfWork
+from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
 
 metadata = MetaData()
 
@@ -103,6 +103,8 @@ _SAVE = update(orders).where(
 )
 # The usual settle in one statement: a decided, unsettled order whose lease the caller holds
 # (or nobody holds). Anything else falls back to reading the order and the domain's rules.
+# This restates domain.settle (and domain.lease_free) in SQL: change both together;
+# tests/integration/test_orders.py checks that they agree in every case.
 _SETTLE = (
     update(orders)
     .where(
@@ -126,7 +128,15 @@ _SETTLE = (
 )
 
 
-class OrdersUnitOfWork(UnitOfWork):
+class SqlOrderRepository:
+    """Orders, written back as a compare-and-set on the version they were read at."""
+
+    __slots__ = ("connection", "database")
+
+    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
+        self.connection = connection
+        self.database = database
+
     async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
         row = (await self.connection.execute(_LOCK if lock else _GET, {"_id": order_id})).first()
         return None if row is None else _order(row)
@@ -158,7 +168,7 @@ class OrdersUnitOfWork(UnitOfWork):
             _SAVE, {**values, "_id": order.id, "_version": read.version}
         )
         if result.rowcount != 1:
-            raise ConflictError(f"order {order.id} changed meanwhile", order_id=order.id)
+            raise ConcurrentChangeError(f"order {order.id} changed meanwhile", order_id=order.id)
 
     async def settle(self, order_id: str, owner: str, now: int) -> Order | None:
         """Settle in one statement if the usual conditions hold; None (nothing done) if not."""
@@ -187,12 +197,28 @@ class OrdersUnitOfWork(UnitOfWork):
         return [_order(row) for row in await self.connection.execute(query.limit(limit))]
 
     async def stale(self, now: int, limit: int) -> list[Order]:
-        """Unsettled orders with no live lease, oldest first, locked (skipping locked ones)."""
+        """Unsettled orders with no live lease, oldest first, locked (skipping locked ones).
+
+        This restates domain.is_stale in SQL: change both together; tests/integration/
+        test_orders.py checks that they agree in every case.
+        """
         query = (
             select(orders)
-            .where(orders.c.settled.is_(False), orders.c.lease_expires_us <= now)
+            .where(
+                orders.c.settled.is_(False),
+                or_(orders.c.lease_expires_us <= now, orders.c.lease_owner == ""),
+            )
             .order_by(orders.c.updated_us)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return [_order(row) for row in await self.connection.execute(query)]
+
+
+class SqlOrdersUnitOfWork(UnitOfWork):
+    """A transaction on the orders database with its repository."""
+
+    orders: SqlOrderRepository
+
+    def _attach(self) -> None:
+        self.orders = SqlOrderRepository(self.connection, self.database)

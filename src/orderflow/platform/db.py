@@ -329,7 +329,7 @@ class Transaction:
     """An open transaction of a Database (`Database.begin`): statements go to `connection`;
     `Database.commit` and `Database.end` finish it. Only the Database reads the rest."""
 
-    __slots__ = ("connection", "sync", "readonly", "locked", "committed")
+    __slots__ = ("committed", "connection", "locked", "readonly", "sync")
 
     def __init__(
         self,
