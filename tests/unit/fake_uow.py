@@ -1,0 +1,395 @@
+"""In-memory repositories and units of work for the services' unit tests (no database).
+
+A fake unit of work keeps the SQL one's promise: what a block did is kept only if
+`commit()` ran, otherwise everything is put back as it was on entry. Each fake store counts
+its commits and rollbacks, so a test can tell a repeat that rolled back from one that wrote.
+The repositories do what the SQL ones do, in dicts: conditional moves refuse to drive a
+counter negative, compare-and-set refuses a stale version, unique keys refuse a duplicate.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from types import TracebackType
+from typing import Any, Self
+
+from orderflow.errors import ConcurrentChangeError, InvalidStateError, LeaseHeldError
+from orderflow.inventory.domain import (
+    Item,
+    ItemChange,
+    NewItem,
+    Reservation,
+    ReservationState,
+    ReservedLine,
+)
+from orderflow.loyalty.domain import Application, ApplicationState, EntryKind
+from orderflow.orders import domain as orders_domain
+from orderflow.orders.domain import Order
+
+
+class DuplicateKeyError(Exception):
+    """What a unique key of the SQL schema would refuse (IntegrityError there)."""
+
+
+class FakeRepository:
+    """A repository whose rows live in its attributes (dicts and lists of frozen values)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: copy.copy(value) for name, value in vars(self).items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        vars(self).update(snapshot)
+
+
+class FakeStore:
+    """The repositories of one fake database, and the factory of its units of work."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.rollbacks = 0
+
+    def repositories(self) -> Sequence[FakeRepository]:
+        raise NotImplementedError
+
+
+class FakeUnitOfWork:
+    """`async with` it: rolled back on exit unless `await commit()` ran."""
+
+    def __init__(self, store: FakeStore, *, readonly: bool = False) -> None:
+        self.store = store
+        self.readonly = readonly
+        self._committed = False
+        self._snapshots: list[dict[str, Any]] = []
+
+    async def __aenter__(self) -> Self:
+        self._snapshots = [repo.snapshot() for repo in self.store.repositories()]
+        self._committed = False
+        return self
+
+    async def commit(self) -> None:
+        assert not self.readonly, "a read-only unit of work is never committed"
+        self._committed = True
+        self.store.commits += 1
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._committed:
+            for repo, snapshot in zip(self.store.repositories(), self._snapshots, strict=True):
+                repo.restore(snapshot)
+            if not self.readonly:
+                self.store.rollbacks += 1
+
+
+# -- inventory -------------------------------------------------------------------------
+
+
+class FakeItemRepository(FakeRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Item] = {}
+
+    async def get(self, sku: str) -> Item | None:
+        return self.rows.get(sku)
+
+    async def add(self, new: NewItem, currency: str, now: int) -> None:
+        if new.sku in self.rows:
+            raise DuplicateKeyError(new.sku)
+        self.rows[new.sku] = Item(
+            new.sku, new.name, new.price, currency, new.stock, 0, 0, new.stock
+        )
+
+    async def page(self, after: str, limit: int) -> list[Item]:
+        return [self.rows[sku] for sku in sorted(self.rows) if sku > after][:limit]
+
+    async def change(self, change: ItemChange, now: int) -> bool:
+        item = self.rows.get(change.sku)
+        if item is None:
+            return False
+        restock = change.restock or 0
+        self.rows[change.sku] = replace(
+            item,
+            name=item.name if change.name is None else change.name,
+            price=item.price if change.price is None else change.price,
+            available=item.available + restock,
+            received=item.received + restock,
+        )
+        return True
+
+    async def known_skus(self, skus: Iterable[str]) -> set[str]:
+        return {sku for sku in skus if sku in self.rows}
+
+    async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
+        item = self.rows.get(sku)
+        if item is None or item.available < quantity:
+            return None
+        self.rows[sku] = replace(
+            item, available=item.available - quantity, reserved=item.reserved + quantity
+        )
+        return item.price
+
+    async def move_stock(
+        self, lines: Sequence[ReservedLine], source: str, target: str, now: int
+    ) -> None:
+        for line in lines:
+            item = self.rows[line.sku]
+            held = getattr(item, source)
+            assert held >= line.quantity, f"{line.sku}: {held} {source}, {line.quantity} moved"
+            self.rows[line.sku] = replace(
+                item,
+                **{source: held - line.quantity, target: getattr(item, target) + line.quantity},
+            )
+
+
+class FakeReservationRepository(FakeRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Reservation] = {}
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Reservation | None:
+        return self.rows.get(order_id)
+
+    async def add(self, reservation: Reservation, now: int) -> None:
+        if not await self.add_if_absent(reservation, now):
+            raise DuplicateKeyError(reservation.order_id)
+
+    async def add_if_absent(self, reservation: Reservation, now: int) -> bool:
+        if reservation.order_id in self.rows:
+            return False
+        self.rows[reservation.order_id] = reservation
+        return True
+
+    async def move(
+        self, order_id: str, source: ReservationState, target: ReservationState, now: int
+    ) -> Reservation | None:
+        found = self.rows.get(order_id)
+        if found is None or found.state != source:
+            return None
+        self.rows[order_id] = moved = replace(found, state=target)
+        return moved
+
+
+class FakeInventoryStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.items = FakeItemRepository()
+        self.reservations = FakeReservationRepository()
+
+    def repositories(self) -> Sequence[FakeRepository]:
+        return (self.items, self.reservations)
+
+    def __call__(self, *, readonly: bool = False) -> FakeInventoryUnitOfWork:
+        return FakeInventoryUnitOfWork(self, readonly=readonly)
+
+
+class FakeInventoryUnitOfWork(FakeUnitOfWork):
+    store: FakeInventoryStore
+
+    @property
+    def items(self) -> FakeItemRepository:
+        return self.store.items
+
+    @property
+    def reservations(self) -> FakeReservationRepository:
+        return self.store.reservations
+
+
+# -- loyalty ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Entry:
+    customer_id: str
+    order_id: str | None
+    kind: EntryKind
+    delta: int
+    reason: str
+    idempotency_key: str | None
+
+
+class FakeAccountRepository(FakeRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, tuple[str, int]] = {}  # customer -> (tier, points)
+        self.ledger: list[Entry] = []
+
+    async def get(self, customer_id: str) -> tuple[str, int] | None:
+        return self.rows.get(customer_id)
+
+    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
+        self.rows.setdefault(customer_id, (tier, 0))
+
+    async def set_tier(self, customer_id: str, tier: str, now: int) -> None:
+        if customer_id in self.rows:
+            self.rows[customer_id] = (tier, self.rows[customer_id][1])
+
+    async def add_points(
+        self,
+        customer_id: str,
+        delta: int,
+        kind: EntryKind,
+        now: int,
+        *,
+        order_id: str | None = None,
+        reason: str = "",
+        idempotency_key: str | None = None,
+    ) -> bool:
+        if delta == 0:
+            return True
+        found = self.rows.get(customer_id)
+        if found is None or found[1] + delta < 0:
+            return False
+        for e in self.ledger:  # the ledger's unique keys
+            if (order_id is not None and (e.order_id, e.kind) == (order_id, kind)) or (
+                idempotency_key is not None
+                and (e.customer_id, e.idempotency_key) == (customer_id, idempotency_key)
+            ):
+                raise DuplicateKeyError(order_id or idempotency_key)
+        self.rows[customer_id] = (found[0], found[1] + delta)
+        self.ledger.append(
+            Entry(customer_id, order_id, kind, delta, reason or kind.value.lower(), idempotency_key)
+        )
+        return True
+
+    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
+        for e in self.ledger:
+            if (e.customer_id, e.idempotency_key) == (customer_id, idempotency_key):
+                return e.delta
+        return None
+
+
+class FakeApplicationRepository(FakeRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Application] = {}
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Application | None:
+        return self.rows.get(order_id)
+
+    async def add(self, application: Application, now: int) -> None:
+        if not await self.add_if_absent(application, now):
+            raise DuplicateKeyError(application.order_id)
+
+    async def add_if_absent(self, application: Application, now: int) -> bool:
+        if application.order_id in self.rows:
+            return False
+        self.rows[application.order_id] = application
+        return True
+
+    async def move(
+        self, order_id: str, source: ApplicationState, target: ApplicationState, now: int
+    ) -> Application | None:
+        found = self.rows.get(order_id)
+        if found is None or found.state != source:
+            return None
+        self.rows[order_id] = moved = replace(found, state=target)
+        return moved
+
+
+class FakeLoyaltyStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.accounts = FakeAccountRepository()
+        self.applications = FakeApplicationRepository()
+
+    def repositories(self) -> Sequence[FakeRepository]:
+        return (self.accounts, self.applications)
+
+    def __call__(self, *, readonly: bool = False) -> FakeLoyaltyUnitOfWork:
+        return FakeLoyaltyUnitOfWork(self, readonly=readonly)
+
+
+class FakeLoyaltyUnitOfWork(FakeUnitOfWork):
+    store: FakeLoyaltyStore
+
+    @property
+    def accounts(self) -> FakeAccountRepository:
+        return self.store.accounts
+
+    @property
+    def applications(self) -> FakeApplicationRepository:
+        return self.store.applications
+
+
+# -- orders ----------------------------------------------------------------------------
+
+
+class FakeOrderRepository(FakeRepository):
+    def __init__(self) -> None:
+        self.rows: dict[str, Order] = {}
+
+    async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
+        return self.rows.get(order_id)
+
+    async def find_by_key(self, customer_id: str, idempotency_key: str) -> Order | None:
+        for order in self.rows.values():
+            if (order.customer_id, order.idempotency_key) == (customer_id, idempotency_key):
+                return order
+        return None
+
+    async def add(self, order: Order) -> bool:
+        if order.idempotency_key and await self.find_by_key(
+            order.customer_id, order.idempotency_key
+        ):
+            return False
+        if order.id in self.rows:
+            raise DuplicateKeyError(order.id)
+        self.rows[order.id] = order
+        return True
+
+    async def save(self, order: Order, read: Order) -> None:
+        stored = self.rows.get(order.id)
+        if stored is None or stored.version != read.version:
+            raise ConcurrentChangeError(f"order {order.id} changed meanwhile", order_id=order.id)
+        self.rows[order.id] = order
+
+    async def settle(self, order_id: str, owner: str, now: int) -> Order | None:
+        """The SQL fast path's cases, by the domain's rule (the two agree: integration tests)."""
+        read = self.rows.get(order_id)
+        if read is None:
+            return None
+        try:
+            settled = orders_domain.settle(read, owner, now)
+        except (InvalidStateError, LeaseHeldError):
+            return None
+        if settled is read:
+            return None
+        self.rows[order_id] = settled
+        return settled
+
+    async def page(
+        self, customer_id: str, status: str, before: tuple[int, str] | None, limit: int
+    ) -> list[Order]:
+        found = sorted(self.rows.values(), key=lambda o: (o.created_us, o.id), reverse=True)
+        return [
+            o
+            for o in found
+            if (not customer_id or o.customer_id == customer_id)
+            and (not status or o.status.value == status)
+            and (before is None or (o.created_us, o.id) < before)
+        ][:limit]
+
+    async def stale(self, now: int, limit: int) -> list[Order]:
+        found = [o for o in self.rows.values() if orders_domain.is_stale(o, now)]
+        return sorted(found, key=lambda o: o.updated_us)[:limit]
+
+
+class FakeOrdersStore(FakeStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.orders = FakeOrderRepository()
+
+    def repositories(self) -> Sequence[FakeRepository]:
+        return (self.orders,)
+
+    def __call__(self, *, readonly: bool = False) -> FakeOrdersUnitOfWork:
+        return FakeOrdersUnitOfWork(self, readonly=readonly)
+
+
+class FakeOrdersUnitOfWork(FakeUnitOfWork):
+    store: FakeOrdersStore
+
+    @property
+    def orders(self) -> FakeOrderRepository:
+        return self.store.orders
