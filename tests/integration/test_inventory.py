@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
@@ -15,9 +16,15 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from orderflow.inventory import storage
+from orderflow.errors import InvalidStateError, NotFoundError
+from orderflow.inventory import domain, storage
+from orderflow.inventory.domain import Reservation, ReservationState, StockMove
+from orderflow.inventory.service import InventoryService
+from orderflow.inventory.storage import SqlInventoryUnitOfWork
 from orderflow.inventory.v1 import inventory_pb2 as pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as pb_grpc
+from orderflow.platform.component import open_database
+from orderflow.platform.transitions import Outcome, Transition
 from tests.integration.conftest import Serve
 from tests.integration.grpc_checks import (
     STANDARD_SERVICES,
@@ -579,3 +586,54 @@ async def test_migrations_match_the_models(inv: Inventory) -> None:
     # The service is running, so its migrations have been applied.
     await create(inv.stub, "a")
     assert await schema_diff(inv.url, storage.metadata) == []
+
+
+# -- the domain's transition table, through fast path and lock, on the database -----------
+
+
+@pytest.mark.parametrize(
+    ("method", "transition"),
+    [
+        ("release", domain.RELEASE),
+        ("commit_stock", domain.COMMIT_STOCK),
+        ("return_stock", domain.RETURN_STOCK),
+    ],
+)
+async def test_each_move_does_what_the_domain_table_says_in_every_state(
+    make_db_url: Callable[[str], Awaitable[str]],
+    method: str,
+    transition: Transition[ReservationState, StockMove],
+) -> None:
+    """The one-statement fast path restates `outcome(fast_from) is MOVE` in SQL; with the
+    locked fallback it must give, from every state, what Transition.outcome says."""
+    database = await open_database(await make_db_url("inventory"), 2, "inventory", migrate=True)
+    try:
+        uow = functools.partial(SqlInventoryUnitOfWork, database)
+        service = InventoryService(uow, currency="EUR")
+        for state in [None, *ReservationState]:
+            order_id = f"o-{state}"
+            if state is not None:  # no lines: the move changes only the state
+                async with uow() as seeding:
+                    await seeding.reservations.add(Reservation(order_id, state, (), "EUR"), 1)
+                    await seeding.commit()
+            outcome = transition.outcome(state)
+            if outcome is Outcome.INVALID:
+                with pytest.raises(InvalidStateError):
+                    await getattr(service, method)(order_id)
+            elif outcome is Outcome.MISSING:
+                with pytest.raises(NotFoundError):
+                    await getattr(service, method)(order_id)
+            else:
+                expected = state if outcome is Outcome.DONE else transition.target
+                assert await getattr(service, method)(order_id) == expected, state
+            async with uow(readonly=True) as reading:
+                stored = await reading.reservations.get(order_id)
+            assert (stored and stored.state) == {
+                Outcome.MOVE: transition.target,
+                Outcome.TOMBSTONE: transition.target,
+                Outcome.DONE: state,
+                Outcome.INVALID: state,
+                Outcome.MISSING: None,
+            }[outcome], state
+    finally:
+        await database.dispose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -14,9 +15,15 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from orderflow.loyalty import storage
+from orderflow.errors import InvalidStateError, NotFoundError
+from orderflow.loyalty import domain, storage
+from orderflow.loyalty.domain import ApplicationState, Entries, Tiers
+from orderflow.loyalty.service import LoyaltyService
+from orderflow.loyalty.storage import SqlLoyaltyUnitOfWork
 from orderflow.loyalty.v1 import loyalty_pb2 as pb
 from orderflow.loyalty.v1 import loyalty_pb2_grpc as pb_grpc
+from orderflow.platform.component import open_database
+from orderflow.platform.transitions import Outcome, Transition
 from tests.integration.conftest import Serve
 from tests.integration.grpc_checks import (
     STANDARD_SERVICES,
@@ -661,3 +668,55 @@ async def test_reflection(loyalty: Loyalty) -> None:
 
 async def test_migrations_match_models(loyalty: Loyalty) -> None:
     assert await schema_diff(loyalty.url, storage.metadata) == []
+
+
+# -- the domain's transition table, through fast path and lock, on the database -----------
+
+
+@pytest.mark.parametrize(
+    ("method", "transition"),
+    [
+        ("void_discount", domain.VOID_DISCOUNT),
+        ("commit_discount", domain.COMMIT_DISCOUNT),
+        ("refund_discount", domain.REFUND_DISCOUNT),
+    ],
+)
+async def test_each_move_does_what_the_domain_table_says_in_every_state(
+    make_db_url: Callable[[str], Awaitable[str]],
+    method: str,
+    transition: Transition[ApplicationState, Entries],
+) -> None:
+    """The one-statement fast path restates `outcome(fast_from) is MOVE` in SQL; with the
+    locked fallback it must give, from every state, what Transition.outcome says."""
+    database = await open_database(await make_db_url("loyalty"), 2, "loyalty", migrate=True)
+    try:
+        uow = functools.partial(SqlLoyaltyUnitOfWork, database)
+        service = LoyaltyService(uow, tiers=Tiers({"basic": 0}, "basic"), minor_units=100)
+        for state in [None, *ApplicationState]:
+            order_id = f"o-{state}"
+            if state is not None:  # no points: the move changes only the state
+                async with uow() as seeding:
+                    await seeding.applications.add(domain.tombstone(order_id, state), 1)
+                    await seeding.commit()
+            outcome = transition.outcome(state)
+            if outcome is Outcome.INVALID:
+                with pytest.raises(InvalidStateError):
+                    await getattr(service, method)(order_id)
+            elif outcome is Outcome.MISSING:
+                with pytest.raises(NotFoundError):
+                    await getattr(service, method)(order_id)
+            else:
+                result = await getattr(service, method)(order_id)
+                got = result[0] if isinstance(result, tuple) else result
+                assert got == (state if outcome is Outcome.DONE else transition.target), state
+            async with uow(readonly=True) as reading:
+                stored = await reading.applications.get(order_id)
+            assert (stored and stored.state) == {
+                Outcome.MOVE: transition.target,
+                Outcome.TOMBSTONE: transition.target,
+                Outcome.DONE: state,
+                Outcome.INVALID: state,
+                Outcome.MISSING: None,
+            }[outcome], state
+    finally:
+        await database.dispose()

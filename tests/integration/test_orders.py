@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import functools
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,9 +13,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from orderflow.orders import storage
+from orderflow.errors import OrderflowError
+from orderflow.orders import domain, storage
+from orderflow.orders.storage import SqlOrdersUnitOfWork
 from orderflow.orders.v1 import orders_pb2 as pb
 from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
+from orderflow.platform.component import open_database
 from orderflow.validation import encode_cursor
 from tests.integration.conftest import Serve
 from tests.integration.grpc_checks import (
@@ -852,3 +857,100 @@ async def test_migrations_match_the_models(orders: Orders) -> None:
     # The service is running, so its migrations have been applied.
     await orders.create()
     assert await schema_diff(orders.url, storage.metadata) == []
+
+
+# -- SQL that restates a domain rule agrees with it in every case -------------------------
+
+NOW_US = 2_000_000_000
+# (lease_owner, lease_expires_us) around NOW_US, seen by OWNER: held by OWNER, held by
+# OTHER, ran out exactly now, long gone, none, none with a leftover expiry.
+LEASES = [
+    (OWNER, NOW_US + 1),
+    (OTHER, NOW_US + 1),
+    (OTHER, NOW_US),
+    (OTHER, 1),
+    ("", 0),
+    ("", NOW_US + 1),
+]
+
+
+def every_order() -> list[domain.Order]:
+    """One order per status x settled x lease (LEASES)."""
+    made = []
+    for n, (status, settled, (owner, expires)) in enumerate(
+        itertools.product(domain.OrderStatus, (False, True), LEASES)
+    ):
+        made.append(
+            domain.Order(
+                id=f"o-{n}",
+                customer_id="c-1",
+                status=status,
+                lines=(domain.OrderLine("a", 1, 100),),
+                currency="EUR",
+                subtotal=100,
+                discount=0,
+                redeem_points=0,
+                points_redeemed=0,
+                total=100,
+                points_earned=1,
+                failure=None,
+                idempotency_key="",
+                request_fingerprint="fp",
+                settled=settled,
+                cancel_requested=False,
+                lease_owner=owner,
+                lease_expires_us=expires,
+                created_us=n,
+                updated_us=n,
+                version=1,
+            )
+        )
+    return made
+
+
+@pytest.fixture
+async def seeded(
+    make_db_url: Callable[[str], Awaitable[str]],
+) -> AsyncIterator[tuple[Callable[..., SqlOrdersUnitOfWork], list[domain.Order]]]:
+    database = await open_database(await make_db_url("orders"), 2, "orders", migrate=True)
+    uow = functools.partial(SqlOrdersUnitOfWork, database)
+    made = every_order()
+    async with uow() as seeding:
+        for order in made:
+            assert await seeding.orders.add(order)
+        await seeding.commit()
+    yield uow, made
+    await database.dispose()
+
+
+def domain_settles(order: domain.Order) -> domain.Order | None:
+    """What domain.settle makes of order for OWNER at NOW_US, if it changes it."""
+    try:
+        settled = domain.settle(order, OWNER, NOW_US)
+    except OrderflowError:
+        return None
+    return None if settled is order else settled
+
+
+async def test_the_settle_statement_agrees_with_domain_settle(
+    seeded: tuple[Callable[..., SqlOrdersUnitOfWork], list[domain.Order]],
+) -> None:
+    """SqlOrderRepository.settle (the fast path) restates domain.settle: it must settle
+    exactly the orders the domain would, into the same order."""
+    uow, made = seeded
+    assert any(map(domain_settles, made)) and not all(map(domain_settles, made))
+    async with uow() as work:
+        for order in made:
+            assert await work.orders.settle(order.id, OWNER, NOW_US) == domain_settles(order), order
+
+
+async def test_the_stale_query_agrees_with_domain_is_stale(
+    seeded: tuple[Callable[..., SqlOrdersUnitOfWork], list[domain.Order]],
+) -> None:
+    """SqlOrderRepository.stale restates domain.is_stale: it must find exactly those."""
+    uow, made = seeded
+    async with uow() as work:
+        found = await work.orders.stale(NOW_US, len(made))
+    assert sorted(o.id for o in found) == sorted(o.id for o in made if domain.is_stale(o, NOW_US))
+    assert any(domain.is_stale(o, NOW_US) for o in made)
+    assert not all(domain.is_stale(o, NOW_US) for o in made)

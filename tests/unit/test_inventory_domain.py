@@ -8,6 +8,7 @@ from orderflow import validation
 from orderflow.errors import InvalidArgumentError, UnknownSkuError
 from orderflow.inventory import domain
 from orderflow.inventory.domain import ItemChange, NewItem, ReservationState
+from orderflow.platform.transitions import Outcome, Transition
 from orderflow.validation import (
     MAX_CURSOR,
     MAX_ID,
@@ -243,3 +244,46 @@ def test_bad_cursor_is_refused(cursor: str) -> None:
     with pytest.raises(InvalidArgumentError, match="cursor is not valid") as info:
         validation.decode_cursor(cursor)
     assert info.value.details == {"field": "cursor"}
+
+
+# -- the reservation state machine --------------------------------------------------------
+
+_ = None  # no reservation yet
+M, D, X = Outcome.MOVE, Outcome.DONE, Outcome.INVALID
+
+
+@pytest.mark.parametrize(
+    ("transition", "expected"),
+    [
+        # state:       none               RESERVED  RELEASED  COMMITTED  RETURNED
+        (domain.RELEASE, [Outcome.TOMBSTONE, M, D, X, D]),
+        (domain.COMMIT_STOCK, [Outcome.MISSING, M, X, D, X]),
+        (domain.RETURN_STOCK, [Outcome.TOMBSTONE, M, D, M, D]),
+    ],
+)
+def test_the_transition_table(
+    transition: Transition[ReservationState, domain.StockMove], expected: list[Outcome]
+) -> None:
+    states = [_, *ReservationState]
+    assert [transition.outcome(s) for s in states] == expected
+    assert transition.fast_from == ReservationState.RESERVED
+
+
+def test_each_move_names_the_counters_its_stock_moves_between() -> None:
+    S = ReservationState
+    assert domain.RELEASE.moves == {S.RESERVED: ("reserved", "available")}
+    assert domain.COMMIT_STOCK.moves == {S.RESERVED: ("reserved", "sold")}
+    assert domain.RETURN_STOCK.moves == {
+        S.RESERVED: ("reserved", "available"),
+        S.COMMITTED: ("sold", "available"),
+    }
+
+
+def test_a_transition_table_refuses_contradictions() -> None:
+    S = ReservationState
+    with pytest.raises(ValueError):
+        Transition(S.RELEASED, {S.RESERVED: "x"}, frozenset({S.RESERVED}), tombstone=True)
+    with pytest.raises(ValueError):
+        Transition(
+            S.RELEASED, {S.RESERVED: "x"}, frozenset(), tombstone=True, fast_from=S.COMMITTED
+        )

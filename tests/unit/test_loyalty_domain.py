@@ -6,7 +6,8 @@ import pytest
 
 from orderflow.errors import InvalidArgumentError
 from orderflow.loyalty import domain
-from orderflow.loyalty.domain import ApplicationState, Tiers
+from orderflow.loyalty.domain import ApplicationState, EntryKind, Tiers
+from orderflow.platform.transitions import Outcome, Transition
 from orderflow.validation import MAX_MONEY
 
 TIERS = {"standard": 0, "silver": 5, "gold": 10}
@@ -213,3 +214,39 @@ def test_adjustment_rejects(
 )
 def test_compensated(state: ApplicationState, compensated: bool) -> None:
     assert state.compensated is compensated
+
+
+# -- the application state machine --------------------------------------------------------
+
+M, D, X = Outcome.MOVE, Outcome.DONE, Outcome.INVALID
+
+
+@pytest.mark.parametrize(
+    ("transition", "expected"),
+    [
+        # state:            none               APPLIED  CANCELLED  COMMITTED  REFUNDED
+        (domain.VOID_DISCOUNT, [Outcome.TOMBSTONE, M, D, X, D]),
+        (domain.COMMIT_DISCOUNT, [Outcome.MISSING, M, X, D, X]),
+        (domain.REFUND_DISCOUNT, [Outcome.TOMBSTONE, M, D, M, D]),
+    ],
+)
+def test_the_transition_table(
+    transition: Transition[ApplicationState, domain.Entries], expected: list[Outcome]
+) -> None:
+    assert [transition.outcome(s) for s in [None, *ApplicationState]] == expected
+    assert transition.fast_from == ApplicationState.APPLIED
+
+
+def test_each_move_books_its_ledger_entries_with_these_deltas() -> None:
+    S, K = ApplicationState, EntryKind
+    assert domain.VOID_DISCOUNT.moves == {S.APPLIED: (K.REFUND_REDEEM,)}
+    assert domain.COMMIT_DISCOUNT.moves == {S.APPLIED: (K.EARN,)}
+    assert domain.REFUND_DISCOUNT.moves == {
+        S.APPLIED: (K.REFUND_REDEEM,),
+        S.COMMITTED: (K.REFUND_REDEEM, K.REVOKE_EARN),
+    }
+    app = domain.price_order("o-1", "c-1", "gold", 20, 10_000, 500, 100)  # 7500 paid, 75 earned
+    deltas = {k: domain.entry_delta(app, k) for k in (*K,) if k is not K.ADJUST}
+    assert deltas == {K.REDEEM: -500, K.REFUND_REDEEM: 500, K.EARN: 75, K.REVOKE_EARN: -75}
+    with pytest.raises(ValueError):
+        domain.entry_delta(app, K.ADJUST)
