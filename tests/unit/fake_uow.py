@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
@@ -24,7 +24,7 @@ from orderflow.inventory.domain import (
     ReservationState,
     ReservedLine,
 )
-from orderflow.loyalty.domain import Application, ApplicationState, EntryKind
+from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
 from orderflow.orders import domain as orders_domain
 from orderflow.orders.domain import Order
 
@@ -200,20 +200,10 @@ class FakeInventoryUnitOfWork(FakeUnitOfWork):
 # -- loyalty ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Entry:
-    customer_id: str
-    order_id: str | None
-    kind: EntryKind
-    delta: int
-    reason: str
-    idempotency_key: str | None
-
-
 class FakeAccountRepository(FakeRepository):
     def __init__(self) -> None:
         self.rows: dict[str, tuple[str, int]] = {}  # customer -> (tier, points)
-        self.ledger: list[Entry] = []
+        self.ledger: list[LedgerEntry] = []
 
     async def get(self, customer_id: str) -> tuple[str, int] | None:
         return self.rows.get(customer_id)
@@ -225,32 +215,22 @@ class FakeAccountRepository(FakeRepository):
         if customer_id in self.rows:
             self.rows[customer_id] = (tier, self.rows[customer_id][1])
 
-    async def add_points(
-        self,
-        customer_id: str,
-        delta: int,
-        kind: EntryKind,
-        now: int,
-        *,
-        order_id: str | None = None,
-        reason: str = "",
-        idempotency_key: str | None = None,
-    ) -> bool:
-        if delta == 0:
+    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
+        if entry.delta == 0:
             return True
-        found = self.rows.get(customer_id)
-        if found is None or found[1] + delta < 0:
+        found = self.rows.get(entry.customer_id)
+        if found is None or found[1] + entry.delta < 0:
             return False
         for e in self.ledger:  # the ledger's unique keys
-            if (order_id is not None and (e.order_id, e.kind) == (order_id, kind)) or (
-                idempotency_key is not None
-                and (e.customer_id, e.idempotency_key) == (customer_id, idempotency_key)
+            if (
+                entry.order_id is not None and (e.order_id, e.kind) == (entry.order_id, entry.kind)
+            ) or (
+                entry.idempotency_key is not None
+                and (e.customer_id, e.idempotency_key) == (entry.customer_id, entry.idempotency_key)
             ):
-                raise DuplicateKeyError(order_id or idempotency_key)
-        self.rows[customer_id] = (found[0], found[1] + delta)
-        self.ledger.append(
-            Entry(customer_id, order_id, kind, delta, reason or kind.value.lower(), idempotency_key)
-        )
+                raise DuplicateKeyError(entry)
+        self.rows[entry.customer_id] = (found[0], found[1] + entry.delta)
+        self.ledger.append(entry)
         return True
 
     async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:

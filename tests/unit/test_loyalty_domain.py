@@ -246,7 +246,8 @@ def test_each_move_books_its_ledger_entries_with_these_deltas() -> None:
         S.COMMITTED: (K.REFUND_REDEEM, K.REVOKE_EARN),
     }
     app = domain.price_order("o-1", "c-1", "gold", 20, 10_000, 500, 100)  # 7500 paid, 75 earned
-    deltas = {k: domain.entry_delta(app, k) for k in (*K,) if k is not K.ADJUST}
+    deltas = {k: domain.order_entry(app, k).delta for k in (*K,) if k is not K.ADJUST}
     assert deltas == {K.REDEEM: -500, K.REFUND_REDEEM: 500, K.EARN: 75, K.REVOKE_EARN: -75}
+    assert domain.order_entry(app, K.EARN) == domain.LedgerEntry("c-1", 75, K.EARN, "o-1")
     with pytest.raises(ValueError):
-        domain.entry_delta(app, K.ADJUST)
+        domain.order_entry(app, K.ADJUST)

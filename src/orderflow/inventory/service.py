@@ -18,17 +18,9 @@ from orderflow.errors import (
     UnknownSkuError,
 )
 from orderflow.inventory import domain
-from orderflow.inventory.domain import (
-    Item,
-    ItemChange,
-    NewItem,
-    Reservation,
-    ReservationState,
-    ReservedLine,
-    StockMove,
-)
+from orderflow.inventory.domain import Item, Reservation, ReservationState, ReservedLine, StockMove
 from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
-from orderflow.platform.transitions import Transition, TransitionRunner
+from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 50
@@ -39,13 +31,13 @@ T = TypeVar("T")
 class ItemRepository(Protocol):
     async def get(self, sku: str) -> Item | None: ...
 
-    async def add(self, new: NewItem, currency: str, now: int) -> None: ...
+    async def add(self, new: domain.NewItem, currency: str, now: int) -> None: ...
 
     async def page(self, after: str, limit: int) -> list[Item]:
         """Up to limit items in sku order, strictly after `after`."""
         ...
 
-    async def change(self, change: ItemChange, now: int) -> bool:
+    async def change(self, change: domain.ItemChange, now: int) -> bool:
         """Apply change; False if there is no such item."""
         ...
 
@@ -62,22 +54,8 @@ class ItemRepository(Protocol):
         ...
 
 
-class ReservationRepository(Protocol):
-    async def get(self, order_id: str, *, lock: bool = False) -> Reservation | None: ...
-
-    async def add(self, reservation: Reservation, now: int) -> None:
-        """Insert; an existing reservation of the order fails the transaction (it is retried)."""
-        ...
-
-    async def add_if_absent(self, reservation: Reservation, now: int) -> bool:
-        """Insert; False (nothing inserted) if the order already has a reservation."""
-        ...
-
-    async def move(
-        self, order_id: str, source: ReservationState, target: ReservationState, now: int
-    ) -> Reservation | None:
-        """source -> target in one statement; None (nothing changed) if it was not in source."""
-        ...
+# Reservations: one per order, moved between states by conditional statements.
+ReservationRepository = StateRecords[ReservationState, Reservation]
 
 
 class InventoryUnitOfWork(Transactional, Protocol):

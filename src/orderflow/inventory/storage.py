@@ -33,7 +33,7 @@ from orderflow.inventory.domain import (
     ReservationState,
     ReservedLine,
 )
-from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
+from orderflow.platform.db import SqlRepository, UnitOfWork
 
 metadata = MetaData()
 
@@ -128,13 +128,10 @@ def _lines(raw: list[dict[str, Any]]) -> tuple[ReservedLine, ...]:
     return tuple(ReservedLine(**x) for x in raw)
 
 
-class SqlItemRepository:
+class SqlItemRepository(SqlRepository):
     """Items and their stock counters."""
 
-    __slots__ = ("connection",)
-
-    def __init__(self, connection: UnitOfWorkConnection) -> None:
-        self.connection = connection
+    __slots__ = ()
 
     async def get(self, sku: str) -> Item | None:
         row = (await self.connection.execute(_GET_ITEM, {"_sku": sku})).first()
@@ -206,14 +203,10 @@ class SqlItemRepository:
                 )
 
 
-class SqlReservationRepository:
+class SqlReservationRepository(SqlRepository):
     """Reservations: one per order, moved between states by conditional UPDATEs."""
 
-    __slots__ = ("connection", "database")
-
-    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
-        self.connection = connection
-        self.database = database
+    __slots__ = ()
 
     async def get(self, order_id: str, *, lock: bool = False) -> Reservation | None:
         query = _LOCK_RESERVATION if lock else _GET_RESERVATION
@@ -270,5 +263,5 @@ class SqlInventoryUnitOfWork(UnitOfWork):
     reservations: SqlReservationRepository
 
     def _attach(self) -> None:
-        self.items = SqlItemRepository(self.connection)
+        self.items = SqlItemRepository(self.connection, self.database)
         self.reservations = SqlReservationRepository(self.connection, self.database)

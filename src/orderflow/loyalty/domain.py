@@ -4,7 +4,7 @@ An account's points equal the sum of its ledger entries and are never negative. 
 application belongs to one order and moves APPLIED -> COMMITTED or CANCELLED, and
 APPLIED or COMMITTED -> REFUNDED; CANCELLED and REFUNDED are final (tombstones). The
 transition tables below are the whole state machine; each move names the ledger entries
-it books (`entry_delta` says how many points each one is).
+it books (`order_entry` says how many points each one is).
 """
 
 from __future__ import annotations
@@ -96,17 +96,31 @@ class Application:
     points_earned: int
 
 
-def entry_delta(application: Application, kind: EntryKind) -> int:
-    """The points an order's ledger entry of kind moves (negative: taken from the account)."""
+@dataclass(frozen=True)
+class LedgerEntry:
+    """A change of delta points to a customer's balance, and why: one row of the ledger."""
+
+    customer_id: str
+    delta: int
+    kind: EntryKind
+    order_id: str | None = None
+    reason: str = ""
+    idempotency_key: str | None = None
+
+
+def order_entry(application: Application, kind: EntryKind) -> LedgerEntry:
+    """The ledger entry of kind that an order's application books (negative: points taken)."""
     if kind is EntryKind.REDEEM:
-        return -application.points_redeemed
-    if kind is EntryKind.REFUND_REDEEM:
-        return application.points_redeemed
-    if kind is EntryKind.EARN:
-        return application.points_earned
-    if kind is EntryKind.REVOKE_EARN:
-        return -application.points_earned
-    raise ValueError(f"{kind} is not an entry of an order")
+        delta = -application.points_redeemed
+    elif kind is EntryKind.REFUND_REDEEM:
+        delta = application.points_redeemed
+    elif kind is EntryKind.EARN:
+        delta = application.points_earned
+    elif kind is EntryKind.REVOKE_EARN:
+        delta = -application.points_earned
+    else:
+        raise ValueError(f"{kind} is not an entry of an order")
+    return LedgerEntry(application.customer_id, delta, kind, order_id=application.order_id)
 
 
 def tombstone(order_id: str, state: ApplicationState) -> Application:

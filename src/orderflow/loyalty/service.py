@@ -25,10 +25,11 @@ from orderflow.loyalty.domain import (
     ApplicationState,
     Entries,
     EntryKind,
+    LedgerEntry,
     Tiers,
 )
 from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
-from orderflow.platform.transitions import Transition, TransitionRunner
+from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
 from orderflow.validation import check_id
 
 T = TypeVar("T")
@@ -45,19 +46,9 @@ class AccountRepository(Protocol):
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None: ...
 
-    async def add_points(
-        self,
-        customer_id: str,
-        delta: int,
-        kind: EntryKind,
-        now: int,
-        *,
-        order_id: str | None = None,
-        reason: str = "",
-        idempotency_key: str | None = None,
-    ) -> bool:
-        """Change the balance by delta with its ledger entry; False (nothing done) if it would
-        go negative. A zero delta records nothing."""
+    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
+        """Change the balance by entry.delta and book the entry; False (nothing done) if the
+        balance would go negative. A zero delta books nothing."""
         ...
 
     async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
@@ -65,22 +56,8 @@ class AccountRepository(Protocol):
         ...
 
 
-class ApplicationRepository(Protocol):
-    async def get(self, order_id: str, *, lock: bool = False) -> Application | None: ...
-
-    async def add(self, application: Application, now: int) -> None:
-        """Insert; an existing application of the order fails the transaction (it is retried)."""
-        ...
-
-    async def add_if_absent(self, application: Application, now: int) -> bool:
-        """Insert; False (nothing inserted) if the order already has an application."""
-        ...
-
-    async def move(
-        self, order_id: str, source: ApplicationState, target: ApplicationState, now: int
-    ) -> Application | None:
-        """source -> target in one statement; None (nothing changed) if it was not in source."""
-        ...
+# Per-order applications: one per order, moved between states by conditional statements.
+ApplicationRepository = StateRecords[ApplicationState, Application]
 
 
 class LoyaltyUnitOfWork(Transactional, Protocol):
@@ -165,14 +142,14 @@ class LoyaltyService:
                         )
                     return await self._account(uow, adj.customer_id)
             await uow.accounts.ensure(adj.customer_id, self.tiers.default, now)
-            done = await uow.accounts.add_points(
+            entry = LedgerEntry(
                 adj.customer_id,
                 adj.delta,
                 EntryKind.ADJUST,
-                now,
                 reason=adj.reason,
                 idempotency_key=adj.idempotency_key or None,
             )
+            done = await uow.accounts.add_points(entry, now)
             if not done:
                 account = await self._account(uow, adj.customer_id)
                 raise NegativeBalanceError(
@@ -210,13 +187,8 @@ class LoyaltyService:
             )
             if not await uow.applications.add_if_absent(application, now):
                 raise Rollback  # applied before: roll back, return the first result below
-            redeemed = await uow.accounts.add_points(
-                req.customer_id,
-                domain.entry_delta(application, EntryKind.REDEEM),
-                EntryKind.REDEEM,
-                now,
-                order_id=req.order_id,
-            )
+            redeem = domain.order_entry(application, EntryKind.REDEEM)
+            redeemed = await uow.accounts.add_points(redeem, now)
             if not redeemed:
                 available = (await self._account(uow, req.customer_id)).points
                 raise InsufficientPointsError(
@@ -269,11 +241,8 @@ class LoyaltyService:
     async def _book(uow: LoyaltyUnitOfWork, app: Application, entries: Entries, now: int) -> None:
         """Book the ledger entries of a move of app."""
         for kind in entries:
-            delta = domain.entry_delta(app, kind)
-            done = await uow.accounts.add_points(
-                app.customer_id, delta, kind, now, order_id=app.order_id
-            )
-            if not done and delta < 0:
+            entry = domain.order_entry(app, kind)
+            if not await uow.accounts.add_points(entry, now) and entry.delta < 0:
                 raise NotCancellableError(
                     f"the {app.points_earned} points earned by order {app.order_id} were "
                     "already spent, so the order cannot be cancelled",

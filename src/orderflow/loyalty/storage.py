@@ -24,8 +24,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
-from orderflow.loyalty.domain import Application, ApplicationState, EntryKind
-from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
+from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
+from orderflow.platform.db import SqlRepository, UnitOfWork
 
 metadata = MetaData()
 
@@ -111,14 +111,10 @@ _MOVE_APPLICATION = (
 )
 
 
-class SqlAccountRepository:
+class SqlAccountRepository(SqlRepository):
     """Accounts and their ledger: a balance changes only with its ledger entry."""
 
-    __slots__ = ("connection", "database")
-
-    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
-        self.connection = connection
-        self.database = database
+    __slots__ = ()
 
     async def get(self, customer_id: str) -> tuple[str, int] | None:
         """(tier, points) of the customer's account, or None."""
@@ -145,35 +141,25 @@ class SqlAccountRepository:
             .values(tier=tier, updated_us=now)
         )
 
-    async def add_points(
-        self,
-        customer_id: str,
-        delta: int,
-        kind: EntryKind,
-        now: int,
-        *,
-        order_id: str | None = None,
-        reason: str = "",
-        idempotency_key: str | None = None,
-    ) -> bool:
-        """Change the balance by delta with its ledger entry; False (nothing done) if it would
-        go negative. A zero delta records nothing."""
-        if delta == 0:
+    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
+        """Change the balance by entry.delta and book the entry; False (nothing done) if the
+        balance would go negative. A zero delta books nothing."""
+        if entry.delta == 0:
             return True
         result = await self.connection.execute(
-            _ADD_POINTS, {"_customer_id": customer_id, "_delta": delta, "_now": now}
+            _ADD_POINTS, {"_customer_id": entry.customer_id, "_delta": entry.delta, "_now": now}
         )
         if result.rowcount != 1:
             return False
         await self.connection.execute(
             _ADD_ENTRY,
             {
-                "customer_id": customer_id,
-                "order_id": order_id,
-                "kind": kind.value,
-                "delta": delta,
-                "reason": reason or kind.value.lower(),
-                "idempotency_key": idempotency_key,
+                "customer_id": entry.customer_id,
+                "order_id": entry.order_id,
+                "kind": entry.kind.value,
+                "delta": entry.delta,
+                "reason": entry.reason or entry.kind.value.lower(),
+                "idempotency_key": entry.idempotency_key,
                 "created_us": now,
             },
         )
@@ -192,14 +178,10 @@ class SqlAccountRepository:
         return None if row is None else int(row.delta)
 
 
-class SqlApplicationRepository:
+class SqlApplicationRepository(SqlRepository):
     """Per-order applications: one per order, moved between states by conditional UPDATEs."""
 
-    __slots__ = ("connection", "database")
-
-    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
-        self.connection = connection
-        self.database = database
+    __slots__ = ()
 
     async def get(self, order_id: str, *, lock: bool = False) -> Application | None:
         query = _LOCK_APPLICATION if lock else _GET_APPLICATION

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Row
 
 from orderflow.errors import ConcurrentChangeError
 from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus
-from orderflow.platform.db import Database, UnitOfWork, UnitOfWorkConnection
+from orderflow.platform.db import SqlRepository, UnitOfWork
 
 metadata = MetaData()
 
@@ -128,14 +128,10 @@ _SETTLE = (
 )
 
 
-class SqlOrderRepository:
+class SqlOrderRepository(SqlRepository):
     """Orders, written back as a compare-and-set on the version they were read at."""
 
-    __slots__ = ("connection", "database")
-
-    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
-        self.connection = connection
-        self.database = database
+    __slots__ = ()
 
     async def get(self, order_id: str, *, lock: bool = False) -> Order | None:
         row = (await self.connection.execute(_LOCK if lock else _GET, {"_id": order_id})).first()

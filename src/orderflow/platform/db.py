@@ -375,6 +375,17 @@ class UnitOfWorkFactory(Protocol[U_co]):
     def __call__(self, *, readonly: bool = False) -> U_co: ...
 
 
+class SqlRepository:
+    """Base of the services' Sql...Repository classes: the unit of work's connection, and
+    the database for the statements it builds per dialect (`insert_ignore`)."""
+
+    __slots__ = ("connection", "database")
+
+    def __init__(self, connection: UnitOfWorkConnection, database: Database) -> None:
+        self.connection = connection
+        self.database = database
+
+
 class UnitOfWork:
     """One SQL transaction: `async with uow:` rolls back unless `await uow.commit()` ran.
 

@@ -75,12 +75,17 @@ class Stateful(Protocol):
 
 
 class StateRecords(Protocol[S_contra, R]):
-    """What the runner needs of a repository, inside one unit of work."""
+    """A repository of per-order records with a state, as the runner and services use it
+    inside one unit of work."""
 
     async def get(self, order_id: str, *, lock: bool = False) -> R | None: ...
 
     async def add(self, record: R, now: int) -> None:
         """Insert record; an existing one for its order fails the transaction (it is retried)."""
+        ...
+
+    async def add_if_absent(self, record: R, now: int) -> bool:
+        """Insert record; False (nothing inserted) if its order already has one."""
         ...
 
     async def move(self, order_id: str, source: S_contra, target: S_contra, now: int) -> R | None:
@@ -98,8 +103,9 @@ class Transact(Protocol[U_co]):
 class TransitionRunner(Generic[U, S, E, R]):
     """Applies a service's transitions to its records, the same way for every service.
 
-    records(uow) is the repository; effect(uow, record, effect, now) makes what else a move
-    changes (stock, points); tombstone(order_id, state) is the record left when there was none.
+    records(uow) is the repository; effect(uow, moved, what, now) makes the rest of a move
+    (`what` is the table's entry for the state it left: stock counters, ledger entries);
+    tombstone(order_id, state) is the record left when there was none.
     """
 
     def __init__(
@@ -147,7 +153,7 @@ class TransitionRunner(Generic[U, S, E, R]):
         record = await records.get(order_id, lock=True)
         state: S | None = None if record is None else record.state
         outcome = transition.outcome(state)
-        if outcome is Outcome.DONE and record is not None:
+        if outcome is Outcome.DONE and record is not None:  # (`and`: for the type checker)
             return record
         if outcome is Outcome.TOMBSTONE:
             tombstone = self._tombstone(order_id, transition.target)
