@@ -100,30 +100,22 @@ class Transact(Protocol[U_co]):
     def __call__(self, work: Callable[[U_co], Awaitable[T]], /) -> Awaitable[T]: ...
 
 
+@dataclass(frozen=True, kw_only=True)
 class TransitionRunner(Generic[U, S, E, R]):
     """Applies a service's transitions to its records, the same way for every service.
 
     records(uow) is the repository; effect(uow, moved, what, now) makes the rest of a move
     (`what` is the table's entry for the state it left: stock counters, ledger entries);
-    tombstone(order_id, state) is the record left when there was none.
+    tombstone(order_id, state) is the record left when there was none; noun names the
+    record in error messages.
     """
 
-    def __init__(
-        self,
-        *,
-        transact: Transact[U],
-        records: Callable[[U], StateRecords[S, R]],
-        effect: Callable[[U, R, E, int], Awaitable[None]],
-        tombstone: Callable[[str, S], R],
-        clock: Callable[[], int],
-        noun: str,
-    ) -> None:
-        self._transact = transact
-        self._records = records
-        self._effect = effect
-        self._tombstone = tombstone
-        self._now = clock
-        self._noun = noun
+    transact: Transact[U]
+    records: Callable[[U], StateRecords[S, R]]
+    effect: Callable[[U, R, E, int], Awaitable[None]]
+    tombstone: Callable[[str, S], R]
+    clock: Callable[[], int]
+    noun: str
 
     async def apply(self, transition: Transition[S, E], order_id: str) -> R:
         """Move the order's record by transition; its record afterwards."""
@@ -131,39 +123,39 @@ class TransitionRunner(Generic[U, S, E, R]):
         if source is not None:
             # The usual case in one statement: source -> target, then its effect.
             async def fast(uow: U) -> R | None:
-                now = self._now()
-                moved = await self._records(uow).move(order_id, source, transition.target, now)
+                now = self.clock()
+                moved = await self.records(uow).move(order_id, source, transition.target, now)
                 if moved is not None:
-                    await self._effect(uow, moved, transition.moves[source], now)
+                    await self.effect(uow, moved, transition.moves[source], now)
                 return moved
 
-            moved = await self._transact(fast)
+            moved = await self.transact(fast)
             if moved is not None:
                 return moved
 
         async def locked(uow: U) -> R:
             return await self._decide(uow, transition, order_id)
 
-        return await self._transact(locked)
+        return await self.transact(locked)
 
     async def _decide(self, uow: U, transition: Transition[S, E], order_id: str) -> R:
         """Lock the record and apply the domain's rule to the state it is in."""
-        now = self._now()
-        records = self._records(uow)
+        now = self.clock()
+        records = self.records(uow)
         record = await records.get(order_id, lock=True)
         state: S | None = None if record is None else record.state
         outcome = transition.outcome(state)
         if outcome is Outcome.DONE and record is not None:  # (`and`: for the type checker)
             return record
         if outcome is Outcome.TOMBSTONE:
-            tombstone = self._tombstone(order_id, transition.target)
+            tombstone = self.tombstone(order_id, transition.target)
             await records.add(tombstone, now)
             return tombstone
         if outcome is Outcome.MISSING:
-            raise NotFoundError(f"order {order_id} has no {self._noun}", order_id=order_id)
+            raise NotFoundError(f"order {order_id} has no {self.noun}", order_id=order_id)
         if outcome is Outcome.INVALID or state is None:
             raise InvalidStateError(
-                f"the {self._noun} of order {order_id} is {_name(state)}; "
+                f"the {self.noun} of order {order_id} is {_name(state)}; "
                 f"it cannot become {_name(transition.target)}",
                 order_id=order_id,
                 state=_name(state),
@@ -171,9 +163,9 @@ class TransitionRunner(Generic[U, S, E, R]):
         moved = await records.move(order_id, state, transition.target, now)
         if moved is None:  # the row is locked: only a writer outside orderflow gets here
             raise ConcurrentChangeError(
-                f"the {self._noun} of order {order_id} changed meanwhile", order_id=order_id
+                f"the {self.noun} of order {order_id} changed meanwhile", order_id=order_id
             )
-        await self._effect(uow, moved, transition.moves[state], now)
+        await self.effect(uow, moved, transition.moves[state], now)
         return moved
 
 
