@@ -138,12 +138,12 @@ class Orders:
         request = pb.ClaimStaleOrdersRequest(lease_owner=owner, lease_seconds=lease, limit=limit)
         return list((await self.stub.ClaimStaleOrders(request, timeout=T)).orders)
 
-    async def list(self, **kwargs: Any) -> pb.ListOrdersResponse:
+    async def list_orders(self, **kwargs: Any) -> pb.ListOrdersResponse:
         return await self.stub.ListOrders(pb.ListOrdersRequest(**kwargs), timeout=T)
 
     async def snapshot(self) -> list[pb.Order]:
         """Every order (to show that a refused call changed nothing)."""
-        return list((await self.list(limit=100)).orders)
+        return list((await self.list_orders(limit=100)).orders)
 
 
 @pytest.fixture
@@ -192,7 +192,7 @@ async def test_create_with_the_same_key_three_times_makes_one_order(orders: Orde
     responses = [await orders.stub.CreateOrder(request, timeout=T) for _ in range(3)]
     assert [r.created for r in responses] == [True, False, False]
     assert responses[0].order == responses[1].order == responses[2].order
-    listed = (await orders.list(customer_id="c-1")).orders
+    listed = (await orders.list_orders(customer_id="c-1")).orders
     assert [o.id for o in listed] == [responses[0].order.id]
 
 
@@ -245,16 +245,16 @@ async def test_list_newest_first_with_filters(orders: Orders) -> None:
     b1 = await orders.create(customer="c-b")
     a2 = await orders.create(customer="c-a")
     await orders.confirm(a1)
-    assert [o.id for o in (await orders.list()).orders] == [a2.id, b1.id, a1.id]
-    assert [o.id for o in (await orders.list(customer_id="c-a")).orders] == [a2.id, a1.id]
-    pending = await orders.list(status=pb.ORDER_STATUS_PENDING)
+    assert [o.id for o in (await orders.list_orders()).orders] == [a2.id, b1.id, a1.id]
+    assert [o.id for o in (await orders.list_orders(customer_id="c-a")).orders] == [a2.id, a1.id]
+    pending = await orders.list_orders(status=pb.ORDER_STATUS_PENDING)
     assert [o.id for o in pending.orders] == [a2.id, b1.id]
-    confirmed = await orders.list(status=pb.ORDER_STATUS_CONFIRMED)
+    confirmed = await orders.list_orders(status=pb.ORDER_STATUS_CONFIRMED)
     assert [o.id for o in confirmed.orders] == [a1.id]
-    both = await orders.list(customer_id="c-a", status=pb.ORDER_STATUS_PENDING)
+    both = await orders.list_orders(customer_id="c-a", status=pb.ORDER_STATUS_PENDING)
     assert [o.id for o in both.orders] == [a2.id]
-    assert not (await orders.list(status=pb.ORDER_STATUS_CANCELLED)).orders
-    assert not (await orders.list(customer_id="nobody")).orders
+    assert not (await orders.list_orders(status=pb.ORDER_STATUS_CANCELLED)).orders
+    assert not (await orders.list_orders(customer_id="nobody")).orders
 
 
 async def test_list_pages_by_cursor(orders: Orders) -> None:
@@ -262,7 +262,7 @@ async def test_list_pages_by_cursor(orders: Orders) -> None:
     pages: list[list[str]] = []
     cursor = ""
     while True:
-        page = await orders.list(limit=3, cursor=cursor)
+        page = await orders.list_orders(limit=3, cursor=cursor)
         pages.append([o.id for o in page.orders])
         cursor = page.next_cursor
         if not cursor:
@@ -273,12 +273,12 @@ async def test_list_pages_by_cursor(orders: Orders) -> None:
     assert flat == created[::-1]
     assert len(set(flat)) == 7
     # An exact page has no further page; the default page holds all 7.
-    assert (await orders.list(limit=7)).next_cursor == ""
-    assert len((await orders.list()).orders) == 7
+    assert (await orders.list_orders(limit=7)).next_cursor == ""
+    assert len((await orders.list_orders()).orders) == 7
     # Paging within a customer.
     evens = [i for n, i in enumerate(created) if n % 2 == 0][::-1]
-    first = await orders.list(customer_id="c-0", limit=2)
-    rest = await orders.list(customer_id="c-0", limit=2, cursor=first.next_cursor)
+    first = await orders.list_orders(customer_id="c-0", limit=2)
+    rest = await orders.list_orders(customer_id="c-0", limit=2, cursor=first.next_cursor)
     assert [o.id for o in first.orders] + [o.id for o in rest.orders] == evens
     assert rest.next_cursor == ""
 

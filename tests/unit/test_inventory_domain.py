@@ -248,7 +248,6 @@ def test_bad_cursor_is_refused(cursor: str) -> None:
 
 # -- the reservation state machine --------------------------------------------------------
 
-_ = None  # no reservation yet
 M, D, X = Outcome.MOVE, Outcome.DONE, Outcome.INVALID
 
 
@@ -264,7 +263,7 @@ M, D, X = Outcome.MOVE, Outcome.DONE, Outcome.INVALID
 def test_the_transition_table(
     transition: Transition[ReservationState, domain.StockMove], expected: list[Outcome]
 ) -> None:
-    states = [_, *ReservationState]
+    states = [None, *ReservationState]  # None: no reservation yet
     assert [transition.outcome(s) for s in states] == expected
     assert transition.fast_from == ReservationState.RESERVED
 
