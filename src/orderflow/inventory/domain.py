@@ -36,6 +36,9 @@ class ReservationState(StrEnum):
         return self in (ReservationState.RELEASED, ReservationState.RETURNED)
 
 
+# Each move is tried first as one conditional UPDATE from fast_from (storage.py's
+# _MOVE_RESERVATION restates that row of the table in SQL; tests/integration/
+# test_inventory.py checks they agree in every state).
 # Which stock counter a move of a reservation takes its quantities from, and to which.
 StockMove = tuple[str, str]
 _S = ReservationState

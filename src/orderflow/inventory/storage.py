@@ -113,6 +113,9 @@ _GET_RESERVATION = select(
     reservations.c.state, reservations.c.currency, reservations.c.lines
 ).where(reservations.c.order_id == bindparam("_order_id"))
 _LOCK_RESERVATION = _GET_RESERVATION.with_for_update()
+# The fast path of every transition (platform/transitions.py): source -> target only if the
+# reservation is still in source. It restates the domain's rule `outcome(fast_from) is MOVE`
+# (inventory/domain.py); tests/integration/test_inventory.py checks the two agree.
 _MOVE_RESERVATION = (
     update(reservations)
     .where(

@@ -40,6 +40,9 @@ class EntryKind(StrEnum):
     ADJUST = "ADJUST"
 
 
+# Each move is tried first as one conditional UPDATE from fast_from (storage.py's
+# _MOVE_APPLICATION restates that row of the table in SQL; tests/integration/
+# test_loyalty.py checks they agree in every state).
 # The ledger entries a move of an application books, in order.
 Entries = tuple[EntryKind, ...]
 _S = ApplicationState

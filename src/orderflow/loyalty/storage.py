@@ -100,6 +100,9 @@ _GET_APPLICATION = select(*_APPLICATION_COLUMNS).where(
     applications.c.order_id == bindparam("_order_id")
 )
 _LOCK_APPLICATION = _GET_APPLICATION.with_for_update()
+# The fast path of every transition (platform/transitions.py): source -> target only if the
+# application is still in source. It restates the domain's rule `outcome(fast_from) is MOVE`
+# (loyalty/domain.py); tests/integration/test_loyalty.py checks the two agree.
 _MOVE_APPLICATION = (
     update(applications)
     .where(
