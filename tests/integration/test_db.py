@@ -124,7 +124,7 @@ async def test_waits_for_another_process_without_stalling_the_loop(database: Dat
         stop.set()
         ticks = await ticker
     finally:
-        holder.wait(10)
+        holder.communicate(timeout=10)  # waits, and closes its stdout
     assert holder.returncode == 0
     assert waited >= 0.3  # it really had to wait for the other process's commit
     # While waiting, the loop kept running: roughly one tick per 10 ms, not a frozen loop.
@@ -144,7 +144,7 @@ async def test_gives_up_after_the_busy_timeout(
             await add(database, "refused")
         assert 0.3 <= time.monotonic() - started < 1.5
     finally:
-        holder.wait(10)
+        holder.communicate(timeout=10)  # waits, and closes its stdout
     await add(database, "later")  # once the other process is done, writes go through again
     assert await bodies(database) == ["other process", "later"]
 
@@ -164,7 +164,7 @@ async def test_probes_do_not_wait_for_the_write_lock(database: Database) -> None
         assert time.monotonic() - started < 1.0
         assert holder.poll() is None  # the other process still held the lock throughout
     finally:
-        holder.wait(10)
+        holder.communicate(timeout=10)  # waits, and closes its stdout
 
 
 @pytest.mark.parametrize(
