@@ -20,6 +20,7 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
@@ -31,6 +32,8 @@ from nats.js.errors import NotFoundError
 from orderflow.events.bus import Delivery, PublishError, Subscription
 from orderflow.events.envelope import WireMessage
 from orderflow.events.registry import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, EventType
+
+log = structlog.get_logger(__name__)
 
 
 class BrokerUnavailableError(PublishError):
@@ -73,7 +76,7 @@ class _JetStreamSubscription:
     async def fetch(self, max_messages: int, wait: float) -> list[Delivery]:
         try:
             msgs = await self._sub.fetch(batch=max_messages, timeout=wait)
-        except NatsTimeoutError:
+        except (NatsTimeoutError, TimeoutError):  # nats-py raises either when none came
             return []
         return [_JetStreamDelivery(m) for m in msgs]
 
@@ -113,16 +116,26 @@ class JetStreamBus:
             if self._js is None:
                 nc = Client()
                 try:
+                    # nats-py retries a first connection as often as it would reconnect
+                    # (-1: forever, inside this call); so the first attempt gives up at
+                    # once...
                     await nc.connect(
                         servers=[self.url],
                         connect_timeout=max(1, round(self.connect_timeout)),
-                        allow_reconnect=True,
-                        max_reconnect_attempts=-1,
-                        reconnect_time_wait=1,
+                        allow_reconnect=False,
+                        max_reconnect_attempts=1,
+                        reconnect_time_wait=0,
+                        error_cb=self._on_error,
+                        disconnected_cb=self._on_disconnected,
+                        reconnected_cb=self._on_reconnected,
                     )
                 except (OSError, NatsError, TimeoutError) as exc:
                     await _close_quietly(nc)
                     raise BrokerUnavailableError(f"NATS at {self.url}: {exc!r}", 0) from exc
+                # ...and once connected, the client reconnects by itself, without end.
+                nc.options["allow_reconnect"] = True
+                nc.options["max_reconnect_attempts"] = -1
+                nc.options["reconnect_time_wait"] = 1
                 js = nc.jetstream(timeout=self.connect_timeout)
                 try:
                     await self._ensure_stream(js)
@@ -132,6 +145,15 @@ class JetStreamBus:
                 self._nc, self._js = nc, js
         assert self._js is not None
         return self._js
+
+    async def _on_error(self, exc: Exception) -> None:
+        log.debug("NATS connection error", url=self.url, error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        log.warning("NATS disconnected", url=self.url)
+
+    async def _on_reconnected(self) -> None:
+        log.info("NATS reconnected", url=self.url)
 
     async def _ensure_stream(self, js: JetStreamContext) -> None:
         try:
