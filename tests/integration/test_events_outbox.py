@@ -355,7 +355,7 @@ async def test_outbox_metrics_show_the_backlog_and_its_age(
 
 async def test_a_redelivered_event_has_no_second_effect(toy: ToyService, running: Running) -> None:
     registry = CollectorRegistry()
-    bus = InProcessBus()
+    bus = InProcessBus(duplicate_window=0)  # a bus that lets the copy through
     consumer = running.consumer(toy, bus, "audit", metrics=EventMetrics(registry))
     await consumer.subscribe()
     event = await toy.confirm("o-1", 100)
@@ -500,3 +500,40 @@ async def test_inbox_rows_older_than_the_retention_are_forgotten(
     await asyncio.sleep(0.25)
     assert await consumer.delete_old_inbox_rows() == 1
     assert await toy.scalar(select(func.count()).select_from(inbox)) == 0
+
+
+async def test_deliveries_come_back_when_the_database_fails_under_the_consumer(
+    toy: ToyService, running: Running
+) -> None:
+    bus = InProcessBus()
+    failing = {"on": True}
+
+    def begin() -> UnitOfWork:
+        if failing["on"]:
+            raise ConnectionError("database unreachable")
+        return toy.begin()
+
+    consumer = ConsumerRunner(
+        "audit",
+        bus,
+        begin,
+        toy.tables,
+        {"order.confirmed": toy.recorder("audit")},
+        fetch_timeout=0.05,
+        retry_delay=0.01,
+        max_retry_delay=0.05,
+        max_attempts=1_000,
+        redrive_every=3600,
+        upkeep_every=3600,
+    )
+    running.consumers.append(consumer)
+    await consumer.start()
+    event = await toy.confirm("o-1", 100)
+    relay = running.relay(toy, bus, publish_timeout=0.3)
+    relay.start()
+    await asyncio.sleep(0.3)
+    assert await toy.effects_of("audit") == []
+    assert await toy.pending() == 1
+    failing["on"] = False
+    await wait_for(lambda: _pending_is(toy, 0))
+    assert [e.event_id for e in await toy.effects_of("audit")] == [event.id]

@@ -60,3 +60,20 @@ async def test_an_event_no_consumer_asked_for_is_taken_at_once() -> None:
     await bus.subscribe("orders", [event_type("stock.committed")])
     message = Event.new(events_pb2.ItemChanged(sku="MUG-1")).wire()
     assert await bus.publish([message], 0.1) == 1
+
+
+async def test_a_republish_waits_for_the_first_copy_instead_of_adding_one() -> None:
+    bus = InProcessBus()
+    sub = await bus.subscribe("inventory", [event_type("order.confirmed")])
+    message = Event.new(events_pb2.OrderConfirmed(order_id="o-1")).wire()
+    with pytest.raises(PublishError):
+        await bus.publish([message], 0.05)  # nobody fetched it in time
+    again = asyncio.create_task(bus.publish([message], 2.0))
+    deliveries = await sub.fetch(10, 1.0)
+    assert len(deliveries) == 1
+    await deliveries[0].ack()
+    assert await again == 1
+    assert await sub.fetch(10, 0.05) == []
+    # Once acked, a republish is taken at once, and not delivered again.
+    assert await bus.publish([message], 0.05) == 1
+    assert await sub.fetch(10, 0.05) == []

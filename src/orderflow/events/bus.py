@@ -8,7 +8,9 @@ its effect is committed (or nak it to have it again later).
 `InProcessBus` is the one-process mode's broker (no NATS): a publish counts as taken once
 every consumer subscribed to its subject has acked it, so an event is never marked
 published in the outbox before its effects are committed (or the event parked). A crash
-loses only what is in memory, and the relay publishes those rows again at start-up.
+loses only what is in memory, and the relay publishes those rows again at start-up. Like
+JetStream with Nats-Msg-Id, it delivers a message id once within a duplicate window: a
+relay publishing again after a timeout waits for the first copy instead of adding one.
 Consumers must subscribe before the relay starts: like a stream with no consumer, an
 event no consumer has asked for is taken and goes nowhere.
 """
@@ -96,12 +98,17 @@ class _Delivery:
     attempt: int
     queue: _ConsumerQueue
     taken: asyncio.Future[None]
+    settled: bool = False
 
     async def ack(self) -> None:
+        self.settled = True
         if not self.taken.done():
             self.taken.set_result(None)
 
     async def nak(self, delay: float) -> None:
+        if self.settled:  # as JetStream: an acked message is not given back
+            return
+        self.settled = True
         again = _Delivery(
             self.subject, self.headers, self.body, self.attempt + 1, self.queue, self.taken
         )
@@ -143,14 +150,27 @@ class _InProcessSubscription:
 class InProcessBus:
     """Events between the services of one process, with the delivery rules of JetStream."""
 
-    def __init__(self, subject_prefix: str = DEFAULT_SUBJECT_PREFIX) -> None:
+    def __init__(
+        self, subject_prefix: str = DEFAULT_SUBJECT_PREFIX, duplicate_window: float = 120.0
+    ) -> None:
         self.subject_prefix = subject_prefix
+        self.duplicate_window = duplicate_window
         self._consumers: dict[str, _ConsumerQueue] = {}
+        # Message id -> (when first published, what its consumers' acks resolve): a
+        # republish within the window is not delivered again, as with Nats-Msg-Id; it
+        # waits for the first copy's acks instead.
+        self._recent: dict[str, tuple[float, list[asyncio.Future[None]]]] = {}
 
     async def publish(self, messages: Sequence[WireMessage], wait: float) -> int:
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        self._forget_before(now - self.duplicate_window)
         pending: list[list[asyncio.Future[None]]] = []
         for message in messages:
+            seen = self._recent.get(message.id)
+            if seen is not None:
+                pending.append(seen[1])
+                continue
             subject = message.type.subject(self.subject_prefix)
             waits: list[asyncio.Future[None]] = []
             for queue in self._consumers.values():
@@ -158,6 +178,7 @@ class InProcessBus:
                     taken: asyncio.Future[None] = loop.create_future()
                     queue.put(_Delivery(subject, message.headers, message.body, 1, queue, taken))
                     waits.append(taken)
+            self._recent[message.id] = (now, waits)
             pending.append(waits)
         deadline = loop.time() + wait
         for acked, waits in enumerate(pending):
@@ -166,6 +187,14 @@ class InProcessBus:
                 if not_done:
                     raise PublishError(f"consumers did not take the event within {wait}s", acked)
         return len(messages)
+
+    def _forget_before(self, moment: float) -> None:
+        # Insertion order is publish order: stop at the first one still in the window.
+        for message_id, (published, waits) in list(self._recent.items()):
+            if published >= moment:
+                break
+            if all(w.done() for w in waits):
+                del self._recent[message_id]
 
     async def subscribe(self, consumer: str, types: Sequence[EventType]) -> Subscription:
         subjects = {t.subject(self.subject_prefix) for t in types}
@@ -178,3 +207,4 @@ class InProcessBus:
 
     async def close(self) -> None:
         self._consumers.clear()
+        self._recent.clear()

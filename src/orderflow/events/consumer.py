@@ -173,7 +173,15 @@ class ConsumerRunner(Generic[TxT]):
             await self.delete_old_inbox_rows()
         deliveries = await self._subscription.fetch(self.batch_size, self.fetch_timeout)
         if deliveries:
-            await self.handle_batch(deliveries)
+            try:
+                await self.handle_batch(deliveries)
+            except BaseException:
+                # Not even parking worked (the database is away): give back what was not
+                # settled, to come again after a pause (JetStream ignores a nak after an ack).
+                for delivery in deliveries:
+                    with contextlib.suppress(Exception):
+                        await delivery.nak(self.retry_delay)
+                raise
         return len(deliveries)
 
     # -- handling -------------------------------------------------------------------------
