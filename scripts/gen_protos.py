@@ -14,31 +14,34 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 SRC = ROOT / "src"
-SERVICES = ("orders", "inventory", "loyalty")
+# Each proto package under proto/orderflow/, and whether it declares gRPC services (events
+# only defines messages, so it gets no _pb2_grpc.py).
+PACKAGES = {"orders": True, "inventory": True, "loyalty": True, "events": False}
 
 
 def generate(out: Path) -> list[Path]:
-    """Run protoc for every service proto into out; return the generated files (relative)."""
+    """Run protoc for every package's proto into out; return the generated files (relative)."""
     include = Path(protoc.__file__).parent / "_proto"
     produced: list[Path] = []
-    for service in SERVICES:
-        proto = PROTO / "orderflow" / service / "v1" / f"{service}.proto"
-        (out / "orderflow" / service / "v1").mkdir(parents=True, exist_ok=True)
-        rc = protoc.main(
-            [
-                "grpc_tools.protoc",
-                f"-I{PROTO}",
-                f"-I{include}",
-                f"--python_out={out}",
-                f"--pyi_out={out}",
-                f"--grpc_python_out={out}",
-                str(proto),
-            ]
-        )
+    for package, has_services in PACKAGES.items():
+        proto = PROTO / "orderflow" / package / "v1" / f"{package}.proto"
+        (out / "orderflow" / package / "v1").mkdir(parents=True, exist_ok=True)
+        suffixes = ["_pb2.py", "_pb2.pyi"]
+        args = [
+            "grpc_tools.protoc",
+            f"-I{PROTO}",
+            f"-I{include}",
+            f"--python_out={out}",
+            f"--pyi_out={out}",
+        ]
+        if has_services:
+            args.append(f"--grpc_python_out={out}")
+            suffixes.append("_pb2_grpc.py")
+        rc = protoc.main([*args, str(proto)])
         if rc != 0:
             raise SystemExit(f"protoc failed for {proto}")
-        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
-            produced.append(Path("orderflow") / service / "v1" / f"{service}{suffix}")
+        for suffix in suffixes:
+            produced.append(Path("orderflow") / package / "v1" / f"{package}{suffix}")
     return produced
 
 

@@ -1,0 +1,448 @@
+"""Consumers: run a service's handlers on the events it subscribes to, each effect once.
+
+A handler is `async def handle(tx, event)`: it makes its effect with the transaction `tx`
+(the service's unit of work). The runner inserts `(consumer, event id)` into the inbox in
+that same transaction, so a redelivered event, whose row is already there, is acked with
+no second effect. Deliveries are handled a batch per transaction; when a batch fails,
+its events are handled one per transaction, so one bad event holds back no other.
+
+An event whose handler fails is given back to the bus and delivered again after a
+backoff; on its `max_attempts`-th failure it is parked: copied with its envelope to
+`inbox_parked` and acked. `list_parked()` shows parked events; `request_redrive()` (from
+any process, e.g. `orderflow events redrive ID`) marks one, and the consumer's runner
+handles it again: gone from the parked table once handled, still there (attempts
+counted) if it fails again. A message that is not an orderflow event is parked at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic
+
+import structlog
+from sqlalchemy import delete, func, select, text, update
+
+from orderflow.events.bus import Delivery, EventBus, Subscription
+from orderflow.events.envelope import Event, InvalidEventError
+from orderflow.events.metrics import EventMetrics
+from orderflow.events.registry import event_type
+from orderflow.events.store import SqlConnection, TransactionFactory, TxT, in_transaction
+from orderflow.events.tables import EventTables
+from orderflow.platform.db import now_us
+
+log = structlog.get_logger(__name__)
+
+Handler = Callable[[TxT, Event], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An event a consumer gave up on, as `orderflow events parked` lists it."""
+
+    consumer: str
+    event_id: str
+    event_type: str
+    subject: str
+    attempts: int
+    last_error: str
+    parked_us: int
+    redrive_requested: bool
+
+
+async def record_handled(
+    connection: SqlConnection, tables: EventTables, consumer: str, event: Event
+) -> bool:
+    """Insert the inbox row of (consumer, event); False if it was there (already handled)."""
+    result = await connection.execute(
+        text(
+            f"INSERT INTO {tables.inbox.name} (consumer, event_id, event_type, handled_us) "
+            "VALUES (:consumer, :event_id, :event_type, :handled_us) "
+            "ON CONFLICT (consumer, event_id) DO NOTHING"
+        ),
+        {
+            "consumer": consumer,
+            "event_id": event.id,
+            "event_type": event.type.name,
+            "handled_us": now_us(),
+        },
+    )
+    return result.rowcount == 1
+
+
+class ConsumerRunner(Generic[TxT]):
+    """Pulls `name`'s subscription to the types in `handlers` (keyed by type name, e.g.
+    `order.confirmed`) and runs them; `start()` / `stop()` with the service."""
+
+    def __init__(
+        self,
+        name: str,
+        bus: EventBus,
+        begin: TransactionFactory[TxT],
+        tables: EventTables,
+        handlers: Mapping[str, Handler[TxT]],
+        *,
+        metrics: EventMetrics | None = None,
+        max_attempts: int = 5,
+        batch_size: int = 50,
+        fetch_timeout: float = 1.0,
+        retry_delay: float = 0.5,
+        max_retry_delay: float = 30.0,
+        redrive_every: float = 1.0,
+        inbox_retention_seconds: float = 30 * 86_400,
+        upkeep_every: float = 300.0,
+    ) -> None:
+        self.name = name
+        self.bus = bus
+        self.begin = begin
+        self.tables = tables
+        self.handlers = dict(handlers)
+        self.types = [event_type(t) for t in self.handlers]
+        self.metrics = metrics
+        self.max_attempts = max_attempts
+        self.batch_size = batch_size
+        self.fetch_timeout = fetch_timeout
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self.redrive_every = redrive_every
+        self.inbox_retention_us = int(inbox_retention_seconds * 1_000_000)
+        self.upkeep_every = upkeep_every
+        self._subscription: Subscription | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._next_redrive = 0.0
+        self._next_upkeep = 0.0
+
+    async def subscribe(self) -> None:
+        """Create (or bind to) the durable subscription; in one-process mode this must
+        happen before the relays start."""
+        if self._subscription is None:
+            self._subscription = await self.bus.subscribe(self.name, self.types)
+
+    async def start(self) -> None:
+        await self.subscribe()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.close()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self.run_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker or the database: try again, forever
+                failures += 1
+                delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures, 20))
+                log.warning(
+                    "event consumer failed; retrying",
+                    consumer=self.name,
+                    error=repr(exc),
+                    retry_in=round(delay, 3),
+                )
+                await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def run_once(self) -> int:
+        """Fetch one batch and handle it, then any redrive that was asked for; return how
+        many deliveries were fetched."""
+        await self.subscribe()
+        assert self._subscription is not None
+        now = time.monotonic()
+        if now >= self._next_redrive:
+            self._next_redrive = now + self.redrive_every
+            await self.redrive_requested()
+        if now >= self._next_upkeep:
+            self._next_upkeep = now + self.upkeep_every
+            await self.delete_old_inbox_rows()
+        deliveries = await self._subscription.fetch(self.batch_size, self.fetch_timeout)
+        if deliveries:
+            try:
+                await self.handle_batch(deliveries)
+            except BaseException:
+                # Not even parking worked (the database is away): give back what was not
+                # settled, to come again after a pause (JetStream ignores a nak after an ack).
+                for delivery in deliveries:
+                    with contextlib.suppress(Exception):
+                        await delivery.nak(self.retry_delay)
+                raise
+        return len(deliveries)
+
+    # -- handling -------------------------------------------------------------------------
+
+    async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        events: list[tuple[Delivery, Event]] = []
+        for delivery in deliveries:
+            try:
+                event = Event.decode(delivery.headers, delivery.body)
+            except InvalidEventError as exc:
+                await self._park(delivery, None, exc)
+                continue
+            if event.type.name not in self.handlers:
+                await delivery.ack()
+                self._count("ignored")
+                continue
+            events.append((delivery, event))
+        if not events:
+            return
+
+        async def apply_all(tx: TxT) -> list[str]:
+            return await self._apply(tx, [event for _, event in events])
+
+        try:
+            outcomes = await in_transaction(self.begin, apply_all)
+        except Exception as exc:
+            if len(events) == 1:
+                await self._failed(*events[0], exc)
+                return
+            # One of them failed: find which, one per transaction.
+            for one in events:
+                try:
+                    outcome = await in_transaction(self.begin, self._applier(one[1]))
+                except Exception as exc_one:
+                    await self._failed(*one, exc_one)
+                else:
+                    await self._acked([one], outcome)
+            return
+        await self._acked(events, outcomes)
+
+    def _applier(self, event: Event) -> Callable[[TxT], Awaitable[list[str]]]:
+        async def apply_one(tx: TxT) -> list[str]:
+            return await self._apply(tx, [event])
+
+        return apply_one
+
+    async def _apply(self, tx: TxT, events: Sequence[Event]) -> list[str]:
+        outcomes = []
+        for event in events:
+            if await record_handled(tx.connection, self.tables, self.name, event):
+                await self.handlers[event.type.name](tx, event)
+                outcomes.append("handled")
+            else:
+                outcomes.append("duplicate")
+        return outcomes
+
+    async def _acked(
+        self, events: Sequence[tuple[Delivery, Event]], outcomes: Sequence[str]
+    ) -> None:
+        for (delivery, _), outcome in zip(events, outcomes, strict=True):
+            await delivery.ack()
+            self._count(outcome)
+
+    async def _failed(self, delivery: Delivery, event: Event, exc: BaseException) -> None:
+        if delivery.attempt >= self.max_attempts:
+            await self._park(delivery, event, exc)
+            return
+        delay = min(self.max_retry_delay, self.retry_delay * 2 ** (delivery.attempt - 1))
+        log.warning(
+            "event handler failed; will retry",
+            consumer=self.name,
+            event_id=event.id,
+            event_type=event.type.name,
+            attempt=delivery.attempt,
+            error=repr(exc),
+        )
+        await delivery.nak(delay)
+        self._count("retried")
+
+    async def _park(self, delivery: Delivery, event: Event | None, exc: BaseException) -> None:
+        headers = dict(delivery.headers)
+        row = {
+            "consumer": self.name,
+            "event_id": event.id if event else headers.get("ce-id") or f"invalid-{uuid.uuid4()}",
+            "event_type": event.type.name if event else headers.get("ce-type", "unknown"),
+            "subject": delivery.subject,
+            "headers": json.dumps(headers, sort_keys=True),
+            "body": delivery.body.decode("utf-8", errors="replace"),
+            "attempts": delivery.attempt,
+            "last_error": repr(exc)[:2000],
+            "parked_us": now_us(),
+        }
+
+        async def park(tx: TxT) -> None:
+            await tx.connection.execute(
+                text(
+                    f"INSERT INTO {self.tables.parked.name} (consumer, event_id, event_type, "
+                    "subject, headers, body, attempts, last_error, parked_us, redrive_us) "
+                    "VALUES (:consumer, :event_id, :event_type, :subject, :headers, :body, "
+                    ":attempts, :last_error, :parked_us, NULL) "
+                    "ON CONFLICT (consumer, event_id) DO UPDATE SET "
+                    "attempts = excluded.attempts, last_error = excluded.last_error, "
+                    "parked_us = excluded.parked_us, redrive_us = NULL"
+                ),
+                row,
+            )
+
+        await in_transaction(self.begin, park)
+        log.error(
+            "event parked",
+            consumer=self.name,
+            event_id=row["event_id"],
+            event_type=row["event_type"],
+            attempts=delivery.attempt,
+            error=row["last_error"],
+        )
+        await delivery.ack()
+        self._count("parked")
+        await self.refresh_parked()
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.consumed.labels(self.name, outcome).inc()
+
+    # -- parked events --------------------------------------------------------------------
+
+    async def redrive_requested(self) -> int:
+        """Handle again each parked event of this consumer that a redrive was asked for;
+        return how many were handled."""
+        parked = self.tables.parked
+
+        async def requested(tx: TxT) -> list[Any]:
+            result = await tx.connection.execute(
+                select(parked)
+                .where(parked.c.consumer == self.name, parked.c.redrive_us.is_not(None))
+                .order_by(parked.c.redrive_us)
+                .limit(self.batch_size)
+            )
+            return list(result.all())
+
+        rows = await in_transaction(self.begin, requested)
+        handled = 0
+        for row in rows:
+            key = (parked.c.consumer == self.name) & (parked.c.event_id == row.event_id)
+            try:
+                event = Event.decode(json.loads(row.headers), row.body.encode())
+                if event.type.name not in self.handlers:
+                    raise InvalidEventError(f"{self.name} has no handler for {event.type.name}")
+
+                async def again(tx: TxT, event: Event = event, key: Any = key) -> None:
+                    await self._apply(tx, [event])
+                    await tx.connection.execute(delete(parked).where(key))
+
+                await in_transaction(self.begin, again)
+            except Exception as exc:
+                error = repr(exc)[:2000]
+
+                async def still_failing(tx: TxT, error: str = error, key: Any = key) -> None:
+                    await tx.connection.execute(
+                        update(parked)
+                        .where(key)
+                        .values(attempts=parked.c.attempts + 1, last_error=error, redrive_us=None)
+                    )
+
+                await in_transaction(self.begin, still_failing)
+                log.warning(
+                    "redrive failed; event stays parked",
+                    consumer=self.name,
+                    event_id=row.event_id,
+                    error=error,
+                )
+            else:
+                handled += 1
+                self._count("redriven")
+        if rows:
+            await self.refresh_parked()
+        return handled
+
+    async def refresh_parked(self) -> None:
+        if self.metrics is None:
+            return
+        parked = self.tables.parked
+
+        async def count(tx: TxT) -> int:
+            result = await tx.connection.execute(
+                select(func.count()).select_from(parked).where(parked.c.consumer == self.name)
+            )
+            return int(result.scalar_one())
+
+        self.metrics.parked.labels(self.name).set(await in_transaction(self.begin, count))
+
+    async def delete_old_inbox_rows(self, batch: int = 1000) -> int:
+        """Forget handled events older than the inbox retention (which must outlast any
+        redelivery), a batch per transaction; also refreshes the parked gauge."""
+        inbox = self.tables.inbox
+        total = 0
+        while True:
+            cutoff = now_us() - self.inbox_retention_us
+
+            async def sweep(tx: TxT, cutoff: int = cutoff) -> int:
+                old = (
+                    select(inbox.c.event_id)
+                    .where(inbox.c.consumer == self.name, inbox.c.handled_us < cutoff)
+                    .limit(batch)
+                )
+                result = await tx.connection.execute(
+                    delete(inbox).where(
+                        inbox.c.consumer == self.name, inbox.c.event_id.in_(old.scalar_subquery())
+                    )
+                )
+                return int(result.rowcount)
+
+            deleted = await in_transaction(self.begin, sweep)
+            total += deleted
+            if deleted < batch:
+                break
+        await self.refresh_parked()
+        return total
+
+
+async def list_parked(
+    begin: TransactionFactory[TxT], tables: EventTables, consumer: str | None = None
+) -> list[ParkedEvent]:
+    """The parked events of one consumer (or all), oldest first."""
+    parked = tables.parked
+
+    async def read(tx: TxT) -> list[ParkedEvent]:
+        query = select(parked).order_by(parked.c.parked_us, parked.c.event_id)
+        if consumer is not None:
+            query = query.where(parked.c.consumer == consumer)
+        return [
+            ParkedEvent(
+                consumer=row.consumer,
+                event_id=row.event_id,
+                event_type=row.event_type,
+                subject=row.subject,
+                attempts=row.attempts,
+                last_error=row.last_error,
+                parked_us=row.parked_us,
+                redrive_requested=row.redrive_us is not None,
+            )
+            for row in (await tx.connection.execute(query)).all()
+        ]
+
+    return await in_transaction(begin, read)
+
+
+async def request_redrive(
+    begin: TransactionFactory[TxT],
+    tables: EventTables,
+    event_id: str,
+    consumer: str | None = None,
+) -> int:
+    """Ask for parked event `event_id` (of `consumer`, or of every consumer that parked it)
+    to be handled again; return how many parked rows were marked (0: no such event)."""
+    parked = tables.parked
+
+    async def mark(tx: TxT) -> int:
+        query = update(parked).where(parked.c.event_id == event_id).values(redrive_us=now_us())
+        if consumer is not None:
+            query = query.where(parked.c.consumer == consumer)
+        return int((await tx.connection.execute(query)).rowcount)
+
+    return await in_transaction(begin, mark)

@@ -1,0 +1,1 @@
+"""Generated protobuf messages of the events (do not edit; run `make protos`)."""
