@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.conftest import pg_databases_sync
 from tests.e2e.conftest import (
@@ -55,13 +57,30 @@ async def api(faulty: System) -> Any:
         yield client
 
 
-async def wait_until(predicate: Any, timeout: float, what: str) -> float:
+async def orders_in_database(system: System, at_least: int, timeout: float) -> None:
+    """Wait until the orders service's database holds at_least orders (read directly, so
+    the wait adds nothing to the gateway's queue)."""
+    url = system.processes["orders"].env["ORDERFLOW_ORDERS_DATABASE_URL"]
+    engine = create_async_engine(url)
+    try:
+
+        async def enough() -> bool:
+            async with engine.connect() as conn:
+                count = (await conn.execute(text("SELECT count(*) FROM orders"))).scalar_one()
+            return int(count) >= at_least
+
+        await wait_until(enough, timeout, f"{at_least} orders in the orders database", every=0.02)
+    finally:
+        await engine.dispose()
+
+
+async def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.2) -> float:
     """Poll an async predicate; return the seconds it took."""
     start_at = time.monotonic()
     while time.monotonic() - start_at < timeout:
         if await predicate():
             return time.monotonic() - start_at
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every)
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
@@ -194,7 +213,9 @@ async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
             return -1
 
     in_flight = [asyncio.create_task(place(b)) for b in bodies]
-    await asyncio.sleep(0.4)
+    # Kill the gateway once the orders service holds some of these orders, not after a
+    # fixed delay: on a busy machine none may have got that far in a few tenths of a second.
+    await orders_in_database(faulty, at_least=10, timeout=20)
     faulty.kill("gateway")
     codes = await asyncio.gather(*in_flight)
     assert -1 in codes, "the gateway died after every order had finished: nothing was in flight"
