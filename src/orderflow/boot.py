@@ -1,5 +1,9 @@
 """Starting components: settings or a clear exit, migrations, and serving one component.
 
+Whatever a user can get wrong at start-up (a bad setting, a busy port, a database that
+does not exist) ends in a line or two naming the setting or port, and exit code 2; ports
+are checked before any migration runs.
+
 Kept apart from the CLI library so that `orderflow serve <component>` (dispatched here by
 `orderflow.__main__`) loads only what serving needs: every megabyte of a long-running
 service process counts, the command-line toolkit is not needed once arguments are read.
@@ -9,14 +13,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from orderflow import registry
+from orderflow.settings import StartupError
 
 if TYPE_CHECKING:
     from orderflow.platform.component import Component
@@ -36,31 +46,96 @@ def stop(code: int, message: str) -> NoReturn:
 
 def load_settings(factory: Callable[[], T]) -> T:
     """Build a settings object, or stop (exit 2) with a message naming the bad variables."""
+    config = getattr(factory, "model_config", {})
+    prefix = str(config.get("env_prefix", "ORDERFLOW_"))
     try:
         return factory()
     except ValidationError as exc:
-        config = getattr(factory, "model_config", {})
-        prefix = str(config.get("env_prefix", "ORDERFLOW_"))
-        lines = [f"invalid settings ({exc.error_count()} problem(s)):"]
+        problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "(settings)"
             env = f"{prefix}{where.upper()}" if error["loc"] else prefix.rstrip("_")
-            lines.append(f"  {env}: {error['msg']}")
-        stop(2, "\n".join(lines))
+            problems.append(f"{env}: {error['msg']}")
+        if len(problems) == 1:
+            stop(2, f"invalid setting {problems[0]}")
+        stop(2, "\n".join([f"invalid settings ({len(problems)} problems):", *problems]))
+    except SettingsError as exc:  # a value that must be JSON is not
+        field = re.search(r'field "(\w+)"', str(exc))
+        env = f"{prefix}{field.group(1).upper()}" if field else prefix.rstrip("_")
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        stop(2, f"invalid setting {env}: not valid JSON{cause}")
+
+
+def env_name(settings: Any, field: str = "database_url") -> str:
+    """The variable that sets a field of a settings object, e.g. ORDERFLOW_ORDERS_PORT."""
+    return f"{type(settings).model_config.get('env_prefix', 'ORDERFLOW_')}{field.upper()}"
+
+
+def env_names(settings: Any, port_field: str = "port") -> tuple[str, str]:
+    """The variables that set a component's port and its host."""
+    return env_name(settings, port_field), env_name(settings, "host")
+
+
+def check_port(host: str, port: int, port_setting: str, host_setting: str) -> None:
+    """Stop (exit 2) unless host:port is free to listen on. Run before anything slow
+    (migrations), so that a busy port is reported at once and with its setting."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror:
+        stop(2, f"cannot listen on {host} ({host_setting}): no such host name")
+    with socket.socket(family, kind, proto) as probe:
+        # As a server binds: a port only in TIME_WAIT is free, one that is listened on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                stop(
+                    2,
+                    f"port {port} on {host} is already in use ({port_setting}): "
+                    "stop what is using it, or choose another port",
+                )
+            if exc.errno == errno.EADDRNOTAVAIL:
+                stop(
+                    2,
+                    f"cannot listen on {host}:{port} ({host_setting}): "
+                    "that address is not one of this machine's",
+                )
+            stop(2, f"cannot listen on {host}:{port} ({port_setting}): {exc.strerror}")
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run coro to the end; a StartupError from it stops the process with its message."""
     try:
-        import uvloop
-
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+            return asyncio.run(coro)
         return uvloop.run(coro)
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return asyncio.run(coro)
+    except StartupError as exc:
+        stop(exc.exit_code, str(exc))
 
 
 def service_settings(service: str) -> Any:
     """The settings of a service (by name), from ORDERFLOW_<SERVICE>_*, or exit 2."""
     return load_settings(registry.service(service).settings_cls)
+
+
+def one_process_settings(data_dir: Path) -> dict[str, Any]:
+    """Each service's settings, with its database under data_dir unless its
+    ORDERFLOW_<SERVICE>_DATABASE_URL is set; a bad value stops start-up (exit 2)."""
+    chosen: dict[str, Any] = {}
+    for definition in registry.SERVICES:
+        cfg = load_settings(definition.settings_cls)
+        if "database_url" not in cfg.model_fields_set:
+            url = f"sqlite+aiosqlite:///{(data_dir / f'{definition.name}.db').resolve()}"
+            cfg = cfg.model_copy(update={"database_url": url})
+        chosen[definition.name] = cfg
+    return chosen
 
 
 async def build_component(
@@ -73,7 +148,14 @@ async def build_component(
 def migrate_in_child(service: str) -> None:
     """Run `orderflow migrate <service>` as a child process: the migration tooling then
     never occupies the serving process's memory."""
-    done = subprocess.run([sys.executable, "-m", "orderflow", "migrate", service], check=False)
+    argv = [sys.executable, "-m", "orderflow", "migrate", service]
+    done = subprocess.run(argv, stdout=subprocess.PIPE, text=True, check=False)
+    if done.stdout.strip():  # what it did ("orders: at revision 0001"), as a log event
+        import structlog
+
+        structlog.get_logger("orderflow.migrate").info("migrations", result=done.stdout.strip())
+    if done.returncode == 2:  # the child said what the user has to fix
+        raise SystemExit(2)
     if done.returncode != 0:
         stop(done.returncode, f"{service}: migrations failed (exit {done.returncode}); not serving")
 
@@ -91,7 +173,9 @@ def auth_for(host: str) -> Any:
                 "ORDERFLOW_AUTH_JWT_SECRET (HS256) or ORDERFLOW_AUTH_JWT_PUBLIC_KEY_FILE "
                 "(RS256), or bind to 127.0.0.1",
             )
-        say(
+        import structlog
+
+        structlog.get_logger("orderflow.auth").warning(
             f"authentication is OFF: anyone who can reach {host} acts as an admin "
             "(allowed only on a loopback address; set ORDERFLOW_AUTH_JWT_SECRET to turn it on)"
         )
@@ -119,15 +203,23 @@ def serve(component: str, migrate: bool = True) -> None:
 
     configure_tracing(component, common.otlp_endpoint)
     if component == registry.GATEWAY:
-        from orderflow.gateway.server import serve_gateway
         from orderflow.settings import GatewaySettings
 
         gateway_settings = load_settings(GatewaySettings)
+        check_port(gateway_settings.host, gateway_settings.port, *env_names(gateway_settings))
         auth = auth_for(gateway_settings.host)
+        from orderflow.gateway.server import serve_gateway
+
         run(serve_gateway(gateway_settings, common, auth))
         return
     settings = service_settings(component)
+    check_port(settings.host, settings.port, *env_names(settings))
+    check_port(settings.host, settings.metrics_port, *env_names(settings, "metrics_port"))
     if migrate:
+        # A database that does not exist is said at once, before a child is started.
+        from orderflow.platform.migrations import refuse_lasting_problem
+
+        run(refuse_lasting_problem(component, settings.database_url, env_name(settings)))
         migrate_in_child(component)
 
     async def main() -> None:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,9 +14,35 @@ app = typer.Typer(
     help="orderflow: an order-placement backend of gRPC services behind a REST gateway.",
     no_args_is_help=True,
     add_completion=False,
+    # Plain help: no type tags, words wrapped whole at any width, and readable in a pipe.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 
 T = TypeVar("T")
+
+
+class _PlainArguments(typer.core.TyperCommand):
+    """Help that shows each argument by its name and help, without a type tag (`<path>`)."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        params = self.get_params(ctx)
+        arguments = [
+            (p.metavar or p.name, getattr(p, "help", None) or "")
+            for p in params
+            if p.param_type_name == "argument" and not getattr(p, "hidden", False)
+        ]
+        options = [
+            record
+            for p in params
+            if p.param_type_name == "option" and (record := p.get_help_record(ctx))
+        ]
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
 
 
 @app.command(
@@ -34,28 +58,41 @@ def serve(ctx: typer.Context) -> None:
 
 @app.command()
 def run(
-    host: Annotated[str, typer.Option(help="address of the gateway and the gRPC server")] = (
-        "127.0.0.1"
-    ),
-    port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port of the gateway")] = 8080,
+    host: Annotated[
+        str,
+        typer.Option(metavar="HOST", help="address of the gateway and the gRPC server"),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int,
+        typer.Option(metavar="PORT", min=0, max=65535, help="HTTP port of the gateway"),
+    ] = 8080,
     grpc_port: Annotated[
-        int, typer.Option(min=0, max=65535, help="gRPC port of the three services")
+        int, typer.Option(metavar="PORT", min=0, max=65535, help="gRPC port of the three services")
     ] = 50051,
     data_dir: Annotated[
-        Path, typer.Option(help="where the SQLite files go (one per service)")
+        Path,
+        typer.Option(
+            metavar="DIR",
+            help="where the SQLite files go (one per service), unless a service's "
+            "ORDERFLOW_<SERVICE>_DATABASE_URL is set",
+        ),
     ] = Path("data"),
     demo: Annotated[bool, typer.Option(help="load a demo catalog and loyalty accounts")] = False,
 ) -> None:
     """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
-    from orderflow.onebox import run_onebox
     from orderflow.platform.logging import configure_logging
     from orderflow.settings import CommonSettings, GatewaySettings
 
+    # Everything a user can get wrong is checked before the heavy imports and migrations.
     common = boot.load_settings(CommonSettings)
     gateway = boot.load_settings(GatewaySettings)
     gateway = gateway.model_copy(update={"host": host, "port": port})
-    auth = boot.auth_for(host)
+    services = boot.one_process_settings(data_dir)
+    boot.check_port(host, port, "--port", "--host")
+    boot.check_port(host, grpc_port, "--grpc-port", "--host")
     configure_logging(common.log_level, common.log_format, component="orderflow")
+    auth = boot.auth_for(host)
+    from orderflow.onebox import run_onebox
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing("orderflow", common.otlp_endpoint)
@@ -64,9 +101,8 @@ def run(
             common=common,
             gateway=gateway,
             grpc_port=grpc_port,
-            data_dir=data_dir,
+            services=services,
             demo=demo,
-            announce=lambda line: typer.echo(line, err=True),
             auth=auth,
         )
     )
@@ -80,48 +116,66 @@ def _known_services(names: list[str] | None) -> list[str] | None:
     return names
 
 
-@app.command()
+@app.command(cls=_PlainArguments)
 def migrate(
     services: Annotated[
         list[str] | None,
         typer.Argument(
+            metavar="SERVICE",
             help=f"services to migrate, of {', '.join(registry.SERVICE_NAMES)} (default: all)",
             callback=_known_services,
             show_default=False,
         ),
     ] = None,
     wait: Annotated[
-        float, typer.Option(min=0, max=3600, help="seconds to wait for a database to answer")
+        float,
+        typer.Option(
+            metavar="SECONDS",
+            min=0,
+            max=3600,
+            help="seconds to wait for a database that is not up yet",
+        ),
     ] = 60.0,
+    create_database: Annotated[
+        bool,
+        typer.Option(
+            "--create-database",
+            help="first create a PostgreSQL database that does not exist yet "
+            "(as the URL's user, who needs the right to create databases)",
+        ),
+    ] = False,
 ) -> None:
     """Apply database migrations of the given services (each to its own database)."""
-    from orderflow.platform.db import create_database
-    from orderflow.platform.migrations import current_revision, upgrade
+    import structlog
+
+    from orderflow.platform.db import create_database as open_database
+    from orderflow.platform.logging import configure_logging
+    from orderflow.platform.migrations import (
+        create_missing_database,
+        current_revision,
+        upgrade,
+        wait_for_database,
+    )
+    from orderflow.settings import CommonSettings
 
     chosen = services or list(registry.SERVICE_NAMES)
+    common = boot.load_settings(CommonSettings)
     configured = {name: boot.service_settings(name) for name in chosen}
-
-    async def reachable(name: str, database: Any) -> None:
-        # A database started alongside (compose, a Job) may not answer yet: wait, with backoff.
-        deadline = time.monotonic() + wait
-        delay = 0.5
-        while True:
-            try:
-                await database.ping()
-                return
-            except Exception as exc:
-                if time.monotonic() + delay > deadline:
-                    typer.echo(f"{name}: database not reachable after {wait:g} s: {exc}", err=True)
-                    raise typer.Exit(1) from None
-                typer.echo(f"{name}: database not reachable yet; retrying in {delay:g} s", err=True)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+    configure_logging(common.log_level, common.log_format, component="migrate")
+    log = structlog.get_logger("orderflow.migrate")
 
     async def main() -> None:
         for name, cfg in configured.items():
-            database = create_database(cfg.database_url, pool_size=1)
+            setting = f"ORDERFLOW_{name.upper()}_DATABASE_URL"
+            if create_database:
+                await wait_for_database(
+                    name, _maintenance_url(cfg.database_url), setting, wait, log.warning
+                )
+                if await create_missing_database(cfg.database_url):
+                    typer.echo(f"{name}: created the database {cfg.database_url.rsplit('/', 1)[1]}")
+            await wait_for_database(name, cfg.database_url, setting, wait, log.warning)
+            database = open_database(cfg.database_url, pool_size=1)
             try:
-                await reachable(name, database)
                 await upgrade(database, name)
                 typer.echo(f"{name}: at revision {await current_revision(database)}")
             finally:
@@ -130,13 +184,80 @@ def migrate(
     boot.run(main())
 
 
+def _maintenance_url(url: str) -> str:
+    """The server's `postgres` database, to create another database from (PostgreSQL)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    return parsed.set(database="postgres").render_as_string(hide_password=False)
+
+
+@app.command(cls=_PlainArguments)
+def seed(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            help="a JSON file of items and customers (see orderflow.seed)",
+        ),
+    ] = None,
+    demo: Annotated[
+        bool, typer.Option("--demo", help="the demo catalog and accounts of `run --demo`")
+    ] = False,
+    url: Annotated[
+        str, typer.Option(metavar="URL", envvar="ORDERFLOW_URL", help="the gateway's address")
+    ] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str | None,
+        typer.Option(
+            metavar="TOKEN",
+            envvar="ORDERFLOW_TOKEN",
+            help="an admin bearer token, when the gateway has authentication on "
+            "(orderflow token --admin)",
+        ),
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0, max=3600, help="how long to wait for the gateway to be ready"
+        ),
+    ] = 30.0,
+) -> None:
+    """Load items, loyalty tiers and points through the gateway's API; what exists is kept."""
+    import httpx
+
+    from orderflow.seed import DEMO, SeedError, client_for, read_seed, wait_until_ready
+    from orderflow.seed import seed as load
+
+    if demo == (file is not None):
+        typer.echo("give exactly one of --demo and FILE", err=True)
+        raise typer.Exit(2)
+    try:
+        data = DEMO if file is None else read_seed(file)
+        with client_for(url, token) as client:
+            wait_until_ready(client, wait)
+            counts = load(client, data, typer.echo)
+    except SeedError as exc:
+        typer.echo(f"seed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:
+        typer.echo(f"seed: the gateway at {url} stopped answering ({exc})", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"seeded {url}: {counts['created']} created, {counts['kept']} already there")
+
+
 @app.command()
 def token(
     customer: Annotated[
-        str | None, typer.Option(help="a customer token for this customer id")
+        str | None, typer.Option(metavar="ID", help="a customer token for this customer id")
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
-    ttl: Annotated[int, typer.Option(min=60, max=30 * 24 * 3600, help="seconds valid")] = 3600,
+    ttl: Annotated[
+        int,
+        typer.Option(metavar="SECONDS", min=60, max=30 * 24 * 3600, help="seconds valid"),
+    ] = 3600,
 ) -> None:
     """Print a bearer token signed with the configured key (ORDERFLOW_AUTH_*), for local use."""
     from orderflow.gateway.auth import ADMIN_SCOPE, CUSTOMER_SCOPE, issue_token
@@ -163,14 +284,18 @@ def token(
 
 @app.command()
 def certs(
-    out: Annotated[Path, typer.Option(help="directory for the CA, keys and certificates")] = Path(
-        "certs"
-    ),
+    out: Annotated[
+        Path,
+        typer.Option(metavar="DIR", help="directory for the CA, keys and certificates"),
+    ] = Path("certs"),
     host: Annotated[
         list[str] | None,
-        typer.Option(help="extra DNS name or address of the services (repeatable)"),
+        typer.Option(metavar="NAME", help="extra DNS name or address of the services (repeatable)"),
     ] = None,
-    days: Annotated[int, typer.Option(min=1, max=3650, help="validity in days")] = 365,
+    days: Annotated[
+        int,
+        typer.Option(metavar="DAYS", min=1, max=3650, help="validity in days"),
+    ] = 365,
 ) -> None:
     """Make a local CA and certificates for mutual TLS between the gateway and the services."""
     from orderflow.platform.tls import DEFAULT_SERVER_NAMES, make_certs

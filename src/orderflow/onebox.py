@@ -1,20 +1,24 @@
 """One-process mode: the three services on one gRPC server, and the gateway calling them over gRPC.
 
 Each service keeps its own SQLite file under the data directory, unless its
-ORDERFLOW_<SERVICE>_DATABASE_URL says otherwise. `--demo` loads a small catalog and a
-few loyalty accounts (only what is missing, so restarts keep the data as it is).
+ORDERFLOW_<SERVICE>_DATABASE_URL says otherwise (the variable wins; the banner shows what
+each service uses). `--demo` loads a small catalog and a few loyalty accounts (only what
+is missing, so restarts keep the data as it is).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
+import os
+import sys
 from typing import Any
 
 import grpc
 import structlog
+from sqlalchemy.engine import make_url
 
+from orderflow import boot
 from orderflow.errors import AlreadyExistsError, NotFoundError
 from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
@@ -23,34 +27,26 @@ from orderflow.gateway.rpc import Channels
 from orderflow.gateway.server import uvicorn_server
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import create_server
+from orderflow.platform.logging import wants_json
 from orderflow.platform.metrics import RegistryCollector
+from orderflow.platform.migrations import wait_for_database
 from orderflow.platform.tls import channel_credentials, server_credentials
 from orderflow.registry import SERVICES
-from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
+from orderflow.seed import DEMO
+from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings, StartupError
 
 log = structlog.get_logger("orderflow.run")
 
-DEMO_ITEMS = (
-    ("MUG-1", "Mug", 1250, 100),
-    ("TEE-1", "T-shirt", 2000, 50),
-    ("CAP-1", "Cap", 1500, 50),
-    ("STICKER-1", "Sticker", 150, 1000),
-)
-# customer, tier, starting points
-DEMO_ACCOUNTS = (("c-1", "gold", 500), ("c-2", "silver", 0), ("c-3", "standard", 0))
 
-
-def service_settings(data_dir: Path) -> dict[str, Any]:
-    """Each service's settings, with its database under data_dir unless configured."""
-    chosen: dict[str, Any] = {}
-    for definition in SERVICES:
-        cls = definition.settings_cls
-        cfg = cls()
-        if "database_url" not in cfg.model_fields_set:
-            url = f"sqlite+aiosqlite:///{(data_dir / f'{definition.name}.db').resolve()}"
-            cfg = cls(database_url=url)
-        chosen[definition.name] = cfg
-    return chosen
+def storage(cfg: Any) -> str:
+    """Where a service keeps its data, for people: a file path, or the URL without password."""
+    url = make_url(cfg.database_url)
+    where = url.database or "" if url.get_backend_name() == "sqlite" else ""
+    shown = where or url.render_as_string(hide_password=True)
+    variable = f"{type(cfg).model_config.get('env_prefix', '')}DATABASE_URL"
+    if variable in os.environ:
+        return f"{shown}  (from {variable})"
+    return shown
 
 
 async def load_demo(
@@ -60,16 +56,18 @@ async def load_demo(
     try:
         inventory = GrpcInventory(channels.get(target), gateway)
         loyalty = GrpcLoyalty(channels.get(target), gateway)
-        for sku, name, price, stock in DEMO_ITEMS:
+        for item in DEMO.items:
             with contextlib.suppress(AlreadyExistsError):
-                await inventory.create_item(sku, name, price, stock)
-        for customer, tier, points in DEMO_ACCOUNTS:
+                await inventory.create_item(item.sku, item.name, item.price, item.stock)
+        for account in DEMO.customers:
             try:
-                await loyalty.get_account(customer)
+                await loyalty.get_account(account.customer_id)
             except NotFoundError:
-                await loyalty.set_tier(customer, tier)
-                if points:
-                    await loyalty.adjust_points(customer, points, "demo welcome points")
+                await loyalty.set_tier(account.customer_id, account.tier)
+                if account.points:
+                    await loyalty.adjust_points(
+                        account.customer_id, account.points, "demo welcome points"
+                    )
     finally:
         await channels.close()
 
@@ -88,21 +86,31 @@ async def run_onebox(
     common: CommonSettings,
     gateway: GatewaySettings,
     grpc_port: int,
-    data_dir: Path,
+    services: dict[str, Any],
     demo: bool,
-    announce: Any = print,
     auth: AuthSettings | None = None,
 ) -> None:
-    """Run everything until SIGTERM/SIGINT."""
-    data_dir = data_dir.resolve()  # noqa: ASYNC240 - once, before serving
-    configured = service_settings(data_dir)
+    """Run everything until SIGTERM/SIGINT; services: each service's settings by name."""
+    for definition in SERVICES:  # a missing database is said at once, not as a traceback
+        cfg = services[definition.name]
+        await wait_for_database(
+            definition.name, cfg.database_url, boot.env_name(cfg), 60.0, log.warning
+        )
     components: list[Component] = []
-    for definition in SERVICES:
-        components.append(await definition.build(configured[definition.name], common))
-    host = gateway.host
-    running = await create_server(
-        [c.spec for c in components], host, grpc_port, credentials=server_credentials(common)
-    )
+    try:
+        for definition in SERVICES:
+            components.append(await definition.build(services[definition.name], common))
+        host = gateway.host
+        try:
+            specs = [c.spec for c in components]
+            credentials = server_credentials(common)
+            running = await create_server(specs, host, grpc_port, credentials=credentials)
+        except OSError:
+            raise StartupError(f"cannot listen on {host}:{grpc_port} (--grpc-port)") from None
+    except BaseException:
+        for component in components:
+            await component.close()
+        raise
     target = f"{host}:{running.port}"
     try:
         if demo:
@@ -119,14 +127,29 @@ async def run_onebox(
         while not server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         if server.started:
-            announce(f"orderflow is running: http://{host}:{gateway.port} (gRPC on {target})")
-            announce(f"  API docs:  http://{host}:{gateway.port}/docs")
-            announce(f"  data:      {data_dir}")
-            if demo:
-                announce("  place an order:")
-                announce(f"    {demo_curl(gateway.port)}")
+            announce(common, gateway, target, services, demo)
         await serving
     finally:
         await running.stop(1.0)
         for component in components:
             await component.close()
+
+
+def announce(
+    common: CommonSettings,
+    gateway: GatewaySettings,
+    target: str,
+    services: dict[str, Any],
+    demo: bool,
+) -> None:
+    """Say where everything is: a banner on a terminal, one log event when logging JSON."""
+    http = f"http://{gateway.host}:{gateway.port}"
+    stores = {name: storage(cfg) for name, cfg in services.items()}
+    if wants_json(common.log_format):
+        log.info("orderflow_running", http=http, grpc=target, docs=f"{http}/docs", storage=stores)
+        return
+    lines = [f"orderflow is running: {http} (gRPC on {target})", f"  API docs:  {http}/docs"]
+    lines += [f"  {name + ':':<10} {where}" for name, where in stores.items()]
+    if demo:
+        lines += ["  place an order:", f"    {demo_curl(gateway.port)}"]
+    print("\n".join(lines), file=sys.stderr, flush=True)

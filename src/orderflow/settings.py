@@ -15,6 +15,18 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+
+class StartupError(Exception):
+    """Something at start-up that the user must fix (a database that does not exist, an
+    address not on this machine); the message names the setting. The CLI prints it alone
+    and exits with exit_code: 2 for a mistake in the settings, 1 for a database that did
+    not answer in time (it may yet come up)."""
+
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 Port = Annotated[int, Field(ge=0, le=65535)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
 

@@ -145,7 +145,10 @@ def _observed(
             finally:
                 elapsed = time.perf_counter() - start
                 metrics.observe_rpc(method, code, elapsed)
-                log.info("rpc", method=method, outcome=outcome, ms=round(elapsed * 1000, 2))
+                # The recovery worker polls ClaimStaleOrders every few seconds: DEBUG, not INFO.
+                (log.debug if method.endswith("/ClaimStaleOrders") else log.info)(
+                    "rpc", method=method, outcome=outcome, ms=round(elapsed * 1000, 2)
+                )
 
     return wrapped
 

@@ -1,4 +1,9 @@
-"""Structured logging: JSON in containers, readable on a terminal, request and order ids bound."""
+"""Structured logging: JSON in containers, readable on a terminal, request and order ids bound.
+
+Every line a process writes goes through structlog: its own loggers and the standard
+library's (uvicorn, alembic, asyncio, warnings), so with JSON output each line is one
+JSON object.
+"""
 
 from __future__ import annotations
 
@@ -13,29 +18,47 @@ REQUEST_ID_KEY = "x-request-id"
 ORDER_ID_KEY = "x-order-id"
 
 
+def wants_json(fmt: str) -> bool:
+    """JSON for "json", and for "auto" when standard error is not a terminal."""
+    return fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+
+
 def configure_logging(level: str = "INFO", fmt: str = "auto", *, component: str = "") -> None:
-    """Set up structlog (and the stdlib root logger) once, at start-up."""
-    json_output = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
+    """Set up structlog, and send the standard library's records through it, once at start-up."""
+    json_output = wants_json(fmt)
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_output
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    processors: list[Any] = [
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if component:
-        processors.append(_add_component(component))
-    processors += [structlog.processors.format_exc_info, renderer]
+        shared.append(_add_component(component))
     structlog.configure(
-        processors=processors,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.captureWarnings(True)
     # Alembic announces each of its plugins at INFO on every start; only its upgrades matter.
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
