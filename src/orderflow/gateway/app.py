@@ -21,6 +21,7 @@ from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.background import Background
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services, request_budget
+from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.ratelimit import RateLimiter
@@ -121,7 +122,9 @@ def create_app(
         summary="Order placement over gRPC services: stock, loyalty, and a saga that undoes.",
         lifespan=lifespan,
         dependencies=[Depends(request_budget)],
+        docs_url=None,  # served by install_docs, from a package instead of a CDN
     )
+    install_docs(app)
     app.include_router(orders.router)
     app.include_router(items.router)
     app.include_router(loyalty.router)
