@@ -21,6 +21,12 @@ app = typer.Typer(
 T = TypeVar("T")
 
 
+INSECURE_GRPC_HELP = (
+    "let gRPC listen beyond loopback in plaintext, without client certificates "
+    "(ORDERFLOW_INSECURE_GRPC); only on a private network"
+)
+
+
 @app.command(
     help=boot.SERVE_HELP,
     add_help_option=False,
@@ -34,9 +40,7 @@ def serve(ctx: typer.Context) -> None:
 
 @app.command()
 def run(
-    host: Annotated[str, typer.Option(help="address of the gateway and the gRPC server")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[str, typer.Option(help="address of the gateway (HTTP)")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP port of the gateway")] = 8080,
     grpc_port: Annotated[
         int, typer.Option(min=0, max=65535, help="gRPC port of the three services")
@@ -45,6 +49,10 @@ def run(
         Path, typer.Option(help="where the SQLite files go (one per service)")
     ] = Path("data"),
     demo: Annotated[bool, typer.Option(help="load a demo catalog and loyalty accounts")] = False,
+    grpc_host: Annotated[
+        str, typer.Option(help="address of the gRPC server (beyond loopback: mTLS or the flag)")
+    ] = "127.0.0.1",
+    insecure_grpc: Annotated[bool, typer.Option(help=INSECURE_GRPC_HELP)] = False,
 ) -> None:
     """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
     from orderflow.onebox import run_onebox
@@ -55,6 +63,7 @@ def run(
     gateway = boot.load_settings(GatewaySettings)
     gateway = gateway.model_copy(update={"host": host, "port": port})
     auth = boot.auth_for(host)
+    boot.guard_grpc_bind(grpc_host, common, insecure_grpc, "gRPC")
     configure_logging(common.log_level, common.log_format, component="orderflow")
     from orderflow.platform.telemetry import configure_tracing
 
@@ -64,6 +73,7 @@ def run(
             common=common,
             gateway=gateway,
             grpc_port=grpc_port,
+            grpc_host=grpc_host,
             data_dir=data_dir,
             demo=demo,
             announce=lambda line: typer.echo(line, err=True),
@@ -136,7 +146,9 @@ def token(
         str | None, typer.Option(help="a customer token for this customer id")
     ] = None,
     admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
-    ttl: Annotated[int, typer.Option(min=60, max=30 * 24 * 3600, help="seconds valid")] = 3600,
+    ttl: Annotated[
+        int, typer.Option(min=60, help="seconds valid (at most the maximum token lifetime)")
+    ] = 3600,
 ) -> None:
     """Print a bearer token signed with the configured key (ORDERFLOW_AUTH_*), for local use."""
     from orderflow.gateway.auth import ADMIN_SCOPE, CUSTOMER_SCOPE, issue_token
@@ -156,6 +168,14 @@ def token(
     if customer is not None and not 1 <= len(customer) <= 64:
         typer.echo("--customer must be 1..64 characters", err=True)
         raise typer.Exit(2)
+    if ttl > auth.max_token_lifetime_seconds:
+        typer.echo(
+            f"--ttl {ttl} is longer than the maximum token lifetime of "
+            f"{auth.max_token_lifetime_seconds} s (ORDERFLOW_AUTH_MAX_TOKEN_LIFETIME_SECONDS): "
+            "the gateway would refuse such a token",
+            err=True,
+        )
+        raise typer.Exit(2)
     private_key = auth.jwt_private_key_file.read_text() if auth.jwt_private_key_file else None
     subject, scopes = ("admin", [ADMIN_SCOPE]) if admin else (str(customer), [CUSTOMER_SCOPE])
     typer.echo(issue_token(auth, subject, scopes, ttl, private_key))
@@ -168,24 +188,29 @@ def certs(
     ),
     host: Annotated[
         list[str] | None,
-        typer.Option(help="extra DNS name or address of the services (repeatable)"),
+        typer.Option(help="extra DNS name or address every certificate answers to (repeatable)"),
     ] = None,
     days: Annotated[int, typer.Option(min=1, max=3650, help="validity in days")] = 365,
 ) -> None:
-    """Make a local CA and certificates for mutual TLS between the gateway and the services."""
-    from orderflow.platform.tls import DEFAULT_SERVER_NAMES, make_certs
+    """Make a local CA and one certificate per component (its name in the SAN) for mutual TLS.
+
+    A service admits only clients named in ORDERFLOW_TLS_ALLOWED_CLIENTS (default: gateway).
+    """
+    from orderflow.platform.tls import DEFAULT_SERVER_NAMES, GATEWAY_NAME, SERVICE_NAMES, make_certs
 
     names = [*DEFAULT_SERVER_NAMES, *(host or [])]
     files = make_certs(out, names, days)
-    typer.echo(f"wrote a CA and certificates to {out}/ (server names: {', '.join(names)})")
-    for who, cert, key in (
-        ("each service", "server_cert", "server_key"),
-        ("the gateway", "gateway_cert", "gateway_key"),
-    ):
+    typer.echo(
+        f"wrote a CA and a certificate per component to {out}/ (each also valid for "
+        f"{', '.join(names)}); keep {files['ca_key']} offline: it signs new certificates"
+    )
+    for component in (*SERVICE_NAMES, GATEWAY_NAME):
         typer.echo(
-            f"{who}: ORDERFLOW_TLS_CA_FILE={files['ca']} "
-            f"ORDERFLOW_TLS_CERT_FILE={files[cert]} ORDERFLOW_TLS_KEY_FILE={files[key]}"
+            f"{component}: ORDERFLOW_TLS_CA_FILE={files['ca']} "
+            f"ORDERFLOW_TLS_CERT_FILE={files[f'{component}_cert']} "
+            f"ORDERFLOW_TLS_KEY_FILE={files[f'{component}_key']}"
         )
+    typer.echo(f"one process (orderflow run) uses the {GATEWAY_NAME} certificate")
 
 
 def main() -> None:

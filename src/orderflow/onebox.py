@@ -20,8 +20,9 @@ from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.rpc import Channels
-from orderflow.gateway.server import uvicorn_server
+from orderflow.gateway.server import metrics_endpoint, uvicorn_server
 from orderflow.platform.component import Component
+from orderflow.platform.grpc_bind import dial_host
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.metrics import RegistryCollector
 from orderflow.platform.tls import channel_credentials, server_credentials
@@ -92,8 +93,10 @@ async def run_onebox(
     demo: bool,
     announce: Any = print,
     auth: AuthSettings | None = None,
+    grpc_host: str = "127.0.0.1",
 ) -> None:
-    """Run everything until SIGTERM/SIGINT."""
+    """Run everything until SIGTERM/SIGINT. gRPC listens on grpc_host, not the gateway's
+    host: beyond loopback only as the caller allowed (boot.guard_grpc_bind)."""
     data_dir = data_dir.resolve()  # noqa: ASYNC240 - once, before serving
     configured = service_settings(data_dir)
     components: list[Component] = []
@@ -101,9 +104,10 @@ async def run_onebox(
         components.append(await definition.build(configured[definition.name], common))
     host = gateway.host
     running = await create_server(
-        [c.spec for c in components], host, grpc_port, credentials=server_credentials(common)
+        [c.spec for c in components], grpc_host, grpc_port, credentials=server_credentials(common)
     )
-    target = f"{host}:{running.port}"
+    target = f"{dial_host(grpc_host)}:{running.port}"
+    stack = contextlib.ExitStack()
     try:
         if demo:
             await load_demo(target, gateway, channel_credentials(common))
@@ -113,13 +117,17 @@ async def run_onebox(
         # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
         metrics = GatewayMetrics()
         metrics.registry.register(RegistryCollector(running.metrics.registry))
+        endpoint = metrics_endpoint(gateway, metrics.registry)
+        if endpoint is not None:
+            stack.callback(endpoint.close)
         server = uvicorn_server(create_app(wired, common, auth=auth, metrics=metrics), gateway)
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         if server.started:
-            announce(f"orderflow is running: http://{host}:{gateway.port} (gRPC on {target})")
+            grpc_at = f"{grpc_host}:{running.port}"
+            announce(f"orderflow is running: http://{host}:{gateway.port} (gRPC on {grpc_at})")
             announce(f"  API docs:  http://{host}:{gateway.port}/docs")
             announce(f"  data:      {data_dir}")
             if demo:
@@ -127,6 +135,7 @@ async def run_onebox(
                 announce(f"    {demo_curl(gateway.port)}")
         await serving
     finally:
+        stack.close()
         await running.stop(1.0)
         for component in components:
             await component.close()
