@@ -166,6 +166,8 @@ class GatewaySettings(_Base):
     recovery_interval_seconds: PositiveSeconds = 2.0
     recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    # Larger request heads (request line and headers) get 431 before they are parsed.
+    max_header_bytes: Annotated[int, Field(ge=8 * 1024, le=1024 * 1024)] = 64 * 1024
     # How long an idle HTTP connection stays open. Longer than the idle timeout of the
     # clients and load balancers in front (60 s is common), so that they, not the gateway,
     # close it: a client that sends on a connection the gateway just closed gets a reset,
