@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; only this test uses it
 import pytest
 
 from orderflow.platform.tls import make_certs
