@@ -49,6 +49,7 @@ def audit(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     monkeypatch.setattr(module, "index_json_url", lambda: f"http://127.0.0.1:{server.server_port}")
     yield module
     server.shutdown()
+    server.server_close()
 
 
 def _run(
