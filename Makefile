@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 .PHONY: install run test test-fast lint format protos check-protos check clean bench \
-        deploy-check container-test
+        deploy-check container-test audit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ protos: $(STAMP)  ## regenerate the gRPC stubs from proto/
 
 check-protos: $(STAMP)  ## fail when the committed stubs are stale
 	$(BIN)/python scripts/gen_protos.py --check
+
+audit: $(STAMP)  ## known vulnerabilities in the installed dependencies (pip-audit; ADR 15)
+	$(BIN)/python scripts/audit.py
 
 check: lint test
 

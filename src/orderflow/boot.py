@@ -182,6 +182,21 @@ def auth_for(host: str) -> Any:
     return auth
 
 
+def guard_grpc_bind(host: str, common: Any, insecure: bool, what: str) -> None:
+    """Stop (exit 2) before a plaintext gRPC server would listen beyond loopback, unless
+    told it may (--insecure-grpc / ORDERFLOW_INSECURE_GRPC); then warn loudly."""
+    from orderflow.platform.grpc_bind import ExposedGrpcError, check_grpc_bind
+
+    try:
+        warning = check_grpc_bind(
+            host, tls=common.tls, insecure=insecure or common.insecure_grpc, what=what
+        )
+    except ExposedGrpcError as exc:
+        stop(2, str(exc))
+    if warning:
+        say(warning)
+
+
 def without_rich_when_logging_json(log_format: str) -> None:
     """structlog loads rich, when installed, for pretty tracebacks on a terminal. A served
     component writing JSON logs never uses it, and it would cost ~5 MB in every process."""
@@ -190,8 +205,11 @@ def without_rich_when_logging_json(log_format: str) -> None:
         sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # "import rich" fails
 
 
-def serve(component: str, migrate: bool = True) -> None:
-    """Run one component in this process (per-service mode); settings from ORDERFLOW_*."""
+def serve(component: str, migrate: bool = True, insecure_grpc: bool = False) -> None:
+    """Run one component in this process (per-service mode); settings from ORDERFLOW_*.
+
+    insecure_grpc: a service may listen beyond loopback without mutual TLS.
+    """
     from orderflow.settings import CommonSettings
 
     common = load_settings(CommonSettings)
@@ -213,6 +231,7 @@ def serve(component: str, migrate: bool = True) -> None:
         run(serve_gateway(gateway_settings, common, auth))
         return
     settings = service_settings(component)
+    guard_grpc_bind(settings.host, common, insecure_grpc, f"{component} gRPC")
     check_port(settings.host, settings.port, *env_names(settings))
     check_port(settings.host, settings.metrics_port, *env_names(settings, "metrics_port"))
     if migrate:
@@ -256,10 +275,16 @@ def serve_parser() -> argparse.ArgumentParser:
         default=True,
         help="apply the service's migrations before serving (off when a job does; default: on)",
     )
+    parser.add_argument(
+        "--insecure-grpc",
+        action="store_true",
+        help="let a service listen beyond loopback in plaintext, without client certificates "
+        "(ORDERFLOW_INSECURE_GRPC); only on a private network",
+    )
     return parser
 
 
 def serve_main(argv: list[str]) -> None:
     """`orderflow serve ...`, without loading the command-line toolkit."""
     args = serve_parser().parse_args(argv)
-    serve(args.component, args.migrate)
+    serve(args.component, args.migrate, args.insecure_grpc)

@@ -45,6 +45,12 @@ class _PlainArguments(typer.core.TyperCommand):
                 formatter.write_dl(options)
 
 
+INSECURE_GRPC_HELP = (
+    "let gRPC listen beyond loopback in plaintext, without client certificates "
+    "(ORDERFLOW_INSECURE_GRPC); only on a private network"
+)
+
+
 @app.command(
     help=boot.SERVE_HELP,
     add_help_option=False,
@@ -60,7 +66,7 @@ def serve(ctx: typer.Context) -> None:
 def run(
     host: Annotated[
         str,
-        typer.Option(metavar="HOST", help="address of the gateway and the gRPC server"),
+        typer.Option(metavar="HOST", help="address of the gateway (HTTP)"),
     ] = "127.0.0.1",
     port: Annotated[
         int,
@@ -78,6 +84,13 @@ def run(
         ),
     ] = Path("data"),
     demo: Annotated[bool, typer.Option(help="load a demo catalog and loyalty accounts")] = False,
+    grpc_host: Annotated[
+        str,
+        typer.Option(
+            metavar="HOST", help="address of the gRPC server (beyond loopback: mTLS or the flag)"
+        ),
+    ] = "127.0.0.1",
+    insecure_grpc: Annotated[bool, typer.Option(help=INSECURE_GRPC_HELP)] = False,
 ) -> None:
     """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
     from orderflow.platform.logging import configure_logging
@@ -88,8 +101,9 @@ def run(
     gateway = boot.load_settings(GatewaySettings)
     gateway = gateway.model_copy(update={"host": host, "port": port})
     services = boot.one_process_settings(data_dir)
+    boot.guard_grpc_bind(grpc_host, common, insecure_grpc, "gRPC")
     boot.check_port(host, port, "--port", "--host")
-    boot.check_port(host, grpc_port, "--grpc-port", "--host")
+    boot.check_port(grpc_host, grpc_port, "--grpc-port", "--grpc-host")
     configure_logging(common.log_level, common.log_format, component="orderflow")
     auth = boot.auth_for(host)
     from orderflow.onebox import run_onebox
@@ -102,6 +116,7 @@ def run(
             gateway=gateway,
             grpc_port=grpc_port,
             services=services,
+            grpc_host=grpc_host,
             demo=demo,
             auth=auth,
         )
@@ -256,7 +271,9 @@ def token(
     admin: Annotated[bool, typer.Option("--admin", help="an admin token")] = False,
     ttl: Annotated[
         int,
-        typer.Option(metavar="SECONDS", min=60, max=30 * 24 * 3600, help="seconds valid"),
+        typer.Option(
+            metavar="SECONDS", min=60, help="seconds valid (at most the maximum token lifetime)"
+        ),
     ] = 3600,
 ) -> None:
     """Print a bearer token signed with the configured key (ORDERFLOW_AUTH_*), for local use."""
@@ -277,6 +294,14 @@ def token(
     if customer is not None and not 1 <= len(customer) <= 64:
         typer.echo("--customer must be 1..64 characters", err=True)
         raise typer.Exit(2)
+    if ttl > auth.max_token_lifetime_seconds:
+        typer.echo(
+            f"--ttl {ttl} is longer than the maximum token lifetime of "
+            f"{auth.max_token_lifetime_seconds} s (ORDERFLOW_AUTH_MAX_TOKEN_LIFETIME_SECONDS): "
+            "the gateway would refuse such a token",
+            err=True,
+        )
+        raise typer.Exit(2)
     private_key = auth.jwt_private_key_file.read_text() if auth.jwt_private_key_file else None
     subject, scopes = ("admin", [ADMIN_SCOPE]) if admin else (str(customer), [CUSTOMER_SCOPE])
     typer.echo(issue_token(auth, subject, scopes, ttl, private_key))
@@ -290,27 +315,35 @@ def certs(
     ] = Path("certs"),
     host: Annotated[
         list[str] | None,
-        typer.Option(metavar="NAME", help="extra DNS name or address of the services (repeatable)"),
+        typer.Option(
+            metavar="NAME",
+            help="extra DNS name or address every certificate answers to (repeatable)",
+        ),
     ] = None,
     days: Annotated[
         int,
         typer.Option(metavar="DAYS", min=1, max=3650, help="validity in days"),
     ] = 365,
 ) -> None:
-    """Make a local CA and certificates for mutual TLS between the gateway and the services."""
-    from orderflow.platform.tls import DEFAULT_SERVER_NAMES, make_certs
+    """Make a local CA and one certificate per component (its name in the SAN) for mutual TLS.
+
+    A service admits only clients named in ORDERFLOW_TLS_ALLOWED_CLIENTS (default: gateway).
+    """
+    from orderflow.platform.tls import DEFAULT_SERVER_NAMES, GATEWAY_NAME, SERVICE_NAMES, make_certs
 
     names = [*DEFAULT_SERVER_NAMES, *(host or [])]
     files = make_certs(out, names, days)
-    typer.echo(f"wrote a CA and certificates to {out}/ (server names: {', '.join(names)})")
-    for who, cert, key in (
-        ("each service", "server_cert", "server_key"),
-        ("the gateway", "gateway_cert", "gateway_key"),
-    ):
+    typer.echo(
+        f"wrote a CA and a certificate per component to {out}/ (each also valid for "
+        f"{', '.join(names)}); keep {files['ca_key']} offline: it signs new certificates"
+    )
+    for component in (*SERVICE_NAMES, GATEWAY_NAME):
         typer.echo(
-            f"{who}: ORDERFLOW_TLS_CA_FILE={files['ca']} "
-            f"ORDERFLOW_TLS_CERT_FILE={files[cert]} ORDERFLOW_TLS_KEY_FILE={files[key]}"
+            f"{component}: ORDERFLOW_TLS_CA_FILE={files['ca']} "
+            f"ORDERFLOW_TLS_CERT_FILE={files[f'{component}_cert']} "
+            f"ORDERFLOW_TLS_KEY_FILE={files[f'{component}_key']}"
         )
+    typer.echo(f"one process (orderflow run) uses the {GATEWAY_NAME} certificate")
 
 
 def main() -> None:

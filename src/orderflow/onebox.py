@@ -24,8 +24,9 @@ from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.rpc import Channels
-from orderflow.gateway.server import uvicorn_server
+from orderflow.gateway.server import metrics_endpoint, uvicorn_server
 from orderflow.platform.component import Component
+from orderflow.platform.grpc_bind import dial_host
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.logging import wants_json
 from orderflow.platform.metrics import RegistryCollector
@@ -89,8 +90,11 @@ async def run_onebox(
     services: dict[str, Any],
     demo: bool,
     auth: AuthSettings | None = None,
+    grpc_host: str = "127.0.0.1",
 ) -> None:
-    """Run everything until SIGTERM/SIGINT; services: each service's settings by name."""
+    """Run everything until SIGTERM/SIGINT; services: each service's settings by name.
+    gRPC listens on grpc_host, not the gateway's host: beyond loopback only as the caller
+    allowed (boot.guard_grpc_bind)."""
     for definition in SERVICES:  # a missing database is said at once, not as a traceback
         cfg = services[definition.name]
         await wait_for_database(
@@ -100,18 +104,18 @@ async def run_onebox(
     try:
         for definition in SERVICES:
             components.append(await definition.build(services[definition.name], common))
-        host = gateway.host
         try:
             specs = [c.spec for c in components]
             credentials = server_credentials(common)
-            running = await create_server(specs, host, grpc_port, credentials=credentials)
+            running = await create_server(specs, grpc_host, grpc_port, credentials=credentials)
         except OSError:
-            raise StartupError(f"cannot listen on {host}:{grpc_port} (--grpc-port)") from None
+            raise StartupError(f"cannot listen on {grpc_host}:{grpc_port} (--grpc-port)") from None
     except BaseException:
         for component in components:
             await component.close()
         raise
-    target = f"{host}:{running.port}"
+    target = f"{dial_host(grpc_host)}:{running.port}"
+    stack = contextlib.ExitStack()
     try:
         if demo:
             await load_demo(target, gateway, channel_credentials(common))
@@ -121,15 +125,19 @@ async def run_onebox(
         # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
         metrics = GatewayMetrics()
         metrics.registry.register(RegistryCollector(running.metrics.registry))
+        endpoint = metrics_endpoint(gateway, metrics.registry)
+        if endpoint is not None:
+            stack.callback(endpoint.close)
         server = uvicorn_server(create_app(wired, common, auth=auth, metrics=metrics), gateway)
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         if server.started:
-            announce(common, gateway, target, services, demo)
+            announce(common, gateway, f"{grpc_host}:{running.port}", services, demo)
         await serving
     finally:
+        stack.close()
         await running.stop(1.0)
         for component in components:
             await component.close()

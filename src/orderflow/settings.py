@@ -50,6 +50,19 @@ class CommonSettings(_Base):
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    # Client certificate identities (a DNS name in the SAN) a service accepts under mutual
+    # TLS, as JSON (ORDERFLOW_TLS_ALLOWED_CLIENTS); by default only the gateway's.
+    tls_allowed_clients: list[Annotated[str, Field(min_length=1, max_length=253)]] = Field(
+        default_factory=lambda: ["gateway"], min_length=1
+    )
+    # Lets a gRPC server listen beyond loopback in plaintext, without client certificates
+    # (ORDERFLOW_INSECURE_GRPC, or --insecure-grpc): only on a network nothing else reaches.
+    insecure_grpc: bool = False
+
+    @property
+    def tls(self) -> bool:
+        """Mutual TLS is configured."""
+        return self.tls_ca_file is not None
 
     @model_validator(mode="after")
     def _tls_all_or_none(self) -> CommonSettings:
@@ -165,6 +178,8 @@ class GatewaySettings(_Base):
     recovery_interval_seconds: PositiveSeconds = 2.0
     recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
+    # Larger request heads (request line and headers) get 431 before they are parsed.
+    max_header_bytes: Annotated[int, Field(ge=8 * 1024, le=1024 * 1024)] = 64 * 1024
     # How long an idle HTTP connection stays open. Longer than the idle timeout of the
     # clients and load balancers in front (60 s is common), so that they, not the gateway,
     # close it: a client that sends on a connection the gateway just closed gets a reset,
@@ -178,6 +193,23 @@ class GatewaySettings(_Base):
     rate_limit_burst: Annotated[int, Field(ge=1, le=100_000)] = 40
     # Origins allowed by CORS, as JSON (e.g. ["https://shop.example"]); none by default.
     cors_origins: list[str] = Field(default_factory=list)
+    # Port serving /metrics apart from the API (on host); 0: /metrics is on the API port.
+    metrics_port: Port = 0
+    # Addresses (or networks) of proxies whose X-Forwarded-For / -Proto are believed, as
+    # JSON (e.g. ["10.0.0.0/8"]); none by default: the client is the connection's peer.
+    trusted_proxies: list[str] = Field(default_factory=list)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an address or a network") from None
+        return value
 
     @model_validator(mode="after")
     def _lease_outlasts_request(self) -> GatewaySettings:
@@ -216,6 +248,14 @@ class AuthSettings(_Base):
     issuer: Annotated[str, Field(min_length=1, max_length=200)] = "orderflow"
     audience: Annotated[str, Field(min_length=1, max_length=200)] = "orderflow"
     leeway_seconds: Annotated[float, Field(ge=0, le=300)] = 5.0
+    # Longest a token may be valid (exp - iat, and exp - now); longer ones are refused.
+    max_token_lifetime_seconds: Annotated[int, Field(ge=60, le=366 * 24 * 3600)] = 24 * 3600
+    # Longer Authorization headers are refused before any decoding (a JWT is ~0.3-1 KB).
+    max_token_bytes: Annotated[int, Field(ge=256, le=64 * 1024)] = 8 * 1024
+    # Failed authentications (401) one address may cause per second, and the burst above
+    # that; beyond it: 429 without looking at the token. 0 turns the limit off.
+    failure_limit_per_second: Annotated[float, Field(ge=0, le=100_000)] = 5.0
+    failure_limit_burst: Annotated[int, Field(ge=1, le=100_000)] = 50
 
     @field_validator("jwt_secret")
     @classmethod

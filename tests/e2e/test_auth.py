@@ -76,8 +76,9 @@ async def test_one_process_with_mutual_tls_places_orders(tmp_path: Path) -> None
     files = make_certs(tmp_path / "certs", ["127.0.0.1", "localhost"])
     env = {
         "ORDERFLOW_TLS_CA_FILE": str(files["ca"]),
-        "ORDERFLOW_TLS_CERT_FILE": str(files["server_cert"]),
-        "ORDERFLOW_TLS_KEY_FILE": str(files["server_key"]),
+        # One process is the gateway and the services: the gateway's certificate serves too.
+        "ORDERFLOW_TLS_CERT_FILE": str(files["gateway_cert"]),
+        "ORDERFLOW_TLS_KEY_FILE": str(files["gateway_key"]),
     }
     system = start(one_process(tmp_path, env))
     try:

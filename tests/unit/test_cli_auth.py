@@ -56,3 +56,21 @@ def test_token_needs_a_key_and_one_kind() -> None:
     assert both.returncode == 2 and "exactly one" in both.stderr
     short = orderflow("token", "--admin", ORDERFLOW_AUTH_JWT_SECRET="short")
     assert short.returncode == 2 and "ORDERFLOW_AUTH_JWT_SECRET" in short.stderr
+
+
+def test_token_will_not_outlive_the_maximum_lifetime() -> None:
+    day = orderflow("token", "--admin", "--ttl", "86400", ORDERFLOW_AUTH_JWT_SECRET=SECRET)
+    assert day.returncode == 0, day.stderr
+    longer = orderflow("token", "--admin", "--ttl", "86401", ORDERFLOW_AUTH_JWT_SECRET=SECRET)
+    assert longer.returncode == 2 and "maximum token lifetime" in longer.stderr
+    assert longer.stdout == ""
+    short = orderflow(
+        "token",
+        "--customer",
+        "c-1",
+        "--ttl",
+        "3600",
+        ORDERFLOW_AUTH_JWT_SECRET=SECRET,
+        ORDERFLOW_AUTH_MAX_TOKEN_LIFETIME_SECONDS="600",
+    )
+    assert short.returncode == 2 and "ORDERFLOW_AUTH_MAX_TOKEN_LIFETIME_SECONDS" in short.stderr

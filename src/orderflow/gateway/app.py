@@ -129,6 +129,8 @@ def create_app(
     app.include_router(items.router)
     app.include_router(loyalty.router)
     app.include_router(health.router)
+    if not settings.metrics_port:  # else served on a port of its own (gateway.server)
+        app.include_router(health.metrics_router)
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:  # closed unless origins are configured

@@ -56,14 +56,29 @@ async def request_budget(gateway: GatewayDep) -> AsyncIterator[None]:
         yield
 
 
+def client_address(request: Request) -> str:
+    """The client's address: the connection's peer, or what a trusted proxy said it is
+    (uvicorn rewrites it only for ORDERFLOW_GATEWAY_TRUSTED_PROXIES)."""
+    return request.client.host if request.client else "unknown"
+
+
 async def get_principal(
     gateway: GatewayDep,
+    request: Request,
     authorization: Annotated[
         str | None,
         Header(description="Bearer token (required unless the gateway runs without auth)"),
     ] = None,
 ) -> Principal:
-    return gateway.auth.authenticate(authorization)
+    return gateway.auth.authenticate(authorization, client_address(request))
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def rate_key(gateway: Gateway, principal: Principal, request: Request) -> str:
+    """Whose bucket a request spends: the caller's kind and subject with auth, else the
+    client's address (every caller is the same local admin then)."""
+    if gateway.auth.enabled:
+        return principal.key
+    return f"address:{client_address(request)}"

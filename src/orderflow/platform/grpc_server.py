@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from orderflow.errors import OrderflowError
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
+from orderflow.platform.grpc_identity import allowed_clients, refusal
 from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
 from orderflow.platform.metrics import ServiceMetrics
 from orderflow.platform.telemetry import server_interceptors
@@ -89,16 +90,24 @@ class ObservedServicer:
     coroutine on every call).
     """
 
-    def __init__(self, servicer: object, service_name: str, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        servicer: object,
+        service_name: str,
+        metrics: ServiceMetrics,
+        allowed: frozenset[str] | None = None,
+    ) -> None:
         self._servicer = servicer
         self._service_name = service_name
         self._metrics = metrics
+        # Client identities admitted under mutual TLS (platform.grpc_identity); None: any.
+        self._allowed = allowed
 
     def __getattr__(self, name: str) -> Any:
         inner = getattr(self._servicer, name)
         if not name[:1].isupper() or not callable(inner):
             return inner
-        wrapped = _observed(inner, f"/{self._service_name}/{name}", self._metrics)
+        wrapped = _observed(inner, f"/{self._service_name}/{name}", self._metrics, self._allowed)
         setattr(self, name, wrapped)  # later look-ups skip __getattr__
         return wrapped
 
@@ -107,8 +116,13 @@ def _observed(
     inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
     method: str,
     metrics: ServiceMetrics,
+    allowed: frozenset[str] | None = None,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if allowed is not None and (refused := refusal(context, allowed)) is not None:
+            metrics.observe_rpc(method, "PERMISSION_DENIED", 0.0)
+            log.warning("rpc_refused", method=method, peer=context.peer(), reason=refused)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
         request_id = order_id = None
         for key, value in context.invocation_metadata() or ():
             if key == REQUEST_ID_KEY:
@@ -173,7 +187,8 @@ async def create_server(
     """Build, bind and start a server hosting specs plus health and reflection.
 
     With credentials (mutual TLS, see platform.tls) the port accepts only TLS clients
-    whose certificate the configured CA signed.
+    whose certificate the configured CA signed, and the services answer only the client
+    identities the credentials allow (platform.grpc_identity).
     """
     metrics = ServiceMetrics()
     server = grpc.aio.server(
@@ -183,7 +198,8 @@ async def create_server(
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
     for spec in specs:
-        spec.add_to_server(ObservedServicer(spec.servicer, spec.name, metrics), server)
+        observed = ObservedServicer(spec.servicer, spec.name, metrics, allowed_clients(credentials))
+        spec.add_to_server(observed, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [spec.name for spec in specs]

@@ -12,6 +12,8 @@ from orderflow.gateway.deps import GatewayDep
 from orderflow.gateway.errors import error_response, error_responses
 
 router = APIRouter(tags=["operations"])
+# Apart, so that the app can leave /metrics off the API port (ORDERFLOW_GATEWAY_METRICS_PORT).
+metrics_router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
@@ -31,7 +33,7 @@ async def readyz(gateway: GatewayDep) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+@metrics_router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(gateway: GatewayDep) -> Response:
     """Prometheus text format."""
     return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep
+from orderflow.gateway.auth import as_if_missing
+from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep, rate_key
 from orderflow.gateway.errors import error_responses, http_status
 from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, Order
 from orderflow.gateway.schemas import OrderListOut, OrderOut, PlaceOrderIn, Status
@@ -69,8 +70,7 @@ async def place_order(
     ] = None,
 ) -> JSONResponse:
     principal.require_customer(body.customer_id)
-    client = principal.subject if gateway.auth.enabled else _address(request)
-    gateway.limiter.take(client)
+    gateway.limiter.take(rate_key(gateway, principal, request))
     new = gateway.saga.new_order(
         body.customer_id,
         [Line(x.sku, x.quantity) for x in body.items],
@@ -86,7 +86,8 @@ async def place_order(
 async def get_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    order = await gateway.services.orders.get_order(order_id)
+    with as_if_missing("order"):
+        order = await gateway.services.orders.get_order(order_id)
     principal.check_owner(order.customer_id, "order")
     return _order_json(gateway, order)
 
@@ -122,12 +123,9 @@ async def list_orders(
 async def cancel_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    if not principal.is_admin:
-        mine = await gateway.services.orders.get_order(order_id)
-        principal.check_owner(mine.customer_id, "order")
-    order = await gateway.saga.cancel_order(order_id)
+    with as_if_missing("order"):
+        if not principal.is_admin:
+            mine = await gateway.services.orders.get_order(order_id)
+            principal.check_owner(mine.customer_id, "order")
+        order = await gateway.saga.cancel_order(order_id)
     return _order_json(gateway, order)
-
-
-def _address(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
