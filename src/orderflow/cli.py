@@ -90,7 +90,9 @@ def run(
             metavar="HOST", help="address of the gRPC server (beyond loopback: mTLS or the flag)"
         ),
     ] = "127.0.0.1",
-    insecure_grpc: Annotated[bool, typer.Option(help=INSECURE_GRPC_HELP)] = False,
+    insecure_grpc: Annotated[
+        bool, typer.Option("--insecure-grpc", help=INSECURE_GRPC_HELP)
+    ] = False,
 ) -> None:
     """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
     from orderflow.platform.logging import configure_logging
