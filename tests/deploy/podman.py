@@ -163,6 +163,13 @@ class PodmanSession:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait()
+        # The reader ends at the shell's end of output; then both pipes are closed (an
+        # open one is a ResourceWarning, which the tests treat as an error).
+        self._reader.join(timeout=10)
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
         for leftover in self._dir.glob("*"):
             leftover.unlink()
         self._dir.rmdir()
