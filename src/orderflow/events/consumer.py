@@ -22,11 +22,13 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic
 
 import structlog
+from opentelemetry import context as otel_context
+from opentelemetry import propagate
 from sqlalchemy import delete, func, select, text, update
 
 from orderflow.events.bus import Delivery, EventBus, Subscription
@@ -36,6 +38,7 @@ from orderflow.events.registry import event_type
 from orderflow.events.store import SqlConnection, TransactionFactory, TxT, in_transaction
 from orderflow.events.tables import EventTables
 from orderflow.platform.db import now_us
+from orderflow.platform.telemetry import span
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +77,28 @@ async def record_handled(
         },
     )
     return result.rowcount == 1
+
+
+@contextlib.contextmanager
+def handling(event: Event, consumer: str) -> Iterator[None]:
+    """While a handler runs: its log lines name the event (and the order, for an order's
+    event), and with tracing on it is a span in the trace of the change that caused the
+    event (its traceparent), so events it writes continue that trace too."""
+    ids = {"event_id": event.id, "event_type": event.type.name}
+    if event.type.aggregate == "order":
+        ids["order_id"] = event.subject
+    token = None
+    if event.traceparent:
+        token = otel_context.attach(propagate.extract({"traceparent": event.traceparent}))
+    try:
+        with (
+            structlog.contextvars.bound_contextvars(**ids),
+            span(f"event {event.type.name}", consumer=consumer, event_id=event.id),
+        ):
+            yield
+    finally:
+        if token is not None:
+            otel_context.detach(token)
 
 
 class ConsumerRunner(Generic[TxT]):
@@ -125,7 +150,14 @@ class ConsumerRunner(Generic[TxT]):
             self._subscription = await self.bus.subscribe(self.name, self.types)
 
     async def start(self) -> None:
-        await self.subscribe()
+        """Subscribe and start handling. A broker that is not there yet does not stop the
+        service: the runner keeps trying to subscribe, with backoff, like any failed round."""
+        try:
+            await self.subscribe()
+        except Exception as exc:
+            log.warning(
+                "event consumer cannot subscribe yet; retrying", consumer=self.name, error=repr(exc)
+            )
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name=f"consumer-{self.name}")
 
@@ -232,7 +264,8 @@ class ConsumerRunner(Generic[TxT]):
         outcomes = []
         for event in events:
             if await record_handled(tx.connection, self.tables, self.name, event):
-                await self.handlers[event.type.name](tx, event)
+                with handling(event, self.name):
+                    await self.handlers[event.type.name](tx, event)
                 outcomes.append("handled")
             else:
                 outcomes.append("duplicate")

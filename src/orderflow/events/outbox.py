@@ -9,8 +9,9 @@ event's `seq` is drawn.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
+from typing import ClassVar, Protocol
 
 from google.protobuf.message import Message
 from sqlalchemy import insert
@@ -18,7 +19,7 @@ from sqlalchemy import insert
 from orderflow.events.envelope import Event, rfc3339, to_json
 from orderflow.events.store import SqlConnection
 from orderflow.events.tables import EventTables
-from orderflow.platform.db import now_us
+from orderflow.platform.db import Database, UnitOfWork, now_us
 
 
 def outbox_row(event: Event, created_us: int) -> dict[str, object]:
@@ -61,3 +62,70 @@ async def append(
     return await append_events(
         connection, tables, [Event.new(m, source=source, time=time) for m in messages]
     )
+
+
+class EventSink(Protocol):
+    """Where a service's use case writes the events of its change: `await uow.events.add(m)`
+    appends them to the outbox of the unit of work's own transaction."""
+
+    async def add(self, *messages: Message) -> None: ...
+
+
+class Outbox:
+    """A service's outbox: its event tables, and what to call after a commit that wrote
+    events (the relay's `wake`, so an event need not wait for the relay's next poll)."""
+
+    def __init__(self, tables: EventTables) -> None:
+        self.tables = tables
+        self.on_commit: Callable[[], None] = _nothing
+
+    def writer(self, connection: SqlConnection) -> OutboxWriter:
+        return OutboxWriter(connection, self)
+
+
+def _nothing() -> None:
+    return None
+
+
+class OutboxWriter:
+    """The outbox as one unit of work sees it (`uow.events`): rows go into its transaction."""
+
+    __slots__ = ("connection", "outbox", "written")
+
+    def __init__(self, connection: SqlConnection, outbox: Outbox) -> None:
+        self.connection = connection
+        self.outbox = outbox
+        self.written = False
+
+    async def add(self, *messages: Message) -> None:
+        if messages:
+            await append(self.connection, self.outbox.tables, *messages)
+            self.written = True
+
+    def committed(self) -> None:
+        """The unit of work committed: wake the relay if events were written."""
+        if self.written:
+            self.written = False
+            self.outbox.on_commit()
+
+
+class OutboxUnitOfWork(UnitOfWork):
+    """A service's unit of work with its outbox: `await uow.events.add(message)` writes an
+    event in the transaction; after `commit()` the relay is woken. A subclass names its
+    database's tables in `event_tables` and calls `super()._attach()`."""
+
+    event_tables: ClassVar[EventTables]
+    events: OutboxWriter
+
+    def __init__(
+        self, database: Database, outbox: Outbox | None = None, *, readonly: bool = False
+    ) -> None:
+        super().__init__(database, readonly=readonly)
+        self.outbox = outbox if outbox is not None else Outbox(self.event_tables)
+
+    def _attach(self) -> None:
+        self.events = self.outbox.writer(self.connection)
+
+    async def commit(self) -> None:
+        await super().commit()
+        self.events.committed()

@@ -41,6 +41,9 @@ class EventsSettings(BaseSettings):
     # Consumers: a message failing this often is parked; deliveries per batch.
     events_max_attempts: Annotated[int, Field(ge=1, le=1_000)] = 5
     events_consumer_batch: Annotated[int, Field(ge=1, le=10_000)] = 50
+    # JetStream: a delivery not acked within this long is delivered again (a consumer
+    # that died mid-batch); longer than handling a batch takes.
+    events_ack_wait_seconds: Seconds = 30.0
     # Inbox rows (the record of handled events) are kept this long (30 days).
     events_inbox_retention_seconds: Seconds = 30 * 86_400
 
@@ -49,7 +52,10 @@ class EventsSettings(BaseSettings):
         lazily: nothing is contacted here)."""
         if self.nats_url:
             return JetStreamBus(
-                self.nats_url, stream=self.events_stream, subject_prefix=self.events_subject_prefix
+                self.nats_url,
+                stream=self.events_stream,
+                subject_prefix=self.events_subject_prefix,
+                ack_wait=self.events_ack_wait_seconds,
             )
         return InProcessBus(self.events_subject_prefix)
 
