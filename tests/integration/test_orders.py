@@ -339,7 +339,7 @@ async def test_confirm_by_the_owner_stores_prices_and_totals(orders: Orders) -> 
     assert (done.currency, done.subtotal, done.discount) == ("USD", 1500, 50)
     assert (done.points_redeemed, done.total, done.points_earned) == (100, 1350, 15)
     assert done.settled is False
-    assert done.lease_owner == OWNER
+    assert done.lease_owner == ""  # let go: its events finish it (ADR 18)
     assert done.updated_at.ToMicroseconds() >= order.updated_at.ToMicroseconds()
     assert await orders.get(order.id) == done
     again = await orders.confirm(order, price=500, discount=50, points=100)
@@ -874,11 +874,17 @@ LEASES = [
 ]
 
 
+# A CONFIRMED order is stale only once its events had GRACE_US to settle it: last changed
+# long ago, exactly GRACE_US ago, or just inside it.
+GRACE_US = 1_000
+UPDATED = [1, NOW_US - GRACE_US, NOW_US - GRACE_US + 1]
+
+
 def every_order() -> list[domain.Order]:
-    """One order per status x settled x lease (LEASES)."""
+    """One order per status x settled x lease (LEASES) x cancel requested x last change."""
     made = []
-    for n, (status, settled, (owner, expires)) in enumerate(
-        itertools.product(domain.OrderStatus, (False, True), LEASES)
+    for n, (status, settled, (owner, expires), cancel, updated) in enumerate(
+        itertools.product(domain.OrderStatus, (False, True), LEASES, (False, True), UPDATED)
     ):
         made.append(
             domain.Order(
@@ -897,11 +903,11 @@ def every_order() -> list[domain.Order]:
                 idempotency_key="",
                 request_fingerprint="fp",
                 settled=settled,
-                cancel_requested=False,
+                cancel_requested=cancel,
                 lease_owner=owner,
                 lease_expires_us=expires,
                 created_us=n,
-                updated_us=n,
+                updated_us=updated,
                 version=1,
             )
         )
@@ -950,7 +956,13 @@ async def test_the_stale_query_agrees_with_domain_is_stale(
     """SqlOrderRepository.stale restates domain.is_stale: it must find exactly those."""
     uow, made = seeded
     async with uow() as work:
-        found = await work.orders.stale(NOW_US, len(made))
-    assert sorted(o.id for o in found) == sorted(o.id for o in made if domain.is_stale(o, NOW_US))
-    assert any(domain.is_stale(o, NOW_US) for o in made)
-    assert not all(domain.is_stale(o, NOW_US) for o in made)
+        found = await work.orders.stale(NOW_US, len(made), GRACE_US)
+    stale = sorted(o.id for o in made if domain.is_stale(o, NOW_US, GRACE_US))
+    assert sorted(o.id for o in found) == stale
+    assert stale and len(stale) < len(made)
+    # The grace decides for some CONFIRMED orders both ways.
+    confirmed = [o for o in made if o.status == domain.OrderStatus.CONFIRMED]
+    assert any(domain.is_stale(o, NOW_US, GRACE_US) for o in confirmed)
+    assert any(
+        domain.is_stale(o, NOW_US) and not domain.is_stale(o, NOW_US, GRACE_US) for o in confirmed
+    )

@@ -15,6 +15,8 @@ from dataclasses import replace
 from types import TracebackType
 from typing import Any, Self
 
+from google.protobuf.message import Message
+
 from orderflow.errors import ConcurrentChangeError, InvalidStateError, LeaseHeldError
 from orderflow.inventory.domain import (
     Item,
@@ -43,19 +45,40 @@ class FakeRepository:
         vars(self).update(snapshot)
 
 
+class FakeOutbox(FakeRepository):
+    """The outbox: the event messages written, in order (kept only if committed)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+
+    async def add(self, *messages: Message) -> None:
+        self.messages.extend(messages)
+
+    def of(self, kind: type[Message]) -> list[Any]:
+        return [m for m in self.messages if isinstance(m, kind)]
+
+
 class FakeStore:
     """The repositories of one fake database, and the factory of its units of work."""
 
     def __init__(self) -> None:
         self.commits = 0
         self.rollbacks = 0
+        self.outbox = FakeOutbox()
 
     def repositories(self) -> Sequence[FakeRepository]:
         raise NotImplementedError
 
+    def all_repositories(self) -> Sequence[FakeRepository]:
+        return (*self.repositories(), self.outbox)
+
 
 class FakeUnitOfWork:
     """`async with` it: rolled back on exit unless `await commit()` ran."""
+
+    @property
+    def events(self) -> FakeOutbox:
+        return self.store.outbox
 
     def __init__(self, store: FakeStore, *, readonly: bool = False) -> None:
         self.store = store
@@ -64,7 +87,7 @@ class FakeUnitOfWork:
         self._snapshots: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> Self:
-        self._snapshots = [repo.snapshot() for repo in self.store.repositories()]
+        self._snapshots = [repo.snapshot() for repo in self.store.all_repositories()]
         self._committed = False
         return self
 
@@ -79,8 +102,8 @@ class FakeUnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self._committed:
-            for repo, snapshot in zip(self.store.repositories(), self._snapshots, strict=True):
+        if not self._committed:  # (the outbox too: a rolled-back change emits nothing)
+            for repo, snapshot in zip(self.store.all_repositories(), self._snapshots, strict=True):
                 repo.restore(snapshot)
             if not self.readonly:
                 self.store.rollbacks += 1
@@ -92,6 +115,7 @@ class FakeUnitOfWork:
 class FakeItemRepository(FakeRepository):
     def __init__(self) -> None:
         self.rows: dict[str, Item] = {}
+        self.low: set[str] = set()  # skus marked low on stock
 
     async def get(self, sku: str) -> Item | None:
         return self.rows.get(sku)
@@ -102,6 +126,7 @@ class FakeItemRepository(FakeRepository):
         self.rows[new.sku] = Item(
             new.sku, new.name, new.price, currency, new.stock, 0, 0, new.stock
         )
+        self.low.discard(new.sku)
 
     async def page(self, after: str, limit: int) -> list[Item]:
         return [self.rows[sku] for sku in sorted(self.rows) if sku > after][:limit]
@@ -123,14 +148,26 @@ class FakeItemRepository(FakeRepository):
     async def known_skus(self, skus: Iterable[str]) -> set[str]:
         return {sku for sku in skus if sku in self.rows}
 
-    async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
+    async def take_stock(self, sku: str, quantity: int, now: int) -> tuple[int, int] | None:
         item = self.rows.get(sku)
         if item is None or item.available < quantity:
             return None
         self.rows[sku] = replace(
             item, available=item.available - quantity, reserved=item.reserved + quantity
         )
-        return item.price
+        return item.price, item.available - quantity
+
+    async def mark_low(self, sku: str, threshold: int) -> int | None:
+        item = self.rows.get(sku)
+        if item is None or sku in self.low or item.available > threshold:
+            return None
+        self.low.add(sku)
+        return item.available
+
+    async def rearm_low(self, skus: Iterable[str], threshold: int) -> None:
+        for sku in skus:
+            if sku in self.low and self.rows[sku].available > threshold:
+                self.low.discard(sku)
 
     async def move_stock(
         self, lines: Sequence[ReservedLine], source: str, target: str, now: int
@@ -208,19 +245,22 @@ class FakeAccountRepository(FakeRepository):
     async def get(self, customer_id: str) -> tuple[str, int] | None:
         return self.rows.get(customer_id)
 
-    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
-        self.rows.setdefault(customer_id, (tier, 0))
+    async def ensure(self, customer_id: str, tier: str, now: int) -> bool:
+        if customer_id in self.rows:
+            return False
+        self.rows[customer_id] = (tier, 0)
+        return True
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None:
         if customer_id in self.rows:
             self.rows[customer_id] = (tier, self.rows[customer_id][1])
 
-    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
-        if entry.delta == 0:
-            return True
+    async def add_points(self, entry: LedgerEntry, now: int) -> int | None:
         found = self.rows.get(entry.customer_id)
+        if entry.delta == 0:
+            return None if found is None else found[1]
         if found is None or found[1] + entry.delta < 0:
-            return False
+            return None
         for e in self.ledger:  # the ledger's unique keys
             if (
                 entry.order_id is not None and (e.order_id, e.kind) == (entry.order_id, entry.kind)
@@ -231,7 +271,7 @@ class FakeAccountRepository(FakeRepository):
                 raise DuplicateKeyError(entry)
         self.rows[entry.customer_id] = (found[0], found[1] + entry.delta)
         self.ledger.append(entry)
-        return True
+        return found[1] + entry.delta
 
     async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
         for e in self.ledger:
@@ -350,8 +390,8 @@ class FakeOrderRepository(FakeRepository):
             and (before is None or (o.created_us, o.id) < before)
         ][:limit]
 
-    async def stale(self, now: int, limit: int) -> list[Order]:
-        found = [o for o in self.rows.values() if orders_domain.is_stale(o, now)]
+    async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
+        found = [o for o in self.rows.values() if orders_domain.is_stale(o, now, events_grace_us)]
         return sorted(found, key=lambda o: o.updated_us)[:limit]
 
 

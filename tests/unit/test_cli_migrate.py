@@ -41,6 +41,6 @@ def test_migrate_brings_each_database_to_its_head(tmp_path: Path) -> None:
     done = migrate(**env)
     assert done.returncode == 0, done.stderr
     for name in ("orders", "inventory", "loyalty"):
-        assert f"{name}: at revision 0001" in done.stdout
+        assert f"{name}: at revision 0002" in done.stdout
     again = migrate("inventory", **env)  # idempotent
-    assert again.returncode == 0 and "inventory: at revision 0001" in again.stdout
+    assert again.returncode == 0 and "inventory: at revision 0002" in again.stdout

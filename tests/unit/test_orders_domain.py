@@ -193,7 +193,8 @@ def test_confirm_a_pending_order_stores_prices_and_totals() -> None:
     assert done.version == order.version + 1
     assert done.updated_us == NOW
     assert done.settled is False
-    assert done.lease_owner == OWNER
+    # The driver lets go: the order's events finish it, and it can be cancelled at once.
+    assert (done.lease_owner, done.lease_expires_us) == ("", 0)
 
 
 def test_confirm_again_is_a_no_op_returning_the_same_object() -> None:
@@ -339,8 +340,9 @@ def test_request_cancel_of_a_cancelled_order_returns_it_as_is() -> None:
 
 
 def test_request_cancel_while_another_driver_holds_the_lease_is_refused() -> None:
+    leased = domain.acquire_lease(confirmed(), OWNER, LEASE, NOW)
     with pytest.raises(LeaseHeldError):
-        domain.request_cancel(confirmed(), OTHER, LEASE, NOW)
+        domain.request_cancel(leased, OTHER, LEASE, NOW)
 
 
 def test_withdraw_cancel_clears_the_request() -> None:
@@ -412,8 +414,9 @@ def test_settle_clears_the_lease_and_repeats_as_a_no_op(order: Order) -> None:
 
 
 def test_settle_while_another_driver_holds_the_lease_is_refused() -> None:
+    leased = domain.acquire_lease(confirmed(), OWNER, LEASE, NOW)
     with pytest.raises(LeaseHeldError):
-        domain.settle(confirmed(), OTHER, NOW)
+        domain.settle(leased, OTHER, NOW)
 
 
 # -- staleness ----------------------------------------------------------------------------

@@ -210,6 +210,7 @@ async def test_settle_order_refused_while_pending_or_leased_by_another() -> None
     with pytest.raises(InvalidStateError):
         await service.settle_order(order.id, OWNER)
     await service.confirm_order(order.id, OWNER, TOTALS)
+    await service.acquire_lease(order.id, OWNER, 10)  # e.g. a cancel driving it
     with pytest.raises(LeaseHeldError):
         await service.settle_order(order.id, OTHER)
     assert not store.orders.rows[order.id].settled

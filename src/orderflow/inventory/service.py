@@ -6,9 +6,12 @@ bootstrap hands it a factory of SQL units of work, unit tests one of fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol, TypeVar
+
+import structlog
 
 from orderflow.errors import (
     AlreadyExistsError,
@@ -17,15 +20,20 @@ from orderflow.errors import (
     OutOfStockError,
     UnknownSkuError,
 )
+from orderflow.events.outbox import EventSink
 from orderflow.inventory import domain
+from orderflow.inventory import events as inventory_events
 from orderflow.inventory.domain import Item, Reservation, ReservationState, ReservedLine, StockMove
 from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
 from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 50
+DEFAULT_LOW_STOCK_THRESHOLD = 5
 
 T = TypeVar("T")
+
+log = structlog.get_logger("orderflow.inventory")
 
 
 class ItemRepository(Protocol):
@@ -43,8 +51,19 @@ class ItemRepository(Protocol):
 
     async def known_skus(self, skus: Iterable[str]) -> set[str]: ...
 
-    async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
-        """Move quantity from available to reserved if there is enough; the unit price or None."""
+    async def take_stock(self, sku: str, quantity: int, now: int) -> tuple[int, int] | None:
+        """Move quantity from available to reserved if there is enough: (unit price, units
+        available after), or None."""
+        ...
+
+    async def mark_low(self, sku: str, threshold: int) -> int | None:
+        """Mark the item low on stock if available <= threshold and it is not marked yet:
+        its available units, or None (nothing marked)."""
+        ...
+
+    async def rearm_low(self, skus: Iterable[str], threshold: int) -> None:
+        """Unmark the items whose available went back above threshold (the next fall to
+        it is a new crossing)."""
         ...
 
     async def move_stock(
@@ -65,6 +84,9 @@ class InventoryUnitOfWork(Transactional, Protocol):
     @property
     def reservations(self) -> ReservationRepository: ...
 
+    @property
+    def events(self) -> EventSink: ...
+
 
 class InventoryService:
     def __init__(
@@ -73,11 +95,13 @@ class InventoryService:
         *,
         currency: str,
         clock: Callable[[], int] = now_us,
+        low_stock_threshold: int = DEFAULT_LOW_STOCK_THRESHOLD,
     ) -> None:
         self.uow = uow
         self._reader = functools.partial(uow, readonly=True)
         self.currency = currency
         self.now = clock
+        self.low_stock_threshold = low_stock_threshold
         self._reservations = TransitionRunner[
             InventoryUnitOfWork, ReservationState, StockMove, Reservation
         ](
@@ -101,7 +125,12 @@ class InventoryService:
             if await uow.items.get(new.sku) is not None:
                 raise AlreadyExistsError(f"item {new.sku} already exists", sku=new.sku)
             await uow.items.add(new, self.currency, self.now())
-            return await self._item(uow, new.sku)
+            # Created at or below the threshold: marked, so that no crossing is reported
+            # until it has been above it (a new item did not fall there).
+            await uow.items.mark_low(new.sku, self.low_stock_threshold)
+            item = await self._item(uow, new.sku)
+            await uow.events.add(inventory_events.item_changed(item, created=True))
+            return item
 
         return await transact(self.uow, work)
 
@@ -129,7 +158,11 @@ class InventoryService:
         async def work(uow: InventoryUnitOfWork) -> Item:
             if not await uow.items.change(change, self.now()):
                 raise NotFoundError(f"no item with sku {change.sku}", sku=change.sku)
-            return await self._item(uow, change.sku)
+            if change.restock is not None:
+                await uow.items.rearm_low([change.sku], self.low_stock_threshold)
+            item = await self._item(uow, change.sku)
+            await uow.events.add(inventory_events.item_changed(item, created=False))
+            return item
 
         return await transact(self.uow, work)
 
@@ -149,9 +182,10 @@ class InventoryService:
         async def work(uow: InventoryUnitOfWork) -> Reservation:
             now = self.now()
             reserved: list[ReservedLine] = []
+            low: list[tuple[str, int]] = []
             for sku, quantity in wanted:  # sorted by sku: rows are locked in one order
-                price = await uow.items.take_stock(sku, quantity, now)
-                if price is None:
+                taken = await uow.items.take_stock(sku, quantity, now)
+                if taken is None:
                     if await uow.reservations.get(order_id) is not None:
                         raise Rollback  # the order has one already: roll back, read it below
                     # Refused, and rolled back: say why, naming every unknown sku first.
@@ -167,12 +201,20 @@ class InventoryService:
                         requested=quantity,
                         available=available,
                     )
+                price, available = taken
                 reserved.append(ReservedLine(sku, quantity, price))
+                if available <= self.low_stock_threshold:
+                    low.append((sku, available))
             reservation = Reservation(
                 order_id, ReservationState.RESERVED, tuple(reserved), self.currency
             )
             if not await uow.reservations.add_if_absent(reservation, now):
                 raise Rollback  # a repeat: give the stock back, return the first reservation
+            for sku, available in low:
+                if await uow.items.mark_low(sku, self.low_stock_threshold) is not None:
+                    await uow.events.add(
+                        inventory_events.low_stock(sku, available, self.low_stock_threshold)
+                    )
             return reservation
 
         try:
@@ -213,9 +255,24 @@ class InventoryService:
         order_id = check_id("order_id", order_id)
         return (await self._reservations.apply(transition, order_id)).state
 
-    @staticmethod
+    async def commit_stock_for(self, uow: InventoryUnitOfWork, order_id: str) -> None:
+        """In the unit of work of the consumer of order.confirmed: commit_stock. A
+        reservation already given back (the order was cancelled before its event came) is
+        left as it is: the event is late, not wrong."""
+        found = await uow.reservations.get(order_id, lock=True)
+        if found is not None and found.state.compensated:
+            log.info("commit_stock_skipped", order_id=order_id, state=found.state.value)
+            return
+        runner = dataclasses.replace(self._reservations, transact=lambda work: work(uow))
+        await runner.apply(domain.COMMIT_STOCK, order_id)
+
     async def _move_stock(
-        uow: InventoryUnitOfWork, reservation: Reservation, move: StockMove, now: int
+        self, uow: InventoryUnitOfWork, reservation: Reservation, move: StockMove, now: int
     ) -> None:
         source, target = move
         await uow.items.move_stock(reservation.lines, source, target, now)
+        if target == "available":
+            await uow.items.rearm_low([x.sku for x in reservation.lines], self.low_stock_threshold)
+        event = inventory_events.stock_moved(reservation)
+        if event is not None:
+            await uow.events.add(event)

@@ -14,17 +14,22 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     MetaData,
     String,
     Table,
     bindparam,
+    false,
     select,
+    true,
     update,
 )
 from sqlalchemy.engine import Row
 
+from orderflow.events.outbox import OutboxUnitOfWork
+from orderflow.events.tables import event_tables
 from orderflow.inventory.domain import (
     Item,
     ItemChange,
@@ -33,7 +38,7 @@ from orderflow.inventory.domain import (
     ReservationState,
     ReservedLine,
 )
-from orderflow.platform.db import SqlRepository, UnitOfWork
+from orderflow.platform.db import SqlRepository
 
 metadata = MetaData()
 
@@ -50,6 +55,9 @@ items = Table(
     Column("received", BigInteger, nullable=False),
     Column("created_us", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
+    # At or below the low-stock threshold since item.low_stock was last emitted: the
+    # event fires once per crossing, and again only after available went back above.
+    Column("low_stock", Boolean, nullable=False, server_default=false()),
     CheckConstraint("price >= 0", name="ck_items_price"),
     CheckConstraint("available >= 0", name="ck_items_available"),
     CheckConstraint("reserved >= 0", name="ck_items_reserved"),
@@ -68,6 +76,9 @@ reservations = Table(
     Column("created_us", BigInteger, nullable=False),
     Column("updated_us", BigInteger, nullable=False),
 )
+
+# outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
+outbox_tables = event_tables(metadata)
 
 _ITEM_COLUMNS = (
     items.c.sku,
@@ -94,7 +105,26 @@ _TAKE_STOCK = (
         reserved=items.c.reserved + bindparam("_n"),
         updated_us=bindparam("_now"),
     )
-    .returning(items.c.price)
+    .returning(items.c.price, items.c.available)
+)
+_MARK_LOW = (
+    update(items)
+    .where(
+        items.c.sku == bindparam("_sku"),
+        items.c.low_stock.is_(False),
+        items.c.available <= bindparam("_threshold"),
+    )
+    .values(low_stock=true())
+    .returning(items.c.available)
+)
+_REARM_LOW = (
+    update(items)
+    .where(
+        items.c.sku == bindparam("_sku"),
+        items.c.low_stock.is_(True),
+        items.c.available > bindparam("_threshold"),
+    )
+    .values(low_stock=false())
 )
 _MOVES = {
     (source, target): update(items)
@@ -153,6 +183,7 @@ class SqlItemRepository(SqlRepository):
                 received=new.stock,
                 created_us=now,
                 updated_us=now,
+                low_stock=False,
             )
         )
 
@@ -182,13 +213,26 @@ class SqlItemRepository(SqlRepository):
         query = select(items.c.sku).where(items.c.sku.in_(list(skus)))
         return set((await self.connection.execute(query)).scalars())
 
-    async def take_stock(self, sku: str, quantity: int, now: int) -> int | None:
-        """Move quantity from available to reserved if there is enough; the unit price or None."""
-        result = await self.connection.execute(
-            _TAKE_STOCK, {"_sku": sku, "_n": quantity, "_now": now}
-        )
-        price = result.scalar_one_or_none()
-        return None if price is None else int(price)
+    async def take_stock(self, sku: str, quantity: int, now: int) -> tuple[int, int] | None:
+        """Move quantity from available to reserved if there is enough: (unit price, units
+        available after), or None."""
+        row = (
+            await self.connection.execute(_TAKE_STOCK, {"_sku": sku, "_n": quantity, "_now": now})
+        ).first()
+        return None if row is None else (int(row.price), int(row.available))
+
+    async def mark_low(self, sku: str, threshold: int) -> int | None:
+        """Mark the item low if available <= threshold and it is not yet: its available
+        units, or None (nothing marked)."""
+        row = (
+            await self.connection.execute(_MARK_LOW, {"_sku": sku, "_threshold": threshold})
+        ).first()
+        return None if row is None else int(row.available)
+
+    async def rearm_low(self, skus: Iterable[str], threshold: int) -> None:
+        """Unmark the items whose available went back above threshold."""
+        for sku in sorted(set(skus)):
+            await self.connection.execute(_REARM_LOW, {"_sku": sku, "_threshold": threshold})
 
     async def move_stock(
         self, lines: Sequence[ReservedLine], source: str, target: str, now: int
@@ -259,12 +303,14 @@ def _reservation_row(reservation: Reservation, now: int) -> dict[str, Any]:
     }
 
 
-class SqlInventoryUnitOfWork(UnitOfWork):
-    """A transaction on the inventory database with its repositories."""
+class SqlInventoryUnitOfWork(OutboxUnitOfWork):
+    """A transaction on the inventory database with its repositories and its outbox."""
 
+    event_tables = outbox_tables
     items: SqlItemRepository
     reservations: SqlReservationRepository
 
     def _attach(self) -> None:
+        super()._attach()
         self.items = SqlItemRepository(self.connection, self.database)
         self.reservations = SqlReservationRepository(self.connection, self.database)

@@ -6,9 +6,12 @@ bootstrap hands it a factory of SQL units of work, unit tests one of fakes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
+
+import structlog
 
 from orderflow.errors import (
     CompensatedError,
@@ -18,7 +21,9 @@ from orderflow.errors import (
     NotCancellableError,
     NotFoundError,
 )
+from orderflow.events.outbox import EventSink
 from orderflow.loyalty import domain
+from orderflow.loyalty import events as loyalty_events
 from orderflow.loyalty.domain import (
     Account,
     Application,
@@ -34,21 +39,25 @@ from orderflow.validation import check_id
 
 T = TypeVar("T")
 
+log = structlog.get_logger("orderflow.loyalty")
+
 
 class AccountRepository(Protocol):
     async def get(self, customer_id: str) -> tuple[str, int] | None:
         """(tier, points) of the customer's account, or None."""
         ...
 
-    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
-        """Open an account at tier with no points unless the customer has one."""
+    async def ensure(self, customer_id: str, tier: str, now: int) -> bool:
+        """Open an account at tier with no points unless the customer has one; True if it
+        was opened now."""
         ...
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None: ...
 
-    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
-        """Change the balance by entry.delta and book the entry; False (nothing done) if the
-        balance would go negative. A zero delta books nothing."""
+    async def add_points(self, entry: LedgerEntry, now: int) -> int | None:
+        """Change the balance by entry.delta and book the entry: the balance after, or None
+        (nothing done) if it would go negative or there is no account. A zero delta books
+        nothing (and gives the balance as it is)."""
         ...
 
     async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
@@ -66,6 +75,9 @@ class LoyaltyUnitOfWork(Transactional, Protocol):
 
     @property
     def applications(self) -> ApplicationRepository: ...
+
+    @property
+    def events(self) -> EventSink: ...
 
 
 class LoyaltyService:
@@ -117,8 +129,13 @@ class LoyaltyService:
 
         async def work(uow: LoyaltyUnitOfWork) -> Account:
             now = self.now()
-            await uow.accounts.ensure(customer_id, tier, now)
-            await uow.accounts.set_tier(customer_id, tier, now)
+            if await uow.accounts.ensure(customer_id, tier, now):
+                await self._tier_changed(uow, customer_id, tier, "")
+            else:
+                before = await uow.accounts.get(customer_id)
+                await uow.accounts.set_tier(customer_id, tier, now)
+                if before is not None and before[0] != tier:
+                    await self._tier_changed(uow, customer_id, tier, before[0])
             return await self._account(uow, customer_id)
 
         return await transact(self.uow, work)
@@ -141,7 +158,7 @@ class LoyaltyService:
                             customer_id=adj.customer_id,
                         )
                     return await self._account(uow, adj.customer_id)
-            await uow.accounts.ensure(adj.customer_id, self.tiers.default, now)
+            await self._open(uow, adj.customer_id, now)
             entry = LedgerEntry(
                 adj.customer_id,
                 adj.delta,
@@ -149,8 +166,8 @@ class LoyaltyService:
                 reason=adj.reason,
                 idempotency_key=adj.idempotency_key or None,
             )
-            done = await uow.accounts.add_points(entry, now)
-            if not done:
+            balance = await uow.accounts.add_points(entry, now)
+            if balance is None:
                 account = await self._account(uow, adj.customer_id)
                 raise NegativeBalanceError(
                     f"customer {adj.customer_id} has {account.points} points; "
@@ -159,6 +176,7 @@ class LoyaltyService:
                     points=account.points,
                     delta=adj.delta,
                 )
+            await uow.events.add(loyalty_events.points_changed(entry, balance))
             return await self._account(uow, adj.customer_id)
 
         return await transact(self.uow, work)
@@ -174,7 +192,7 @@ class LoyaltyService:
         async def work(uow: LoyaltyUnitOfWork) -> Application:
             now = self.now()
             if await uow.accounts.get(req.customer_id) is None:
-                await uow.accounts.ensure(req.customer_id, self.tiers.default, now)
+                await self._open(uow, req.customer_id, now)
             account = await self._account(uow, req.customer_id)
             application = domain.price_order(
                 req.order_id,
@@ -188,14 +206,17 @@ class LoyaltyService:
             if not await uow.applications.add_if_absent(application, now):
                 raise Rollback  # applied before: roll back, return the first result below
             redeem = domain.order_entry(application, EntryKind.REDEEM)
-            redeemed = await uow.accounts.add_points(redeem, now)
-            if not redeemed:
+            if not redeem.delta:
+                return application
+            balance = await uow.accounts.add_points(redeem, now)
+            if balance is None:
                 available = (await self._account(uow, req.customer_id)).points
                 raise InsufficientPointsError(
                     f"{req.redeem_points} points requested, {available} available",
                     requested=req.redeem_points,
                     available=available,
                 )
+            await uow.events.add(loyalty_events.points_changed(redeem, balance))
             return application
 
         try:
@@ -237,15 +258,51 @@ class LoyaltyService:
         order_id = check_id("order_id", order_id)
         return await self._applications.apply(transition, order_id)
 
+    async def commit_discount_for(self, uow: LoyaltyUnitOfWork, order_id: str) -> None:
+        """In the unit of work of the consumer of order.confirmed: commit_discount. An
+        application already undone (the order was cancelled before its event came) is left
+        as it is: the event is late, not wrong."""
+        found = await uow.applications.get(order_id, lock=True)
+        if found is not None and found.state.compensated:
+            log.info("commit_discount_skipped", order_id=order_id, state=found.state.value)
+            return
+        runner = dataclasses.replace(self._applications, transact=lambda work: work(uow))
+        await runner.apply(domain.COMMIT_DISCOUNT, order_id)
+
+    async def _open(self, uow: LoyaltyUnitOfWork, customer_id: str, now: int) -> None:
+        """Open the customer's account at the default tier unless it has one."""
+        if await uow.accounts.ensure(customer_id, self.tiers.default, now):
+            await self._tier_changed(uow, customer_id, self.tiers.default, "")
+
+    async def _tier_changed(
+        self, uow: LoyaltyUnitOfWork, customer_id: str, tier: str, previous: str
+    ) -> None:
+        await uow.events.add(
+            loyalty_events.tier_changed(customer_id, tier, previous, self.tiers.percent(tier))
+        )
+
     @staticmethod
     async def _book(uow: LoyaltyUnitOfWork, app: Application, entries: Entries, now: int) -> None:
-        """Book the ledger entries of a move of app."""
+        """Book the ledger entries of a move of app, each with its points.changed; a commit
+        also tells loyalty.committed."""
+        balance: int | None = None
         for kind in entries:
             entry = domain.order_entry(app, kind)
-            if not await uow.accounts.add_points(entry, now) and entry.delta < 0:
-                raise NotCancellableError(
-                    f"the {app.points_earned} points earned by order {app.order_id} were "
-                    "already spent, so the order cannot be cancelled",
-                    order_id=app.order_id,
-                    points_earned=app.points_earned,
-                )
+            if not entry.delta:
+                continue
+            balance = await uow.accounts.add_points(entry, now)
+            if balance is None:
+                if entry.delta < 0:
+                    raise NotCancellableError(
+                        f"the {app.points_earned} points earned by order {app.order_id} were "
+                        "already spent, so the order cannot be cancelled",
+                        order_id=app.order_id,
+                        points_earned=app.points_earned,
+                    )
+                continue
+            await uow.events.add(loyalty_events.points_changed(entry, balance))
+        if app.state is ApplicationState.COMMITTED:
+            if balance is None:
+                found = await uow.accounts.get(app.customer_id)
+                balance = found[1] if found else 0
+            await uow.events.add(loyalty_events.loyalty_committed(app, balance))

@@ -24,8 +24,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Row
 
+from orderflow.events.outbox import OutboxUnitOfWork
+from orderflow.events.tables import event_tables
 from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
-from orderflow.platform.db import SqlRepository, UnitOfWork
+from orderflow.platform.db import SqlRepository
 
 metadata = MetaData()
 
@@ -74,6 +76,9 @@ applications = Table(
     Column("updated_us", BigInteger, nullable=False),
 )
 
+# outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
+outbox_tables = event_tables(metadata)
+
 _APPLICATION_COLUMNS = [c for c in applications.c if c.name not in ("created_us", "updated_us")]
 
 
@@ -94,6 +99,7 @@ _ADD_POINTS = (
         accounts.c.points + bindparam("_delta") >= 0,
     )
     .values(points=accounts.c.points + bindparam("_delta"), updated_us=bindparam("_now"))
+    .returning(accounts.c.points)
 )
 _ADD_ENTRY = ledger.insert()
 _GET_APPLICATION = select(*_APPLICATION_COLUMNS).where(
@@ -124,9 +130,10 @@ class SqlAccountRepository(SqlRepository):
         row = (await self.connection.execute(_GET_ACCOUNT, {"_customer_id": customer_id})).first()
         return None if row is None else (row.tier, row.points)
 
-    async def ensure(self, customer_id: str, tier: str, now: int) -> None:
-        """Open an account at tier with no points unless the customer has one."""
-        await self.connection.execute(
+    async def ensure(self, customer_id: str, tier: str, now: int) -> bool:
+        """Open an account at tier with no points unless the customer has one; True if it
+        was opened now."""
+        result = await self.connection.execute(
             self.database.insert_ignore(accounts, ["customer_id"]),
             {
                 "customer_id": customer_id,
@@ -136,6 +143,7 @@ class SqlAccountRepository(SqlRepository):
                 "updated_us": now,
             },
         )
+        return result.rowcount == 1
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None:
         await self.connection.execute(
@@ -144,16 +152,21 @@ class SqlAccountRepository(SqlRepository):
             .values(tier=tier, updated_us=now)
         )
 
-    async def add_points(self, entry: LedgerEntry, now: int) -> bool:
-        """Change the balance by entry.delta and book the entry; False (nothing done) if the
-        balance would go negative. A zero delta books nothing."""
+    async def add_points(self, entry: LedgerEntry, now: int) -> int | None:
+        """Change the balance by entry.delta and book the entry: the balance after, or None
+        (nothing done) if it would go negative or there is no account. A zero delta books
+        nothing (and gives the balance as it is)."""
         if entry.delta == 0:
-            return True
-        result = await self.connection.execute(
-            _ADD_POINTS, {"_customer_id": entry.customer_id, "_delta": entry.delta, "_now": now}
-        )
-        if result.rowcount != 1:
-            return False
+            found = await self.get(entry.customer_id)
+            return None if found is None else found[1]
+        balance = (
+            await self.connection.execute(
+                _ADD_POINTS,
+                {"_customer_id": entry.customer_id, "_delta": entry.delta, "_now": now},
+            )
+        ).scalar_one_or_none()
+        if balance is None:
+            return None
         await self.connection.execute(
             _ADD_ENTRY,
             {
@@ -166,7 +179,7 @@ class SqlAccountRepository(SqlRepository):
                 "created_us": now,
             },
         )
-        return True
+        return int(balance)
 
     async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
         """The delta of an earlier adjustment made with this key, or None."""
@@ -224,12 +237,14 @@ def _application_row(application: Application, now: int) -> dict[str, Any]:
     return {**values, "created_us": now, "updated_us": now}
 
 
-class SqlLoyaltyUnitOfWork(UnitOfWork):
-    """A transaction on the loyalty database with its repositories."""
+class SqlLoyaltyUnitOfWork(OutboxUnitOfWork):
+    """A transaction on the loyalty database with its repositories and its outbox."""
 
+    event_tables = outbox_tables
     accounts: SqlAccountRepository
     applications: SqlApplicationRepository
 
     def _attach(self) -> None:
+        super()._attach()
         self.accounts = SqlAccountRepository(self.connection, self.database)
         self.applications = SqlApplicationRepository(self.connection, self.database)

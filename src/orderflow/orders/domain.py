@@ -76,6 +76,16 @@ class Order:
     created_us: int
     updated_us: int
     version: int
+    # The follow-ups of a confirmed order that have reported back (their events, ADR 18).
+    stock_committed: bool = False
+    loyalty_committed: bool = False
+
+
+class FollowUp(StrEnum):
+    """A follow-up of a confirmed order, reported by its service's event."""
+
+    STOCK = "stock_committed"  # inventory: stock.committed
+    LOYALTY = "loyalty_committed"  # loyalty: loyalty.committed
 
 
 @dataclass(frozen=True)
@@ -207,10 +217,14 @@ def confirm(order: Order, owner: str, totals: Totals, now: int) -> Order:
     _require(order, OrderStatus.PENDING, "confirmed")
     check_totals(order, totals)
     by_sku = {x.sku: x for x in totals.lines}
+    # The driver is done: order.confirmed finishes the order from here (ADR 18), so the
+    # lease is let go and the order can be cancelled at once.
     return _touch(
         order,
         now,
         status=OrderStatus.CONFIRMED,
+        lease_owner="",
+        lease_expires_us=0,
         lines=tuple(by_sku[x.sku] for x in order.lines),
         currency=totals.currency,
         subtotal=totals.subtotal,
@@ -252,10 +266,38 @@ def request_cancel(order: Order, owner: str, lease: int, now: int) -> Order:
 
 
 def withdraw_cancel(order: Order, owner: str, now: int) -> Order:
+    """The cancel is given up: the order stays CONFIRMED, settled again if its follow-ups
+    have reported meanwhile (else their events settle it)."""
     if order.status != OrderStatus.CONFIRMED or not order.cancel_requested:
         return order
     _may_act(order, owner, now)
+    if _followed_up(order):
+        return _touch(
+            order, now, cancel_requested=False, settled=True, lease_owner="", lease_expires_us=0
+        )
     return _touch(order, now, cancel_requested=False)
+
+
+def _followed_up(order: Order) -> bool:
+    return order.stock_committed and order.loyalty_committed
+
+
+def follow_up_done(order: Order, follow_up: FollowUp, now: int) -> Order:
+    """A follow-up of the order reported (its event was consumed): record it; once both have,
+    a CONFIRMED order is settled, whoever holds its lease (the follow-ups are the last
+    step). An order being cancelled is left to its cancel, a cancelled one only records it."""
+    if getattr(order, follow_up.value):
+        return order
+    changes: dict[str, object] = {follow_up.value: True}
+    done = replace(order, **changes)  # type: ignore[arg-type]
+    if (
+        order.status == OrderStatus.CONFIRMED
+        and not order.cancel_requested
+        and not order.settled
+        and _followed_up(done)
+    ):
+        changes.update(settled=True, lease_owner="", lease_expires_us=0)
+    return _touch(order, now, **changes)
 
 
 def cancel(order: Order, owner: str, now: int) -> Order:
@@ -297,17 +339,23 @@ def settle(order: Order, owner: str, now: int) -> Order:
     return _touch(order, now, settled=True, lease_owner="", lease_expires_us=0)
 
 
-def is_stale(order: Order, now: int) -> bool:
-    """Unsettled, with no live lease: a recovery worker may take it.
+def is_stale(order: Order, now: int, events_grace_us: int = 0) -> bool:
+    """Unsettled, with no live lease: a recovery worker may take it. A CONFIRMED order is
+    finished by its events: only when they have not settled it within events_grace_us of
+    its last change is it taken (its events were lost).
 
     SqlOrderRepository.stale restates this rule in SQL (tests check that they agree).
     """
-    return not order.settled and lease_free(order, now)
+    if order.settled or not lease_free(order, now):
+        return False
+    if order.status == OrderStatus.CONFIRMED and not order.cancel_requested:
+        return order.updated_us + events_grace_us <= now
+    return True
 
 
-def claim(order: Order, owner: str, lease: int, now: int) -> Order:
+def claim(order: Order, owner: str, lease: int, now: int, events_grace_us: int = 0) -> Order:
     """Lease a stale order to owner, a recovery worker that will finish its saga."""
-    if not is_stale(order, now):
+    if not is_stale(order, now, events_grace_us):
         raise InvalidStateError(
             f"order {order.id} is settled or leased; it cannot be claimed",
             order_id=order.id,

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import uuid
 from collections.abc import Callable
 from typing import Protocol
 
+import structlog
+
 from orderflow.errors import IdempotencyKeyReusedError, InvalidArgumentError, NotFoundError
+from orderflow.events.outbox import EventSink
 from orderflow.orders import domain
-from orderflow.orders.domain import Failure, Order, OrderStatus, Totals
+from orderflow.orders.domain import Failure, FollowUp, Order, OrderStatus, Totals
+from orderflow.orders.events import caused
 from orderflow.platform.db import Transactional, UnitOfWorkFactory, now_us, transact
 from orderflow.validation import check_id, check_limit, check_range, decode_cursor, encode_cursor
 
 DEFAULT_PAGE = 20
 MAX_CLAIM = 100
+# How long a CONFIRMED order waits for its follow-ups' events before recovery finishes it.
+DEFAULT_EVENTS_GRACE_SECONDS = 60.0
+
+log = structlog.get_logger("orderflow.orders")
 
 Change = Callable[[Order, int], Order]
 
@@ -43,7 +52,7 @@ class OrderRepository(Protocol):
         """Newest first, strictly older than `before` = (created_us, id)."""
         ...
 
-    async def stale(self, now: int, limit: int) -> list[Order]:
+    async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
         """Up to limit orders for which domain.is_stale holds, oldest first, locked."""
         ...
 
@@ -51,6 +60,9 @@ class OrderRepository(Protocol):
 class OrdersUnitOfWork(Transactional, Protocol):
     @property
     def orders(self) -> OrderRepository: ...
+
+    @property
+    def events(self) -> EventSink: ...
 
 
 class OrdersService:
@@ -60,11 +72,13 @@ class OrdersService:
         *,
         clock: Callable[[], int] = now_us,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        events_grace_seconds: float = DEFAULT_EVENTS_GRACE_SECONDS,
     ) -> None:
         self.uow = uow
         self._reader = functools.partial(uow, readonly=True)
         self.now = clock
         self.new_id = new_id
+        self.events_grace_us = int(events_grace_seconds * 1_000_000)
 
     async def create_order(
         self,
@@ -165,6 +179,7 @@ class OrdersService:
             changed = change(read, self.now())
             if changed is not read:
                 await uow.orders.save(changed, read)
+                await uow.events.add(*caused(read, changed))
             return changed
 
         return await transact(self.uow, work)
@@ -209,7 +224,10 @@ class OrdersService:
         order_id = check_id("order_id", order_id)
 
         async def fast(uow: OrdersUnitOfWork) -> Order | None:
-            return await uow.orders.settle(order_id, owner, self.now())
+            settled = await uow.orders.settle(order_id, owner, self.now())
+            if settled is not None:
+                await uow.events.add(*caused(dataclasses.replace(settled, settled=False), settled))
+            return settled
 
         settled = await transact(self.uow, fast)
         if settled is not None:
@@ -224,13 +242,27 @@ class OrdersService:
         async def work(uow: OrdersUnitOfWork) -> list[Order]:
             now = self.now()
             claimed = []
-            for read in await uow.orders.stale(now, limit):
-                order = domain.claim(read, owner, lease, now)
+            for read in await uow.orders.stale(now, limit, self.events_grace_us):
+                order = domain.claim(read, owner, lease, now, self.events_grace_us)
                 await uow.orders.save(order, read)
                 claimed.append(order)
             return claimed
 
         return await transact(self.uow, work)
+
+    async def record_follow_up(
+        self, uow: OrdersUnitOfWork, order_id: str, follow_up: FollowUp
+    ) -> Order:
+        """In the unit of work of the consumer of a follow-up's event: record that it is
+        done, and settle the order once both are (domain.follow_up_done)."""
+        read = await self._get(uow, order_id, lock=True)
+        changed = domain.follow_up_done(read, follow_up, self.now())
+        if changed is not read:
+            await uow.orders.save(changed, read)
+            await uow.events.add(*caused(read, changed))
+            if changed.settled and not read.settled:
+                log.debug("order_settled_by_events", order_id=order_id)
+        return changed
 
 
 def _parse_cursor(cursor: str) -> tuple[int, str]:

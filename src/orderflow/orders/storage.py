@@ -24,6 +24,8 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    false,
+    not_,
     or_,
     select,
     update,
@@ -31,8 +33,10 @@ from sqlalchemy import (
 from sqlalchemy.engine import Row
 
 from orderflow.errors import ConcurrentChangeError
+from orderflow.events.outbox import OutboxUnitOfWork
+from orderflow.events.tables import event_tables
 from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus
-from orderflow.platform.db import SqlRepository, UnitOfWork
+from orderflow.platform.db import SqlRepository
 
 metadata = MetaData()
 
@@ -62,12 +66,18 @@ orders = Table(
     Column("version", Integer, nullable=False),
     # [{"sku", "quantity", "unit_price"}, ...]: written at creation, priced at confirmation.
     Column("lines", JSON, nullable=False),
+    # Which follow-ups of a confirmed order have reported (stock.committed, loyalty.committed).
+    Column("stock_committed", Boolean, nullable=False, server_default=false()),
+    Column("loyalty_committed", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("customer_id", "idempotency_key", name="uq_orders_customer_key"),
     CheckConstraint("total >= 0", name="ck_orders_total"),
     Index("ix_orders_created", "created_us", "id"),
     Index("ix_orders_customer_created", "customer_id", "created_us", "id"),
     Index("ix_orders_unsettled", "settled", "lease_expires_us"),
 )
+
+# outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
+outbox_tables = event_tables(metadata)
 
 _FIELDS = [c.name for c in orders.c if c.name not in ("failure_code", "failure_message", "lines")]
 
@@ -192,8 +202,9 @@ class SqlOrderRepository(SqlRepository):
             )
         return [_order(row) for row in await self.connection.execute(query.limit(limit))]
 
-    async def stale(self, now: int, limit: int) -> list[Order]:
-        """Unsettled orders with no live lease, oldest first, locked (skipping locked ones).
+    async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
+        """Unsettled orders with no live lease, oldest first, locked (skipping locked ones);
+        a CONFIRMED one only once its events had events_grace_us to settle it.
 
         This restates domain.is_stale in SQL: change both together; tests/integration/
         test_orders.py checks that they agree in every case.
@@ -203,6 +214,13 @@ class SqlOrderRepository(SqlRepository):
             .where(
                 orders.c.settled.is_(False),
                 or_(orders.c.lease_expires_us <= now, orders.c.lease_owner == ""),
+                not_(
+                    and_(
+                        orders.c.status == OrderStatus.CONFIRMED.value,
+                        orders.c.cancel_requested.is_(False),
+                        orders.c.updated_us > now - events_grace_us,
+                    )
+                ),
             )
             .order_by(orders.c.updated_us)
             .limit(limit)
@@ -211,10 +229,12 @@ class SqlOrderRepository(SqlRepository):
         return [_order(row) for row in await self.connection.execute(query)]
 
 
-class SqlOrdersUnitOfWork(UnitOfWork):
-    """A transaction on the orders database with its repository."""
+class SqlOrdersUnitOfWork(OutboxUnitOfWork):
+    """A transaction on the orders database with its repository and its outbox."""
 
+    event_tables = outbox_tables
     orders: SqlOrderRepository
 
     def _attach(self) -> None:
+        super()._attach()
         self.orders = SqlOrderRepository(self.connection, self.database)

@@ -1,0 +1,25 @@
+"""Events: the outbox, relay lease, inbox and parked tables.
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-12-01
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+from orderflow.events.tables import create_event_tables, drop_event_tables
+
+revision: str = "0002"
+down_revision: str | None = "0001"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    create_event_tables(op)
+
+
+def downgrade() -> None:
+    drop_event_tables(op)
