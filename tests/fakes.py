@@ -59,6 +59,9 @@ class FakeOrders:
         self.orders: dict[str, Order] = {}
         self.keys: dict[tuple[str, str], tuple[str, str]] = {}
         self._ids = itertools.count(1)
+        # A CONFIRMED order is handed to recovery only once its events had their time.
+        self.events_grace_over = False
+        self.followed_up: set[str] = set()
 
     async def create_order(self, new: NewOrder) -> tuple[Order, bool]:
         self.calls("orders.create")
@@ -107,6 +110,7 @@ class FakeOrders:
         return self._set(
             order,
             status=CONFIRMED,
+            lease_owner="",
             lines=reservation.lines,
             currency=reservation.currency,
             subtotal=subtotal,
@@ -136,7 +140,17 @@ class FakeOrders:
 
     async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
         self.calls("orders.withdraw_cancel")
-        return self._set(self.orders[order_id], cancel_requested=False)
+        settled = order_id in self.followed_up
+        return self._set(self.orders[order_id], cancel_requested=False, settled=settled)
+
+    def follow_ups_done(self, order_id: str) -> Order:
+        """What the orders service does once stock.committed and loyalty.committed of the
+        order were consumed: a CONFIRMED order not being cancelled is settled."""
+        self.followed_up.add(order_id)
+        order = self.orders[order_id]
+        if order.status == CONFIRMED and not order.cancel_requested and not order.settled:
+            return self._set(order, settled=True, lease_owner="")
+        return order
 
     async def cancel_order(self, order_id: str, owner: str) -> Order:
         self.calls("orders.cancel")
@@ -151,7 +165,12 @@ class FakeOrders:
 
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:
         self.calls("orders.claim_stale")
-        stale = [o for o in self.orders.values() if not o.settled][:limit]
+        stale = [
+            o
+            for o in self.orders.values()
+            if not o.settled
+            and (o.status != CONFIRMED or o.cancel_requested or self.events_grace_over)
+        ][:limit]
         return [self._set(o, lease_owner=owner) for o in stale]
 
 
@@ -202,6 +221,7 @@ class FakeInventory:
             self.reservations[order_id] = ("RELEASED", ())
 
     async def commit_stock(self, order_id: str) -> None:
+        """Also what inventory's consumer of order.confirmed does (a late one: no effect)."""
         self.calls("inventory.commit_stock")
         if self.reservations[order_id][0] == "RESERVED":
             self._move(order_id, "reserved", "sold", "COMMITTED")
@@ -266,6 +286,7 @@ class FakeLoyalty:
             self.applications[order_id] = ("CANCELLED", "", d)
 
     async def commit_discount(self, order_id: str) -> None:
+        """Also what loyalty's consumer of order.confirmed does (a late one: no effect)."""
         self.calls("loyalty.commit_discount")
         state, customer, d = self.applications[order_id]
         if state == "APPLIED":
@@ -275,7 +296,10 @@ class FakeLoyalty:
     async def refund_discount(self, order_id: str) -> None:
         self.calls("loyalty.refund_discount")
         state, customer, d = self.applications[order_id]
-        if state == "COMMITTED":
+        if state == "APPLIED":  # its order.confirmed was not consumed yet
+            self.points[customer] += d.points_redeemed
+            self.applications[order_id] = ("REFUNDED", customer, d)
+        elif state == "COMMITTED":
             net = d.points_redeemed - d.points_earned
             if self.points[customer] + net < 0:
                 raise NotCancellableError("earned points already spent")
@@ -292,3 +316,13 @@ class FakeLoyalty:
 
     async def adjust_points(self, customer_id: str, delta: int, reason: str) -> Account:
         raise NotImplementedError
+
+
+async def consume_order_confirmed(
+    orders: FakeOrders, inventory: FakeInventory, loyalty: FakeLoyalty, order_id: str
+) -> Order:
+    """What the services' consumers do with order.confirmed and the events it causes:
+    inventory commits the stock, loyalty earns the points, orders settles the order."""
+    await inventory.commit_stock(order_id)
+    await loyalty.commit_discount(order_id)
+    return orders.follow_ups_done(order_id)

@@ -20,12 +20,13 @@ from sqlalchemy.engine import make_url
 
 from orderflow import boot
 from orderflow.errors import AlreadyExistsError, NotFoundError
+from orderflow.events.settings import EventsSettings
 from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.rpc import Channels
 from orderflow.gateway.server import metrics_endpoint, uvicorn_server
-from orderflow.platform.component import Component
+from orderflow.platform.component import Component, start_events
 from orderflow.platform.grpc_bind import dial_host
 from orderflow.platform.grpc_server import create_server
 from orderflow.platform.logging import wants_json
@@ -100,10 +101,12 @@ async def run_onebox(
         await wait_for_database(
             definition.name, cfg.database_url, boot.env_name(cfg), 60.0, log.warning
         )
+    # One bus for the three services: in-process, or JetStream with ORDERFLOW_NATS_URL.
+    bus = EventsSettings().create_bus()
     components: list[Component] = []
     try:
         for definition in SERVICES:
-            components.append(await definition.build(services[definition.name], common))
+            components.append(await definition.build(services[definition.name], common, bus=bus))
         try:
             specs = [c.spec for c in components]
             credentials = server_credentials(common)
@@ -113,10 +116,12 @@ async def run_onebox(
     except BaseException:
         for component in components:
             await component.close()
+        await bus.close()
         raise
     target = f"{dial_host(grpc_host)}:{running.port}"
     stack = contextlib.ExitStack()
     try:
+        await start_events(components, running.metrics.registry)
         if demo:
             await load_demo(target, gateway, channel_credentials(common))
         wired = gateway.model_copy(
@@ -139,6 +144,10 @@ async def run_onebox(
     finally:
         stack.close()
         await running.stop(1.0)
+        for component in components:  # relays and consumers first, then the databases
+            if component.events is not None:
+                await component.events.stop()
+        await bus.close()
         for component in components:
             await component.close()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from orderflow.events.bus import EventBus
     from orderflow.platform.component import Component
     from orderflow.settings import (
         CommonSettings,
@@ -33,7 +34,12 @@ class Build(Protocol[S_contra]):
     """`build()` of a service's bootstrap module: the service on its own database."""
 
     async def __call__(
-        self, settings: S_contra, common: CommonSettings, *, migrate: bool = True
+        self,
+        settings: S_contra,
+        common: CommonSettings,
+        *,
+        migrate: bool = True,
+        bus: EventBus | None = None,
     ) -> Component: ...
 
 
@@ -51,10 +57,16 @@ class ServiceDef(Generic[S]):
         return self._settings_cls()
 
     async def build(
-        self, settings: S, common: CommonSettings, *, migrate: bool = True
+        self,
+        settings: S,
+        common: CommonSettings,
+        *,
+        migrate: bool = True,
+        bus: EventBus | None = None,
     ) -> Component:
-        """Build (and by default migrate) the service from its settings."""
-        return await self._build()(settings, common, migrate=migrate)
+        """Build (and by default migrate) the service from its settings; its events go
+        through bus (one shared by the services of a process) or a bus of its own."""
+        return await self._build()(settings, common, migrate=migrate, bus=bus)
 
 
 # Each pair below is checked by mypy against the class and function it names.

@@ -111,6 +111,9 @@ class OrdersSettings(ServiceSettings):
 
     port: Port = 50051
     database_url: str = "sqlite+aiosqlite:///./data/orders.db"
+    # How long a CONFIRMED order waits for its follow-ups' events (stock.committed,
+    # loyalty.committed) before the recovery worker finishes it by calls (ADR 18).
+    events_grace_seconds: PositiveSeconds = 60.0
 
 
 class InventorySettings(ServiceSettings):
@@ -120,6 +123,8 @@ class InventorySettings(ServiceSettings):
     database_url: str = "sqlite+aiosqlite:///./data/inventory.db"
     # How often the stock gauges (orderflow_stock) are read from the items table.
     stock_metrics_interval_seconds: PositiveSeconds = 10.0
+    # item.low_stock is emitted when available falls to or below this (once per crossing).
+    low_stock_threshold: Annotated[int, Field(ge=0, le=1_000_000_000)] = 5
 
 
 DEFAULT_TIERS = {"standard": 0, "silver": 5, "gold": 10}
@@ -185,7 +190,8 @@ class GatewaySettings(_Base):
     # close it: a client that sends on a connection the gateway just closed gets a reset,
     # and does not repeat a POST by itself (ADR 10).
     keep_alive_seconds: Annotated[int, Field(ge=1, le=3600)] = 75
-    # Reply as soon as an order is CONFIRMED; commit its stock and points just after.
+    # No longer used: a CONFIRMED order is finished by its events (ADR 18). Kept so that
+    # configurations that set it still load.
     finish_in_background: bool = True
     # Orders a client (token subject, or address without auth) may place per second, and
     # the burst allowed above that rate; 0 turns the limit off.

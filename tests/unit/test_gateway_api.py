@@ -103,7 +103,7 @@ async def test_duplicate_while_the_first_is_running_gets_409(
     assert original.status_code == 201
     replay = await client.post("/api/v1/orders", json=ORDER, headers=headers)
     assert replay.status_code == 201 and replay.json() == original.json()
-    assert world.inventory.items["MUG-1"]["sold"] == 2  # one effect
+    assert world.inventory.items["MUG-1"]["reserved"] == 2  # one effect (events commit it)
 
 
 async def test_reused_key_with_another_body_is_refused(client: httpx.AsyncClient) -> None:

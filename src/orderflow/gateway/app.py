@@ -18,7 +18,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orderflow.errors import OrderflowError
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
-from orderflow.gateway.background import Background
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services, request_budget
 from orderflow.gateway.docs import install_docs
@@ -79,14 +78,12 @@ def create_app(
                 loyalty=GrpcLoyalty(by_name["loyalty"], settings),
             )
             ready = ready or Readiness.over_grpc(by_name, timeout=1.0)
-        background = Background(step_seconds=settings.request_timeout_seconds)
         saga = OrderSaga(
             wired.orders,
             wired.inventory,
             wired.loyalty,
             lease_seconds=settings.lease_seconds,
             observer=metrics,
-            background=background if settings.finish_in_background else None,
         )
         app.state.gateway = Gateway(
             settings=settings,
@@ -112,7 +109,6 @@ def create_app(
         try:
             yield
         finally:
-            await background.drain(grace=settings.request_timeout_seconds)
             await worker.stop()
             await channels.close()
 

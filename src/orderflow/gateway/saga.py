@@ -1,8 +1,9 @@
 """The order saga: place an order across the three services, undo what was done when a step fails.
 
 Placing: create_order (PENDING, leased to this driver) -> reserve -> apply_discount ->
-confirm_order, then the follow-ups commit_stock and commit_discount, and settle_order
-marks the order settled. A business failure at a step
+confirm_order, and the reply. The follow-ups are not the saga's: order.confirmed makes
+inventory commit the stock and loyalty earn the points, and orders settles the order when
+both have reported (their events; ADR 18). A business failure at a step
 undoes the steps before it, in reverse (release, void_discount); a step that failed
 without a clear answer
 (unreachable, out of time) may have acted, so it is undone too. The order is REJECTED
@@ -16,7 +17,9 @@ A word used here means one thing: bare "commit" is only ever a database commit (
 a service); the saga's follow-ups are commit_stock and commit_discount.
 
 Every step is idempotent on the order id, so `resume()` can drive any order found
-unsettled from wherever it stopped.
+unsettled from wherever it stopped; a CONFIRMED order only once its events were lost
+(orders hands it out after ORDERFLOW_ORDERS_EVENTS_GRACE_SECONDS), by the calls
+commit_stock, commit_discount and settle_order.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from orderflow.errors import (
     NotCancellableError,
     OrderflowError,
 )
-from orderflow.gateway.background import Background
 from orderflow.gateway.ports import (
     CANCELLED,
     CONFIRMED,
@@ -60,6 +62,8 @@ T = TypeVar("T")
 OUTCOME_CONFIRMED = "confirmed"
 OUTCOME_REJECTED = "rejected"
 OUTCOME_UNFINISHED = "unfinished"
+# Recovery action for a CONFIRMED order its events did not settle in time (never expected).
+RECOVERY_EVENTS_LOST = "events_lost"
 
 
 class SagaObserver:
@@ -98,7 +102,6 @@ class OrderSaga:
         owner_prefix: str = "gateway",
         observer: SagaObserver | None = None,
         clock: Callable[[], float] | None = None,
-        background: Background | None = None,
     ) -> None:
         self.orders = orders
         self.inventory = inventory
@@ -107,8 +110,6 @@ class OrderSaga:
         self.owner_prefix = owner_prefix
         self.observer = observer or SagaObserver()
         self._clock = clock or time.perf_counter
-        # With a Background, the follow-ups of a confirmed order run after the reply.
-        self.background = background
 
     async def _step(self, name: str, call: Callable[[], Awaitable[T]]) -> T:
         start = self._clock()
@@ -154,13 +155,11 @@ class OrderSaga:
         if not created:
             return Placed(order, created=False)
         structlog.contextvars.bind_contextvars(order_id=order.id)
-        return Placed(await self.drive(order, new.lease_owner, defer=True), created=True)
+        return Placed(await self.drive(order, new.lease_owner), created=True)
 
-    async def drive(self, order: Order, owner: str, *, defer: bool = False) -> Order:
-        """Run a PENDING order forward; on failure reject it and undo what was done.
-
-        With defer (and a Background), the follow-ups after confirmation run after the reply.
-        """
+    async def drive(self, order: Order, owner: str) -> Order:
+        """Run a PENDING order forward to CONFIRMED (its events finish it); on failure reject
+        it and undo what was done."""
         done: list[str] = []  # undoable steps that went through, in order
         step = "reserve"
         try:
@@ -192,10 +191,7 @@ class OrderSaga:
                 done.append(step)
             return await self._reject(order, owner, done, Failure(exc.code, exc.message))
         self.observer.outcome(OUTCOME_CONFIRMED, "")
-        if defer and self.background is not None:
-            self.background.run(order.id, self.finish_confirmed(confirmed, owner))
-            return confirmed
-        return await self.finish_confirmed(confirmed, owner)
+        return confirmed
 
     async def _reject(self, order: Order, owner: str, done: list[str], failure: Failure) -> Order:
         try:
@@ -234,7 +230,8 @@ class OrderSaga:
         return await self._settle(order, owner)
 
     async def finish_confirmed(self, order: Order, owner: str) -> Order:
-        """Run the follow-ups of a CONFIRMED order (commit_stock, commit_discount), then settle."""
+        """Run the follow-ups of a CONFIRMED order (commit_stock, commit_discount) by calls,
+        then settle: only for an order whose events were lost (recovery)."""
         try:
             await self._step("commit_stock", lambda: self.inventory.commit_stock(order.id))
             await self._step("commit_discount", lambda: self.loyalty.commit_discount(order.id))
@@ -255,9 +252,8 @@ class OrderSaga:
     async def cancel_order(self, order_id: str) -> Order:
         """Cancel a CONFIRMED order (NotCancellableError otherwise); a CANCELLED one is returned."""
         owner = new_owner(self.owner_prefix)
-        if self.background is not None:
-            # A just-confirmed order may still have follow-ups running here: let them finish.
-            await self.background.wait(order_id)
+        # Whether or not order.confirmed was consumed yet: a late one finds the stock
+        # returned and the discount refunded, and has no effect (ADR 18).
         order = await self._step(
             "request_cancel",
             lambda: self.orders.request_cancel(order_id, owner, self.lease_seconds),
@@ -270,9 +266,9 @@ class OrderSaga:
         try:
             await self._step("refund_discount", lambda: self.loyalty.refund_discount(order.id))
         except NotCancellableError:
-            # Nothing was undone yet: the order stays CONFIRMED, as it was.
-            withdrawn = await self.orders.withdraw_cancel(order.id, owner)
-            await self.finish_confirmed(withdrawn, owner)
+            # Nothing was undone yet: the order stays CONFIRMED, as it was (settled again
+            # by withdraw_cancel once its follow-ups have reported).
+            await self.orders.withdraw_cancel(order.id, owner)
             raise
         await self._step("return_stock", lambda: self.inventory.return_stock(order.id))
         return await self._step("cancel_order", lambda: self.orders.cancel_order(order.id, owner))
@@ -292,7 +288,10 @@ class OrderSaga:
             except NotCancellableError:
                 return await self.orders.get_order(order.id)
         if order.status == CONFIRMED:
-            self.observer.recovery("finish_confirmed")
+            # orders hands out a CONFIRMED order only when its events did not settle it in
+            # time: they were lost (a parked event, a broker gone for good). Never expected.
+            self.observer.recovery(RECOVERY_EVENTS_LOST)
+            log.warning("recovery_events_lost", order_id=order.id)
             return await self.finish_confirmed(order, owner)
         if order.status == REJECTED:
             self.observer.recovery("compensate_rejected")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -11,6 +12,11 @@ import structlog
 from orderflow.platform.db import Database, create_database
 from orderflow.platform.grpc_server import ServiceSpec, create_server, wait_for_signal
 from orderflow.platform.metrics import MetricsEndpoint, serve_metrics
+
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
+    from orderflow.events.service import ServiceEvents
 
 log = structlog.get_logger("orderflow.serve")
 
@@ -21,9 +27,29 @@ class Component:
 
     spec: ServiceSpec
     database: Database
+    # Its outbox relay and event consumer, run while it serves (start_events / close).
+    events: ServiceEvents[Any] | None = None
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         await self.database.dispose()
+
+
+async def start_events(components: Sequence[Component], registry: CollectorRegistry) -> None:
+    """Start the relays and consumers of components served together, their metrics on the
+    server's registry: every consumer subscribes before any relay publishes (the in-process
+    bus delivers only to consumers already there)."""
+    from orderflow.events.metrics import EventMetrics
+
+    with_events = [c.events for c in components if c.events is not None]
+    if not with_events:
+        return
+    metrics = EventMetrics(registry)
+    for events in with_events:
+        await events.subscribe()
+    for events in with_events:
+        await events.start(metrics)
 
 
 async def open_database(url: str, pool_size: int, service: str, *, migrate: bool) -> Database:
@@ -70,6 +96,7 @@ async def serve_components(
     log.info("grpc_serving", address=f"{host}:{running.port}", services=names)
     endpoint: MetricsEndpoint | None = None
     try:
+        await start_events(components, running.metrics.registry)
         if metrics_port:
             endpoint = serve_metrics(running.metrics.registry, host, metrics_port)
             log.info("metrics_serving", address=f"http://{host}:{endpoint.port}/metrics")
@@ -79,5 +106,8 @@ async def serve_components(
         if endpoint is not None:
             endpoint.close()
         await running.stop(grace_seconds)
+        for component in components:  # their relays and consumers first, then databases
+            if component.events is not None:
+                await component.events.stop()
         for component in components:
             await component.close()
