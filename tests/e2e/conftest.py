@@ -13,6 +13,7 @@ import pytest
 
 from orderflow.registry import SERVICE_NAMES
 from tests.conftest import pg_databases_sync
+from tests.e2e.nats import NatsServer
 from tests.system import System, one_process, per_service
 
 SERVICES = list(SERVICE_NAMES)
@@ -51,13 +52,18 @@ def onebox_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
 
 @pytest.fixture(scope="module")
 def per_service_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """One process per service on PostgreSQL, events over a JetStream of its own."""
+    workdir = tmp_path_factory.mktemp("per-service")
+    nats = NatsServer(workdir)
+    nats.start()
     urls, drop = pg_databases_sync(SERVICES)
-    system = per_service(tmp_path_factory.mktemp("per-service"), urls)
+    system = per_service(workdir, urls, {"ORDERFLOW_NATS_URL": nats.url})
     try:
         yield start(system)
     finally:
         system.stop()
         drop()
+        nats.stop()
 
 
 @pytest.fixture(scope="module", params=["one-process", "per-service"])
@@ -123,7 +129,7 @@ async def eventually(
     read: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 5.0
 ) -> None:
     """Poll read() until it gives expected. A confirmed order is answered at once; its stock
-    becomes sold and its points are credited just after (by the gateway, in the background)."""
+    becomes sold and its points are credited just after (by its order.confirmed event)."""
     deadline = time.monotonic() + timeout
     while (got := await read()) != expected:
         if time.monotonic() > deadline:

@@ -26,6 +26,7 @@ from tests.e2e.conftest import (
     start,
     unique,
 )
+from tests.e2e.nats import NatsServer
 from tests.system import System, per_service
 
 pytestmark = pytest.mark.postgres
@@ -41,13 +42,17 @@ FAST_RECOVERY = {
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    workdir = tmp_path_factory.mktemp("faults")
+    nats = NatsServer(workdir)
+    nats.start()
     urls, drop = pg_databases_sync(SERVICES)
-    system = per_service(tmp_path_factory.mktemp("faults"), urls, FAST_RECOVERY)
+    system = per_service(workdir, urls, {**FAST_RECOVERY, "ORDERFLOW_NATS_URL": nats.url})
     try:
         yield start(system)
     finally:
         system.stop()
         drop()
+        nats.stop()
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import start
+from tests.e2e.nats import NatsServer
 from tests.system import System, free_port, one_process, per_service
 
 SERVICES = ("orders", "inventory", "loyalty")
@@ -165,9 +166,12 @@ def services(
     tmp_path_factory: pytest.TempPathFactory, collector: tuple[Collector, int]
 ) -> Iterator[tuple[System, dict[str, int]]]:
     workdir = tmp_path_factory.mktemp("per-service-obs")
+    nats = NatsServer(workdir)  # events between the processes
+    nats.start()
     urls = {name: f"sqlite+aiosqlite:///{workdir}/{name}.db" for name in SERVICES}
     metrics_ports = {name: free_port() for name in SERVICES}
     env = {
+        "ORDERFLOW_NATS_URL": nats.url,
         "ORDERFLOW_LOG_LEVEL": "INFO",
         "ORDERFLOW_OTLP_ENDPOINT": f"http://127.0.0.1:{collector[1]}",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # export every 0.1 s, not every 5 s
@@ -177,6 +181,7 @@ def services(
     system = start(per_service(workdir, urls, env))
     yield system, metrics_ports
     system.stop()
+    nats.stop()
 
 
 def log_lines(path: Path) -> list[dict[str, Any]]:
@@ -211,17 +216,14 @@ def test_request_id_is_in_every_process_log_and_order_id_in_the_services(
             if x.get("request_id") == request_id
         ]
 
-    # The last calls (commits and settling) run just after the reply: wait for them.
-    wait_until(
-        lambda: any(x.get("method", "").endswith("/SettleOrder") for x in lines_of("orders"))
-    )
+    # Every call is made before the reply (the follow-ups are events, ADR 18).
     gateway = lines_of("gateway")
     assert any(x["event"] == "http" and x["path"] == "/api/v1/orders" for x in gateway), gateway
     assert all(x["component"] == "gateway" for x in gateway)
     expected_calls = {
-        "orders": {"CreateOrder", "ConfirmOrder", "SettleOrder"},
-        "inventory": {"ReserveStock", "CommitStock"},
-        "loyalty": {"ApplyDiscount", "CommitDiscount"},
+        "orders": {"CreateOrder", "ConfirmOrder"},
+        "inventory": {"ReserveStock"},
+        "loyalty": {"ApplyDiscount"},
     }
     for name, calls in expected_calls.items():
         wait_until(
@@ -283,7 +285,11 @@ def test_one_order_is_one_trace_across_the_four_processes(
             if span.trace_id == trace_id:
                 name = span.name.rsplit("/", 1)[-1] if span.name.startswith("/") else span.name
                 by_service.setdefault(service, set()).add(name)
-        if "SettleOrder" not in by_service.get("orderflow-orders", set()):
+        # The trace goes on through the events: order.confirmed handled by inventory and
+        # loyalty, their events by orders.
+        if not {"event stock.committed", "event loyalty.committed"} <= by_service.get(
+            "orderflow-orders", set()
+        ):
             return None
         return trace_id.hex(), by_service
 
@@ -291,9 +297,9 @@ def test_one_order_is_one_trace_across_the_four_processes(
     assert set(by_service) == {
         "orderflow-gateway", "orderflow-orders", "orderflow-inventory", "orderflow-loyalty"
     }  # fmt: skip
-    assert {"CreateOrder", "ConfirmOrder", "SettleOrder"} <= by_service["orderflow-orders"]
-    assert {"ReserveStock", "CommitStock"} <= by_service["orderflow-inventory"]
-    assert {"ApplyDiscount", "CommitDiscount"} <= by_service["orderflow-loyalty"]
+    assert {"CreateOrder", "ConfirmOrder"} <= by_service["orderflow-orders"]
+    assert {"ReserveStock", "event order.confirmed"} <= by_service["orderflow-inventory"]
+    assert {"ApplyDiscount", "event order.confirmed"} <= by_service["orderflow-loyalty"]
     assert "POST /api/v1/orders" in by_service["orderflow-gateway"]
     # Log lines name their trace: from a line to its trace, in every process.
     for name in ("gateway", *SERVICES):
