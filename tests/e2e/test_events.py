@@ -278,6 +278,66 @@ async def test_services_killed_while_the_backlog_drains_do_each_effect_once(
     assert parked == []
 
 
+async def test_cancel_before_the_events_came_and_their_late_arrival_has_no_effect(
+    events: Events, api: httpx.AsyncClient
+) -> None:
+    """With the broker away, an order is confirmed and then cancelled before inventory and
+    loyalty saw its order.confirmed: the cancel gives the reserved stock and the redeemed
+    points back, and the event arriving later changes nothing and is not parked."""
+    sku = await new_item(api, price=1000, stock=10)
+    customer = await new_customer(api, tier="gold", points=100)
+    events.nats.stop()
+    try:
+        placed = await api.post(
+            "/api/v1/orders",
+            json={
+                "customer_id": customer,
+                "items": [{"sku": sku, "quantity": 3}],
+                "redeem_points": 40,
+            },
+        )
+        assert placed.status_code == 201, placed.text
+        order_id = placed.json()["id"]
+        assert (await item(api, sku))["reserved"] == 3
+        cancelled = await api.post(f"/api/v1/orders/{order_id}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["status"] == "CANCELLED"
+        now = await item(api, sku)
+        assert (now["available"], now["reserved"], now["sold"]) == (10, 0, 0)
+        assert await points(api, customer) == 100
+    finally:
+        events.nats.start()
+
+    async def late_event() -> str:
+        stream = await stream_events(events.nats.url)
+        late = [e for e, _ in stream if e.subject == order_id and e.type.name == "order.confirmed"]
+        return late[0].id if late else ""
+
+    async def published() -> bool:
+        return bool(await late_event())
+
+    await wait_until(published, 30, "the order's order.confirmed published")
+    event_id = await late_event()
+
+    async def handled() -> bool:
+        counts = [
+            await events.query(
+                service, "SELECT count(*) AS n FROM inbox WHERE event_id = $1", event_id
+            )
+            for service in ("inventory", "loyalty")
+        ]
+        return all(int(c[0]["n"]) == 1 for c in counts)
+
+    await wait_until(handled, 30, "the late order.confirmed handled by inventory and loyalty")
+    now = await item(api, sku)
+    assert (now["available"], now["reserved"], now["sold"]) == (10, 0, 0)
+    assert await points(api, customer) == 100
+    assert (await api.get(f"/api/v1/orders/{order_id}")).json()["status"] == "CANCELLED"
+    for service in ("inventory", "loyalty"):
+        parked = await parked_events(events.urls[service], service)
+        assert event_id not in {p.event_id for p in parked}, parked
+
+
 async def test_a_poison_event_is_parked_then_redriven_once_it_can_be_handled(
     events: Events, api: httpx.AsyncClient
 ) -> None:
