@@ -255,7 +255,7 @@ async def test_services_killed_while_the_backlog_drains_do_each_effect_once(
     the broker and the inboxes drop the repeats, and no effect happens twice."""
     events.nats.stop()
     try:
-        skus, customers, stock, start_points, orders = await place_many(api, 150, seed=12)
+        skus, customers, stock, start_points, orders = await place_many(api, 100, seed=12)
     finally:
         events.nats.start()
     await asyncio.sleep(0.4)

@@ -23,6 +23,7 @@ import pytest
 from orderflow.registry import SERVICE_NAMES
 from tests.conftest import PgDatabases, _pg_url
 from tests.e2e.conftest import start
+from tests.e2e.nats import NatsServer
 from tests.system import System, _base_env, one_process, per_service
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -90,7 +91,10 @@ def per_service_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Syste
     databases.names += [url.rsplit("/", 1)[1] for url in urls.values()]
     asyncio.run(databases.drop_all())  # reaches the server first: skips (or fails in CI) without
     env = _base_env({f"ORDERFLOW_{n.upper()}_DATABASE_URL": url for n, url in urls.items()})
-    system = per_service(tmp_path_factory.mktemp("readme-per-service"), urls)
+    workdir = tmp_path_factory.mktemp("readme-per-service")
+    nats = NatsServer(workdir)  # the README's nats-server, on a port of the test's
+    nats.start()
+    system = per_service(workdir, urls, {"ORDERFLOW_NATS_URL": nats.url})
     try:
         (migrate,) = commands("orderflow migrate")
         run(migrate, system, env)
@@ -102,6 +106,7 @@ def per_service_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Syste
         yield system
     finally:
         system.stop()
+        nats.stop()
         asyncio.run(databases.drop_all())
 
 
