@@ -234,15 +234,17 @@ def serve(component: str, migrate: bool = True, insecure_grpc: bool = False) -> 
     guard_grpc_bind(settings.host, common, insecure_grpc, f"{component} gRPC")
     check_port(settings.host, settings.port, *env_names(settings))
     check_port(settings.host, settings.metrics_port, *env_names(settings, "metrics_port"))
-    from orderflow.events.settings import EventsSettings
-
-    load_settings(EventsSettings)  # ORDERFLOW_NATS_URL, ORDERFLOW_EVENTS_*: checked up front
     if migrate:
         # A database that does not exist is said at once, before a child is started.
         from orderflow.platform.migrations import refuse_lasting_problem
 
         run(refuse_lasting_problem(component, settings.database_url, env_name(settings)))
         migrate_in_child(component)
+    from orderflow.events.settings import EventsSettings
+
+    # ORDERFLOW_NATS_URL, ORDERFLOW_EVENTS_*: named at once when wrong (after the database
+    # checks, which need none of the events code loaded).
+    load_settings(EventsSettings)
 
     async def main() -> None:
         from orderflow.platform.component import serve_components
