@@ -264,20 +264,31 @@ async def test_tail_follows_new_events_only_and_filters_by_type(dbs: Dbs) -> Non
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
 async def test_tail_shows_an_event_that_commits_after_one_with_a_higher_seq(dbs: Dbs) -> None:
     orders = dbs["orders"]
-    tail = await Tail.start("--poll", "0.1", env=dbs.env, cwd=dbs.cwd)
+    tail: Tail | None = None
     try:
-        async with orders.begin() as slow:
-            # This transaction draws the lower seq and commits last.
-            [late] = await append(slow.connection, orders.tables, confirmed("o-slow"))
-            [early] = await orders.emit(confirmed("o-fast"))
+        # Open before tail starts: its seq is below the highest committed when it starts.
+        async with orders.begin() as before_start:
+            [late] = await append(before_start.connection, orders.tables, confirmed("o-slow"))
+            await orders.emit(confirmed("o-fast"))  # committed before tail: not shown
+            tail = await Tail.start("--poll", "0.1", env=dbs.env, cwd=dbs.cwd)
+            async with orders.begin() as while_running:
+                # Drawn while tail runs, committed after a higher seq was shown.
+                [later] = await append(
+                    while_running.connection, orders.tables, confirmed("o-slow-2")
+                )
+                [newer] = await orders.emit(confirmed("o-newer"))
+                [line] = await tail.events(1)
+                assert line["id"] == newer.id
+                await while_running.commit()
             [line] = await tail.events(1)
-            assert line["id"] == early.id
-            await slow.commit()
+            assert line["id"] == later.id
+            await before_start.commit()
         [line] = await tail.events(1)
         assert line["id"] == late.id
         await tail.nothing_more(1.0)
     finally:
-        await tail.stop()
+        if tail is not None:
+            await tail.stop()
 
 
 async def test_tail_in_one_process_mode_reads_the_data_dir(tmp_path: Path) -> None:

@@ -151,7 +151,7 @@ class OutboxFollower:
     db: EventsDatabase
     from_start: bool = False
     gap_seconds: float = 60.0
-    max_gaps: int = 10_000
+    max_gaps: int = 1000
     batch: int = 1000
     cursor: int = 0
     # seq skipped over -> monotonic time after which it is given up on
@@ -170,6 +170,23 @@ class OutboxFollower:
         else:
             highest = await self._scalar(select(func.max(outbox.c.seq)))
             self.cursor = 0 if highest is None else int(highest)
+            # A transaction open now may hold a lower seq than the highest committed: the
+            # recent seqs not there yet are looked for as gaps too.
+            low = max(self.cursor - self.max_gaps, 0)
+            async with self.db.database.reading() as conn:
+                present = set(
+                    (
+                        await conn.execute(
+                            select(outbox.c.seq).where(
+                                outbox.c.seq > low, outbox.c.seq <= self.cursor
+                            )
+                        )
+                    ).scalars()
+                )
+            until = time.monotonic() + self.gap_seconds
+            self.gaps = {
+                seq: until for seq in range(low + 1, self.cursor + 1) if seq not in present
+            }
         self._started = True
 
     async def poll(self) -> list[tuple[int, Event]]:
