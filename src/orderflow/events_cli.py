@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -30,12 +30,15 @@ if TYPE_CHECKING:
 events_app = typer.Typer(
     help="Follow the services' events, list parked ones, redrive one.",
     no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
 
 ServicesOption = Annotated[
     list[str] | None,
     typer.Option(
         "--service",
+        metavar="SERVICE",
         help=f"only this service's database (repeatable; of {', '.join(registry.SERVICE_NAMES)})",
         show_default=False,
     ),
@@ -43,11 +46,36 @@ ServicesOption = Annotated[
 DataDirOption = Annotated[
     Path | None,
     typer.Option(
+        metavar="DIR",
         help="where `orderflow run --data-dir` keeps its SQLite files (for services whose "
         "ORDERFLOW_<SERVICE>_DATABASE_URL is unset)",
         show_default=False,
     ),
 ]
+
+
+class _PlainArguments(typer.core.TyperCommand):
+    """Help that shows an argument by its name and help, without a type tag (`<str>`), as
+    `orderflow`'s other commands do."""
+
+    def format_options(self, ctx: Any, formatter: Any) -> None:
+        params = self.get_params(ctx)
+        arguments = [
+            (p.metavar or p.name, getattr(p, "help", None) or "")
+            for p in params
+            if p.param_type_name == "argument" and not getattr(p, "hidden", False)
+        ]
+        options = [
+            record
+            for p in params
+            if p.param_type_name == "option" and (record := p.get_help_record(ctx))
+        ]
+        if arguments:
+            with formatter.section("Arguments"):
+                formatter.write_dl(arguments)
+        if options:
+            with formatter.section("Options"):
+                formatter.write_dl(options)
 
 
 def _say(line: str) -> None:
@@ -118,13 +146,16 @@ def tail(
     type_: Annotated[
         str | None,
         typer.Option(
-            "--type", help="only this event type (order.confirmed or orderflow.order.confirmed.v1)"
+            "--type",
+            metavar="TYPE",
+            help="only this event type (order.confirmed or orderflow.order.confirmed.v1)",
         ),
     ] = None,
     subject: Annotated[
         str | None,
         typer.Option(
-            help="only events about this aggregate (ce-subject: an order id, sku or customer id)",
+            metavar="ID",
+            help="only events about this aggregate (its order id, sku or customer id)",
             show_default=False,
         ),
     ] = None,
@@ -135,7 +166,8 @@ def tail(
         ),
     ] = False,
     count: Annotated[
-        int | None, typer.Option(min=1, help="exit after this many events", show_default=False)
+        int | None,
+        typer.Option(metavar="N", min=1, help="exit after this many events", show_default=False),
     ] = None,
     outbox: Annotated[
         bool,
@@ -147,7 +179,10 @@ def tail(
     services: ServicesOption = None,
     data_dir: DataDirOption = None,
     poll: Annotated[
-        float, typer.Option(min=0.05, max=60, help="seconds between reads of the outboxes")
+        float,
+        typer.Option(
+            metavar="SECONDS", min=0.05, max=60, help="seconds between reads of the outboxes"
+        ),
     ] = 0.5,
 ) -> None:
     from orderflow.events.registry import UnknownEventTypeError, event_type
@@ -262,7 +297,8 @@ def _when(us: int) -> str:
 @events_app.command()
 def parked(
     consumer: Annotated[
-        str | None, typer.Option(help="only this consumer's", show_default=False)
+        str | None,
+        typer.Option(metavar="NAME", help="only this consumer's", show_default=False),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
     services: ServicesOption = None,
@@ -322,17 +358,22 @@ def parked(
     raise typer.Exit(asyncio.run(main()))
 
 
-@events_app.command()
+@events_app.command(cls=_PlainArguments)
 def redrive(
     event_id: Annotated[str, typer.Argument(metavar="ID", help="the parked event's id")],
     consumer: Annotated[
         str | None,
-        typer.Option(help="only this consumer's (default: every consumer that parked it)"),
+        typer.Option(
+            metavar="NAME", help="only this consumer's (default: every consumer that parked it)"
+        ),
     ] = None,
     wait: Annotated[
         float,
         typer.Option(
-            min=0, max=3600, help="seconds to wait for the consumer to handle it (0: don't)"
+            metavar="SECONDS",
+            min=0,
+            max=3600,
+            help="seconds to wait for the consumer to handle it (0: don't)",
         ),
     ] = 10.0,
     services: ServicesOption = None,
