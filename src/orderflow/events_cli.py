@@ -23,7 +23,7 @@ import typer
 from orderflow import boot, registry
 
 if TYPE_CHECKING:
-    from orderflow.events.admin import EventsDatabase
+    from orderflow.events.operations import EventsDatabase
     from orderflow.events.registry import EventType
     from orderflow.events.settings import EventsSettings
 
@@ -95,7 +95,7 @@ async def _open(
 ) -> tuple[list[EventsDatabase], bool]:
     """The services' event databases that could be opened, and whether any failed. A
     SQLite file that does not exist is skipped with a note unless the service was named."""
-    from orderflow.events.admin import (
+    from orderflow.events.operations import (
         AdminError,
         EventsDatabase,
         NoDatabaseError,
@@ -215,7 +215,7 @@ async def _tail_jetstream(
     from_start: bool,
     count: int | None,
 ) -> int:
-    from orderflow.events.admin import AdminError, follow_jetstream
+    from orderflow.events.operations import AdminError, follow_jetstream
 
     shown = 0
 
@@ -252,7 +252,7 @@ async def _tail_outboxes(
     poll: float,
     explicit: bool,
 ) -> int:
-    from orderflow.events.admin import OutboxFollower, follow_outboxes
+    from orderflow.events.operations import OutboxFollower, follow_outboxes
 
     if kind is not None:
         chosen = [kind.source]
@@ -305,7 +305,7 @@ def parked(
     data_dir: DataDirOption = None,
 ) -> None:
     """List parked events (a consumer failed them too often) in the services' databases."""
-    from orderflow.events.admin import all_parked
+    from orderflow.events.operations import all_parked
 
     async def main() -> int:
         dbs, failed = await _open(_chosen(services), data_dir, explicit=bool(services))
@@ -380,8 +380,8 @@ def redrive(
     data_dir: DataDirOption = None,
 ) -> None:
     """Have a parked event handled again by the consumer that parked it."""
-    from orderflow.events.admin import redrive as mark
-    from orderflow.events.admin import redrive_outcome
+    from orderflow.events.operations import redrive as mark
+    from orderflow.events.operations import redrive_outcome
 
     async def main() -> int:
         dbs, failed = await _open(_chosen(services), data_dir, explicit=bool(services))

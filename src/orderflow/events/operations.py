@@ -1,4 +1,4 @@
-"""Operating the events of running services from outside them: follow, list parked, redrive.
+"""Following events and operating parked ones from outside the services (`orderflow events`).
 
 `orderflow events` (orderflow.events_cli) is built on this module. It reaches each
 service's own database (ORDERFLOW_<SERVICE>_DATABASE_URL, the same settings the service
