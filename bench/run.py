@@ -9,6 +9,13 @@ orderflow is reported as a ratio of the floor, so the figure holds on a noisy ma
     python -m bench.run                                   # every mode, c = 1, 8, 64, 10 s each
     python -m bench.run --modes per-service-sqlite --duration 5 --record bench/RESULTS.md
 
+The per-service modes carry their events over NATS JetStream (--nats-url, default
+nats://127.0.0.1:4222; a stream of the run's own, deleted after it). After each level the
+run waits until every order confirmed in it is settled (its order.settled event is in
+the orders outbox) and every outbox row is published, then reports the outbox lag (p99
+of publish time minus creation time of the rows written during the level) and how long
+after the level's last confirmation (its reply follows at once) the last order settled.
+
 A run in which orderflow (or the floor) answered anything but 201, or wrk saw socket
 errors, is reported as failed and exits 1.
 """
@@ -63,6 +70,10 @@ class Measurement:
     # CPU time (user + system, children included) each process spent per answered order:
     # steadier than orders/s on a noisy machine, and it shows where the time goes.
     cpu_ms_per_order: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Events (ADR 16): p99 of outbox publish delay, and the last order's settlement after
+    # the last confirmation; None where not measured (the floor, or no outbox).
+    outbox_lag_p99_ms: float | None = None
+    settle_lag_ms: float | None = None
 
     @property
     def cpu_ms_total(self) -> float:
@@ -156,6 +167,98 @@ class RssSampler:
         self._thread.join()
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-th percentile (0 < q <= 100) of values (not empty)."""
+    ordered = sorted(values)
+    rank = max(1, -(-len(ordered) * q // 100))  # ceil(n * q / 100)
+    return ordered[int(rank) - 1]
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxRow:
+    service: str
+    aggregate_id: str
+    event_type: str
+    created_us: int
+    published_us: int | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EventLags:
+    """What the outboxes say about one level: None until it is all published and settled."""
+
+    outbox_lag_p99_ms: float
+    settle_lag_ms: float
+    events: int
+    orders: int
+
+
+def event_lags(rows: list[OutboxRow], since_us: int, until_us: int) -> EventLags | None:
+    """From the outbox rows created since `since_us`: the lags of a level that ran until
+    `until_us`, or None while an order confirmed in it is not settled or a row is not
+    published yet. No order confirmed in the level: None as well (nothing to measure)."""
+    recent = [r for r in rows if r.created_us >= since_us]
+    confirmed = {
+        r.aggregate_id: r.created_us
+        for r in recent
+        if r.event_type == "order.confirmed" and r.created_us <= until_us
+    }
+    settled = {r.aggregate_id: r.created_us for r in recent if r.event_type == "order.settled"}
+    if not confirmed or any(order not in settled for order in confirmed):
+        return None
+    if any(r.published_us is None for r in recent):
+        return None
+    lags = [(r.published_us - r.created_us) / 1000 for r in recent if r.published_us is not None]
+    last_settled = max(settled[order] for order in confirmed)
+    return EventLags(
+        outbox_lag_p99_ms=percentile(lags, 99),
+        settle_lag_ms=max(last_settled - max(confirmed.values()), 0) / 1000,
+        events=len(recent),
+        orders=len(confirmed),
+    )
+
+
+def read_outboxes(urls: dict[str, str], since_us: int) -> list[OutboxRow]:
+    """The outbox rows created since `since_us` in each service's database."""
+    import asyncio
+
+    from sqlalchemy import text
+
+    from orderflow.platform.db import create_database
+
+    async def read() -> list[OutboxRow]:
+        found = []
+        for service, url in urls.items():
+            database = create_database(url, pool_size=1)
+            try:
+                async with database.reading() as conn:
+                    result = await conn.execute(
+                        text(
+                            "SELECT aggregate_id, event_type, created_us, published_us "
+                            "FROM outbox WHERE created_us >= :since"
+                        ),
+                        {"since": since_us},
+                    )
+                    found += [OutboxRow(service, *row) for row in result.all()]
+            finally:
+                await database.dispose()
+        return found
+
+    return asyncio.run(read())
+
+
+def wait_for_events(
+    urls: dict[str, str], since_us: int, until_us: int, timeout: float = 120.0
+) -> EventLags | None:
+    """Poll the outboxes until the level's orders are settled and its events published."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lags = event_lags(read_outboxes(urls, since_us), since_us, until_us)
+        if lags is not None or time.monotonic() > deadline:
+            return lags
+        time.sleep(0.2)
+
+
 def run_wrk(url: str, concurrency: int, seconds: float) -> dict[str, int]:
     wrk = shutil.which("wrk")
     if wrk is None:
@@ -218,12 +321,58 @@ def databases(mode: str, workdir: Path, labels: list[str]) -> Iterator[dict[str,
         drop()
 
 
-def orderflow_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
+def orderflow_system(
+    mode: str, workdir: Path, urls: dict[str, str], events_env: dict[str, str] | None = None
+) -> System:
     # Measured as users run it: at the default log level (a JSON line per call, to a file).
     env = {"ORDERFLOW_LOG_LEVEL": "INFO"}
     if mode == "one-process":
         return one_process(workdir, env)
-    return per_service(workdir, urls, env)
+    return per_service(workdir, urls, {**env, **(events_env or {})})
+
+
+def outbox_urls(mode: str, workdir: Path, urls: dict[str, str]) -> dict[str, str]:
+    """Where each service's outbox is: its database (one-process: the run's data dir)."""
+    if mode == "one-process":
+        return {
+            name: f"sqlite+aiosqlite:///{workdir / 'data' / f'{name}.db'}"
+            for name in ("orders", "inventory", "loyalty")
+        }
+    return urls
+
+
+@contextmanager
+def jetstream(mode: str, nats_url: str) -> Iterator[dict[str, str]]:
+    """The settings that put a per-service run on a JetStream stream of its own (deleted
+    after it); none for one-process mode (its in-process bus) or without a URL."""
+    if mode == "one-process" or not nats_url:
+        yield {}
+        return
+    import asyncio
+    import uuid
+
+    from orderflow.events import JetStreamBus
+
+    tag = uuid.uuid4().hex[:8]
+    bus = JetStreamBus(nats_url, stream=f"BENCH_{tag}", subject_prefix=f"bench{tag}.events")
+
+    async def check() -> None:
+        await bus.jetstream()
+        await bus.close()
+
+    async def delete() -> None:
+        await bus.delete_stream()
+        await bus.close()
+
+    asyncio.run(check())  # BrokerUnavailableError: say so before starting anything
+    try:
+        yield {
+            "ORDERFLOW_NATS_URL": nats_url,
+            "ORDERFLOW_EVENTS_STREAM": bus.stream,
+            "ORDERFLOW_EVENTS_SUBJECT_PREFIX": bus.subject_prefix,
+        }
+    finally:
+        asyncio.run(delete())
 
 
 def floor_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
@@ -257,6 +406,7 @@ def drive(
     levels: list[int],
     seconds: float,
     say: Callable[[str], None],
+    outboxes: dict[str, str] | None = None,
 ) -> list[Measurement]:
     url = f"{system.base_url}/api/v1/orders"
     say(f"  {name}: warming up")
@@ -266,8 +416,11 @@ def drive(
         say(f"  {name}: {concurrency} concurrent clients for {seconds:g}s ...")
         pids = {n: p.popen.pid for n, p in system.processes.items() if p.popen}
         before = cpu_seconds(pids)
+        since_us = time.time_ns() // 1000
         with RssSampler(pids) as sampler:
             fields = run_wrk(url, concurrency, seconds)
+        until_us = time.time_ns() // 1000
+        # CPU until the last reply: the events' follow-up after it is not in orders/s.
         after = cpu_seconds(pids)
         used = {n: after[n] - before[n] for n in before if n in after}
         m = measurement(name, mode, concurrency, fields, sampler.peak, used)
@@ -275,6 +428,18 @@ def drive(
             f"    {m.rps:8.1f} orders/s  p50 {m.p50_ms:6.1f} ms  p99 {m.p99_ms:6.1f} ms"
             f"  errors {m.errors}  CPU {m.cpu_ms_total:.2f} ms/order"
         )
+        if outboxes:
+            lags = wait_for_events(outboxes, since_us, until_us)
+            if lags is None:
+                say("    events: orders not all settled (or events unpublished) after 120 s")
+                m.errors += 1
+            else:
+                m.outbox_lag_p99_ms, m.settle_lag_ms = lags.outbox_lag_p99_ms, lags.settle_lag_ms
+                say(
+                    f"    events: {lags.events} for {lags.orders} orders; outbox lag p99 "
+                    f"{lags.outbox_lag_p99_ms:.1f} ms; last settled "
+                    f"{lags.settle_lag_ms:.0f} ms after the last reply"
+                )
         results.append(m)
     return results
 
@@ -288,12 +453,23 @@ def idle_rss(system: System) -> dict[str, float]:
     }
 
 
-def bench_mode(mode: str, levels: list[int], seconds: float, say: Callable[[str], None]) -> dict:
+def bench_mode(
+    mode: str,
+    levels: list[int],
+    seconds: float,
+    say: Callable[[str], None],
+    nats_url: str = "",
+) -> dict:
     say(f"[{mode}]")
     with tempfile.TemporaryDirectory(prefix="orderflow-bench-") as tmp:
         workdir = Path(tmp)
-        with databases(mode, workdir, ["orders", "inventory", "loyalty"]) as urls:
-            system = orderflow_system(mode, workdir, urls)
+        with (
+            databases(mode, workdir, ["orders", "inventory", "loyalty"]) as urls,
+            jetstream(mode, nats_url) as events_env,
+        ):
+            if events_env:
+                say(f"  events over JetStream: {nats_url}, {events_env['ORDERFLOW_EVENTS_STREAM']}")
+            system = orderflow_system(mode, workdir, urls, events_env)
             started = time.monotonic()
             system.start()
             try:
@@ -301,7 +477,8 @@ def bench_mode(mode: str, levels: list[int], seconds: float, say: Callable[[str]
                 ready_s = time.monotonic() - started
                 idle = idle_rss(system)
                 seed(system.base_url)
-                ours = drive(system, "orderflow", mode, levels, seconds, say)
+                outboxes = outbox_urls(mode, workdir, urls)
+                ours = drive(system, "orderflow", mode, levels, seconds, say, outboxes)
             finally:
                 system.stop()
         with databases(mode, workdir / "floor", ["orders", "inventory", "loyalty"]) as urls:
@@ -315,6 +492,7 @@ def bench_mode(mode: str, levels: list[int], seconds: float, say: Callable[[str]
                 floor.stop()
     return {
         "mode": mode,
+        "events": "JetStream" if nats_url and mode != "one-process" else "in-process",
         "ready_s": ready_s,
         "idle_rss_mb": idle,
         "orderflow": ours,
@@ -344,22 +522,31 @@ def report(runs: list[dict], seconds: float) -> str:
         "gRPC calls, each one small write transaction, over persistent channels "
         "(bench/floor.py).",
         "",
+        "Events: the per-service modes carry them over NATS JetStream, one-process mode over "
+        "its in-process bus. After each level the run waits until every order confirmed in "
+        "it is settled by its events; *outbox lag p99* is the 99th percentile of publish time "
+        "minus creation time of the outbox rows written meanwhile, *settled after last reply* "
+        "the time from the level's last confirmation (its reply follows at once) to the "
+        "last order.settled event. CPU per order counts until the last reply.",
+        "",
         "Reproduce: `make bench` (or `python -m bench.run --record bench/RESULTS.md "
         "--json bench/results.json`).",
         "",
     ]
     for run in runs:
+        events = f"; events {run['events']}" if run.get("events") else ""
         lines += [
             f"## {run['mode']}",
             "",
-            f"Ready in {run['ready_s']:.2f} s; idle resident memory: "
+            f"Ready in {run['ready_s']:.2f} s{events}; idle resident memory: "
             + ", ".join(f"{n} {mb:.0f} MB" for n, mb in run["idle_rss_mb"].items())
             + ".",
             "",
             "| clients | orderflow orders/s | floor orders/s | ratio "
             "| p50 ms | p99 ms | floor p50 / p99 ms | errors (ours / floor) "
-            "| CPU ms/order (ours / floor) | peak RSS MB |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            "| CPU ms/order (ours / floor) | outbox lag p99 ms | settled after last reply ms "
+            "| peak RSS MB |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
         ]
         for ours, theirs in zip(run["orderflow"], run["floor"], strict=True):
             ratio = share_of_floor(ours, theirs)
@@ -369,7 +556,8 @@ def report(runs: list[dict], seconds: float) -> str:
                 f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} "
                 f"| {theirs.p50_ms:.1f} / {theirs.p99_ms:.1f} "
                 f"| {ours.errors} / {theirs.errors} "
-                f"| {_cpu(ours)} / {_cpu(theirs)} | {rss} |"
+                f"| {_cpu(ours)} / {_cpu(theirs)} "
+                f"| {_ms(ours.outbox_lag_p99_ms)} | {_ms(ours.settle_lag_ms)} | {rss} |"
             )
         lines += ["", cpu_breakdown(run), ""]
     lines += targets(runs)
@@ -383,6 +571,10 @@ def share_of_floor(ours: Measurement, floor: Measurement) -> float:
 
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _cpu(m: Measurement) -> str:
@@ -464,6 +656,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--concurrency", default="1,8,64")
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument(
+        "--nats-url",
+        default=os.environ.get("ORDERFLOW_NATS_URL", "nats://127.0.0.1:4222"),
+        help="JetStream of the per-service modes ('' : none)",
+    )
     parser.add_argument("--record", type=Path, help="write the results (Markdown) here")
     parser.add_argument("--json", type=Path, help="also write raw results as JSON")
     parser.add_argument(
@@ -489,7 +686,10 @@ def main(argv: list[str] | None = None) -> int:
     levels = [int(c) for c in args.concurrency.split(",")]
     say = lambda line: print(line, flush=True)  # noqa: E731
     commit = current_commit()
-    runs = [{**bench_mode(mode, levels, args.duration, say), "commit": commit} for mode in modes]
+    runs = [
+        {**bench_mode(mode, levels, args.duration, say, args.nats_url), "commit": commit}
+        for mode in modes
+    ]
     publish(runs, args.duration, args.record)
     if args.json:
         args.json.write_text(

@@ -9,7 +9,8 @@
 # scripts/podman/containers.conf.
 #
 #   scripts/podman-env.sh images          build the local base image if missing, then the
-#                                          orderflow images (service, gateway, onebox, postgres)
+#                                          orderflow images (service, gateway, onebox, postgres,
+#                                          nats)
 #   scripts/podman-env.sh base            only the local base image
 #   scripts/podman-env.sh COMMAND [ARG..] anything else, e.g.
 #       scripts/podman-env.sh podman-compose -f deploy/compose/multi.yaml up -d
@@ -107,7 +108,7 @@ build() {  # build IMAGE DOCKERFILE [TARGET]
         --build-arg "BASE_IMAGE=${BASE_IMAGE:-$LOCAL_BASE}")
     # pip in the build trusts what the host trusts (a registry may be reached through a
     # proxy that re-signs TLS); apt there fetches signed packages and needs no such thing.
-    if [[ -d /etc/ssl/certs && "$file" != *postgres* ]]; then
+    if [[ -d /etc/ssl/certs && "$file" != *postgres* && "$file" != *nats* ]]; then
         args+=(-v /etc/ssl/certs:/etc/ssl/certs:ro)
     fi
     [[ -n "$target" ]] && args+=(--target "$target")
@@ -122,6 +123,7 @@ images() {
         build "localhost/orderflow-$target:$TAG" "$ROOT/deploy/docker/Dockerfile" "$target"
     done
     build "localhost/orderflow-postgres:$TAG" "$ROOT/deploy/docker/postgres.Dockerfile"
+    build "localhost/orderflow-nats:$TAG" "$ROOT/deploy/docker/nats.Dockerfile"
 }
 
 case "${1:-}" in

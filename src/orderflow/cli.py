@@ -9,6 +9,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from orderflow import boot, registry
+from orderflow.events_cli import events_app
 
 app = typer.Typer(
     help="orderflow: an order-placement backend of gRPC services behind a REST gateway.",
@@ -18,6 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     pretty_exceptions_enable=False,
 )
+app.add_typer(events_app, name="events")
 
 T = TypeVar("T")
 

@@ -334,7 +334,7 @@ class Deployment:
 
 
 def build_images(session: PodmanSession, timeout: float = 900) -> float:
-    """Build (or bring up to date) the four images; the seconds it took."""
+    """Build (or bring up to date) the five images; the seconds it took."""
     start = time.monotonic()
     session.run(f"{shlex.quote(str(HELPER))} images", timeout=timeout).check()
     return time.monotonic() - start

@@ -1,8 +1,10 @@
 """The compose deployments, live: images built with podman, containers started, orders placed.
 
-multi.yaml (a container per component, PostgreSQL, inventory scaled to two containers):
-an order placed through the published gateway port is CONFIRMED; the gRPC services are
-published nowhere and cannot be reached from outside their internal network; with the
+multi.yaml (a container per component, PostgreSQL, NATS JetStream, inventory scaled to two
+containers): an order placed through the published gateway port is CONFIRMED, and its
+order.confirmed and order.settled events are on the broker (`orderflow events tail` in
+the orders container); the gRPC services and the broker are published nowhere and cannot
+be reached from outside their internal networks, nor the broker from the gateway; with the
 loyalty container stopped, orders fail cleanly (503, REJECTED, stock released) while reads
 work, and once it is started again orders succeed; two inventory containers sharing the
 database never oversell. single.yaml (everything in one container): an order is CONFIRMED
@@ -190,7 +192,11 @@ def test_the_grpc_services_cannot_be_reached_from_outside(multi: Deployment) -> 
             .check()
             .stdout
         )
-        assert set(networks) == {f"{PROJECT}_grpc", f"{PROJECT}_data"}, networks
+        assert set(networks) == {
+            f"{PROJECT}_grpc",
+            f"{PROJECT}_data",
+            f"{PROJECT}_events",
+        }, networks
         targets = [f"{name}:{port}"] + [f"{n['IPAddress']}:{port}" for n in networks.values()]
         for target in targets:
             reply = session.podman(*client, "grpc", target, timeout=60)
@@ -200,6 +206,74 @@ def test_the_grpc_services_cannot_be_reached_from_outside(multi: Deployment) -> 
         gateway = multi.containers("gateway")[0]
         reply = session.podman("exec", gateway, "orderflow-healthcheck", "grpc", f"{name}:{port}")
         assert reply.returncode == 0 and "SERVING" in reply.output, reply.output
+
+
+def _tail(multi: Deployment, *args: str, timeout: float = 90) -> list[dict[str, Any]]:
+    """`orderflow events tail ARGS` in the orders container (ORDERFLOW_NATS_URL there:
+    the JetStream stream), as CloudEvents JSON lines."""
+    (orders,) = multi.containers("orders")
+    reply = multi.session.podman(
+        "exec", orders, "timeout", str(int(timeout)), "orderflow", "events", "tail", *args,
+        timeout=timeout + 30,
+    )  # fmt: skip
+    assert reply.returncode == 0, reply.output
+    return [json.loads(line) for line in reply.stdout.splitlines() if line.startswith("{")]
+
+
+def test_an_order_placed_through_the_gateway_shows_as_its_events_on_the_broker(
+    multi: Deployment,
+) -> None:
+    admin = multi.token(admin=True)
+    customer = "c-deploy-events"
+    token = multi.token(customer=customer)
+    with httpx.Client(base_url=multi.url, timeout=15) as client:
+        sku = _new_item(client, admin, stock=5, price=1500)
+        reply = _order(client, token, customer, sku, quantity=2)
+        assert reply.status_code == 201, reply.text
+        order = reply.json()
+    assert order["status"] == "CONFIRMED"
+    common = ("--from-start", "--subject", order["id"], "--count", "1")
+    (confirmed,) = _tail(multi, "--type", "order.confirmed", *common)
+    assert confirmed["specversion"] == "1.0"
+    assert confirmed["type"] == "orderflow.order.confirmed.v1"
+    assert confirmed["source"] == "orderflow/orders"
+    assert confirmed["subject"] == order["id"]
+    assert confirmed["datacontenttype"] == "application/json"
+    data = confirmed["data"]
+    assert data["orderId"] == order["id"] and data["customerId"] == customer
+    assert [(line["sku"], int(line["quantity"])) for line in data["lines"]] == [(sku, 2)]
+    assert int(data["total"]) == order["total"] == 3000
+    # Finished by its events: inventory and loyalty commit, orders settles it.
+    (settled,) = _tail(multi, "--type", "order.settled", *common)
+    assert settled["subject"] == order["id"]
+    with httpx.Client(base_url=multi.url, timeout=15) as client:
+        item = _settled_item(client, admin, sku)
+    assert (item["available"], item["reserved"], item["sold"]) == (3, 0, 2), item
+
+
+def test_only_the_services_reach_the_broker(multi: Deployment) -> None:
+    session = multi.session
+    probe = "import socket,sys; socket.create_connection((sys.argv[1], 4222), timeout=5).close()"
+    (nats,) = multi.containers("nats")
+    assert session.podman("port", nats).stdout.strip() == ""
+    for name in GRPC_PORTS:
+        container = multi.containers(name)[0]
+        reply = session.podman("exec", container, "python3", "-c", probe, "nats")
+        assert reply.returncode == 0, f"{name} cannot reach nats: {reply.output}"
+    gateway = multi.containers("gateway")[0]
+    reply = session.podman("exec", gateway, "python3", "-c", probe, "nats", timeout=60)
+    assert reply.returncode != 0, "the gateway reaches the broker"
+    # Nor by its address from the gateway's public network.
+    address = json.loads(
+        session.podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", nats)
+        .check()
+        .stdout
+    )[f"{PROJECT}_events"]["IPAddress"]
+    reply = session.podman(
+        "run", "--rm", f"--network={PROJECT}_public", "--entrypoint=python3",
+        "localhost/orderflow-service:dev", "-c", probe, address, timeout=60,
+    )  # fmt: skip
+    assert reply.returncode != 0, "the broker answered from the public network"
 
 
 def test_loyalty_down_fails_orders_cleanly_and_coming_back_restores_them(

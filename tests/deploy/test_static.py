@@ -32,7 +32,11 @@ SECRET = "x" * 40
 
 
 def test_there_are_dockerfiles() -> None:
-    assert {p.name for p in DOCKERFILES} >= {"Dockerfile", "postgres.Dockerfile"}
+    assert {p.name for p in DOCKERFILES} >= {
+        "Dockerfile",
+        "postgres.Dockerfile",
+        "nats.Dockerfile",
+    }
 
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
@@ -101,16 +105,62 @@ def test_multi_publishes_only_the_gateway_and_keeps_the_rest_internal() -> None:
     compose = load_compose("multi.yaml")
     services = compose["services"]
     networks = compose["networks"]
-    assert set(services) == {"postgres", "orders", "inventory", "loyalty", "gateway"}
+    assert set(services) == {"postgres", "nats", "orders", "inventory", "loyalty", "gateway"}
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == {"gateway"}
     assert [p.rsplit(":", 1)[1] for p in services["gateway"]["ports"]] == ["8080"]
     internal = {name for name, net in networks.items() if (net or {}).get("internal")}
-    for name in ("orders", "inventory", "loyalty", "postgres"):
+    for name in ("orders", "inventory", "loyalty", "postgres", "nats"):
         joined = set(services[name]["networks"])
         assert joined <= internal, f"{name} is on a network that is not internal: {joined}"
-    # The gateway talks to the services but not to the database.
+    # The gateway talks to the services but not to the database nor to the broker.
     assert not set(services["gateway"]["networks"]) & set(services["postgres"]["networks"])
+    assert not set(services["gateway"]["networks"]) & set(services["nats"]["networks"])
+
+
+def test_multi_has_a_jetstream_broker_with_a_volume_for_every_service() -> None:
+    compose = load_compose("multi.yaml")
+    services = compose["services"]
+    nats = services["nats"]
+    assert nats["build"]["dockerfile"] == "deploy/docker/nats.Dockerfile"
+    assert not nats.get("ports")
+    # JetStream's store is a named volume (the image's config keeps it under /data).
+    volumes = dict(reversed(v.split(":")[:2]) for v in nats["volumes"])
+    assert volumes["/data"] in compose["volumes"]
+    config = (DEPLOY / "docker" / "nats.conf").read_text()
+    assert "jetstream" in config and "store_dir: /data" in config
+    for name in SERVICES:
+        svc = services[name]
+        assert svc["environment"]["ORDERFLOW_NATS_URL"] == "nats://nats:4222"
+        assert set(svc["networks"]) & set(nats["networks"]), f"{name} cannot reach nats"
+        assert "nats" in svc["depends_on"]
+    # Nothing but the three services shares a network with the broker.
+    sharing = {
+        name
+        for name, svc in services.items()
+        if name != "nats" and set(svc["networks"]) & set(nats["networks"])
+    }
+    assert sharing == set(SERVICES)
+
+
+def test_nats_image_serves_jetstream_as_non_root() -> None:
+    text = (DEPLOY / "docker" / "nats.Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=debian:bookworm-slim" in text
+    assert "nats-server" in text and "USER 10001:10001" in text
+    assert 'VOLUME ["/data"]' in text
+    # The config the image carries is one the server accepts.
+    server = "/usr/sbin/nats-server"
+    if not Path(server).exists():
+        if IN_CI:
+            pytest.fail(f"{server} is required under CI=true")
+        pytest.skip(f"{server} not installed")
+    done = subprocess.run(
+        [server, "-c", str(DEPLOY / "docker" / "nats.conf"), "-t"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "is valid" in done.stdout + done.stderr, done.stderr
 
 
 def test_multi_has_health_checks_and_waits_for_healthy_dependencies() -> None:
@@ -256,6 +306,32 @@ def test_only_the_gateway_reaches_a_grpc_port(rendered: tuple[str, list[dict[str
     # And nothing else of theirs is open: the gateway reaches no other port of a service.
     for name in SERVICES:
         assert not cluster.can_connect(gateway, cluster.pod(f"Deployment/{name}"), 5432)
+
+
+def test_only_the_services_reach_the_broker(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    _, docs = rendered
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    nats = by_name[("StatefulSet", "nats")]["spec"]
+    (claim,) = nats["volumeClaimTemplates"]
+    (container,) = nats["template"]["spec"]["containers"]
+    assert {m["name"]: m["mountPath"] for m in container["volumeMounts"]}[
+        claim["metadata"]["name"]
+    ] == "/data"
+    assert [p["port"] for p in by_name[("Service", "nats")]["spec"]["ports"]] == [4222]
+    for name in SERVICES:
+        (service,) = by_name[("Deployment", name)]["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in service["env"]}
+        assert env["ORDERFLOW_NATS_URL"] == "nats://nats:4222", name
+    cluster = Cluster.from_manifests(docs)
+    broker = cluster.pod("StatefulSet/nats")
+    servers = {f"Deployment/{name}" for name in SERVICES}
+    assert cluster.who_can_reach(broker, 4222) == servers
+    assert cluster.admitted_by(broker, 4222) == servers
+    assert not cluster.can_connect(cluster.pod("Deployment/gateway"), broker, 4222)
+    assert not cluster.can_connect(None, broker, 4222)
+    # The broker itself opens no connection (no egress rule besides DNS).
+    for name in SERVICES:
+        assert not cluster.egress_allows(broker, cluster.pod(f"Deployment/{name}"), 50051)
 
 
 def test_the_gateway_is_reachable_from_outside(

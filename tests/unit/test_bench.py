@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import cpu_seconds, measurement, parse_wrk, run_wrk
+from bench.run import (
+    OutboxRow,
+    cpu_seconds,
+    event_lags,
+    measurement,
+    parse_wrk,
+    percentile,
+    report,
+    run_wrk,
+)
 from tests.system import free_port, wait_for_port
 
 FLAKY_SERVER = textwrap.dedent(
@@ -116,3 +125,81 @@ def test_cpu_seconds_reads_a_busy_process_and_skips_a_gone_one() -> None:
         busy.wait()
         out.close()
     assert cpu_seconds({"gone": busy.pid}) == {}
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 50) == 50.0
+    assert percentile([7.0], 99) == 7.0
+    assert percentile([5.0, 1.0, 3.0], 100) == 5.0
+
+
+def _row(service: str, order: str, kind: str, created: int, published: int | None) -> OutboxRow:
+    return OutboxRow(service, order, kind, created, published)
+
+
+def test_event_lags_wait_for_every_order_settled_and_every_row_published() -> None:
+    since, until = 1_000_000, 2_000_000
+    rows = [
+        # Before the level: not counted.
+        _row("orders", "o-old", "order.confirmed", 900_000, 999_000),
+        _row("orders", "o-1", "order.confirmed", 1_100_000, 1_102_000),
+        _row("inventory", "o-1", "stock.committed", 1_105_000, 1_106_000),
+        _row("orders", "o-1", "order.settled", 1_110_000, 1_111_000),
+        _row("orders", "o-2", "order.confirmed", 1_900_000, 1_950_000),
+        _row("inventory", "o-2", "stock.committed", 1_960_000, None),
+    ]
+    # o-2 is not settled yet, and a row is unpublished.
+    assert event_lags(rows, since, until) is None
+    rows[-1] = _row("inventory", "o-2", "stock.committed", 1_960_000, 1_961_000)
+    assert event_lags(rows, since, until) is None
+    rows.append(_row("orders", "o-2", "order.settled", 2_300_000, None))
+    assert event_lags(rows, since, until) is None  # settled, but its event unpublished
+    rows[-1] = _row("orders", "o-2", "order.settled", 2_300_000, 2_301_000)
+    lags = event_lags(rows, since, until)
+    assert lags is not None
+    assert (lags.orders, lags.events) == (2, 6)
+    # Publish delays 2, 1, 1, 50, 1, 1 ms: the p99 (nearest rank) is the largest.
+    assert lags.outbox_lag_p99_ms == 50.0
+    # Last confirmation at 1.9 s, last settlement at 2.3 s.
+    assert lags.settle_lag_ms == 400.0
+
+
+def test_event_lags_need_an_order_to_measure() -> None:
+    assert event_lags([], 0, 10) is None
+    only_items = [_row("inventory", "MUG-1", "item.changed", 5, 6)]
+    assert event_lags(only_items, 0, 10) is None
+
+
+def test_report_shows_the_event_lags_per_level() -> None:
+    fields = parse_wrk(
+        "RESULT requests=100 duration_us=1000000 p50_us=1000 p99_us=2000 non2xx=0 connect=0 "
+        "read=0 write=0 timeout=0"
+    )
+    ours = measurement("orderflow", "per-service-sqlite", 8, fields, {"orders": 80.0})
+    ours.outbox_lag_p99_ms, ours.settle_lag_ms = 12.34, 456.0
+    floor = measurement("floor", "per-service-sqlite", 8, fields, {"orders": 40.0})
+    run = {
+        "mode": "per-service-sqlite",
+        "events": "JetStream",
+        "ready_s": 1.0,
+        "idle_rss_mb": {"orders": 70.0},
+        "orderflow": [ours],
+        "floor": [floor],
+        "commit": "abc1234",
+    }
+    text = report([run], 10)
+    assert "Ready in 1.00 s; events JetStream;" in text
+    header = next(line for line in text.splitlines() if line.startswith("| clients"))
+    assert "| outbox lag p99 ms | settled after last reply ms |" in header
+    row = next(line for line in text.splitlines() if line.startswith("| 8 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[9:11] == ["12.3", "456.0"]
+    assert len(cells) == len(header.strip("|").split("|"))
+    # The floor has no events: shown as such, not as zero.
+    floor.outbox_lag_p99_ms = None
+    ours.outbox_lag_p99_ms = None
+    text = report([run], 10)
+    row = next(line for line in text.splitlines() if line.startswith("| 8 |"))
+    assert [c.strip() for c in row.strip("|").split("|")][9] == "-"
