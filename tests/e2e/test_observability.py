@@ -217,8 +217,14 @@ def test_request_id_is_in_every_process_log_and_order_id_in_the_services(
         ]
 
     # Every call is made before the reply (the follow-ups are events, ADR 18).
+    # The access line is written once the reply has gone out, so it may land just after it.
+    def gateway_logged() -> bool:
+        return any(
+            x["event"] == "http" and x["path"] == "/api/v1/orders" for x in lines_of("gateway")
+        )
+
+    wait_until(gateway_logged)
     gateway = lines_of("gateway")
-    assert any(x["event"] == "http" and x["path"] == "/api/v1/orders" for x in gateway), gateway
     assert all(x["component"] == "gateway" for x in gateway)
     expected_calls = {
         "orders": {"CreateOrder", "ConfirmOrder"},
