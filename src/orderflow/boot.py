@@ -55,7 +55,8 @@ def load_settings(factory: Callable[[], T]) -> T:
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "(settings)"
             env = f"{prefix}{where.upper()}" if error["loc"] else prefix.rstrip("_")
-            problems.append(f"{env}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")  # our validators' own words
+            problems.append(f"{env}: {message}")
         if len(problems) == 1:
             stop(2, f"invalid setting {problems[0]}")
         stop(2, "\n".join([f"invalid settings ({len(problems)} problems):", *problems]))

@@ -97,12 +97,14 @@ def run(
     ] = False,
 ) -> None:
     """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
+    from orderflow.events.settings import EventsSettings
     from orderflow.platform.logging import configure_logging
     from orderflow.settings import CommonSettings, GatewaySettings
 
     # Everything a user can get wrong is checked before the heavy imports and migrations.
     common = boot.load_settings(CommonSettings)
     gateway = boot.load_settings(GatewaySettings)
+    events = boot.load_settings(EventsSettings)  # ORDERFLOW_NATS_URL, ORDERFLOW_EVENTS_*
     gateway = gateway.model_copy(update={"host": host, "port": port})
     services = boot.one_process_settings(data_dir)
     boot.guard_grpc_bind(grpc_host, common, insecure_grpc, "gRPC")
@@ -123,6 +125,7 @@ def run(
             grpc_host=grpc_host,
             demo=demo,
             auth=auth,
+            events=events,
         )
     )
 

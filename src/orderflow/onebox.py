@@ -92,8 +92,10 @@ async def run_onebox(
     demo: bool,
     auth: AuthSettings | None = None,
     grpc_host: str = "127.0.0.1",
+    events: EventsSettings | None = None,
 ) -> None:
-    """Run everything until SIGTERM/SIGINT; services: each service's settings by name.
+    """Run everything until SIGTERM/SIGINT; services: each service's settings by name;
+    events: ORDERFLOW_NATS_URL and ORDERFLOW_EVENTS_* (read from the environment if None).
     gRPC listens on grpc_host, not the gateway's host: beyond loopback only as the caller
     allowed (boot.guard_grpc_bind)."""
     for definition in SERVICES:  # a missing database is said at once, not as a traceback
@@ -102,7 +104,7 @@ async def run_onebox(
             definition.name, cfg.database_url, boot.env_name(cfg), 60.0, log.warning
         )
     # One bus for the three services: in-process, or JetStream with ORDERFLOW_NATS_URL.
-    bus = EventsSettings().create_bus()
+    bus = (events or EventsSettings()).create_bus()
     components: list[Component] = []
     try:
         for definition in SERVICES:

@@ -112,6 +112,15 @@ def test_an_unsupported_database_url_is_named(env: dict[str, str], tmp_path: Pat
     )
 
 
+def test_a_broker_address_that_is_not_one_is_named(env: dict[str, str], tmp_path: Path) -> None:
+    env["ORDERFLOW_NATS_URL"] = "localhost:4222"  # the scheme forgotten
+    args = ["run", "--port", str(free_port()), "--grpc-port", str(free_port())]
+    args += ["--data-dir", str(tmp_path / "data")]
+    assert_short_failure(run_cli(args, env), "ORDERFLOW_NATS_URL", "nats://HOST:PORT")
+    serve = ["serve", "orders", "--no-migrate"]
+    assert_short_failure(run_cli(serve, env), "ORDERFLOW_NATS_URL", "localhost:4222")
+
+
 def test_an_address_not_on_this_machine_is_named(env: dict[str, str], tmp_path: Path) -> None:
     env["ORDERFLOW_AUTH_JWT_SECRET"] = SECRET  # so that a non-loopback address is allowed
     args = ["run", "--host", "192.0.2.1", "--port", str(free_port())]

@@ -1,14 +1,15 @@
 """Settings of the events machinery (ORDERFLOW_NATS_URL, ORDERFLOW_EVENTS_*), checked at start-up.
 
-Kept here until the events are wired into the services; then this class joins
-`orderflow.settings` with the other components' settings.
+Every service process and `orderflow run` read these once at start-up (boot.load_settings),
+so a wrong value is named at once with the variable that sets it.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.events.bus import EventBus, InProcessBus
@@ -24,7 +25,7 @@ class EventsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ORDERFLOW_", extra="ignore", frozen=True)
 
     # nats://host:4222 switches any mode to JetStream; empty keeps the in-process bus.
-    nats_url: Annotated[str, Field(pattern=r"^$|^(nats|tls)://\S+$")] = ""
+    nats_url: str = ""
     events_stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$")] = DEFAULT_STREAM
     events_subject_prefix: Annotated[str, Field(pattern=r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")] = (
         DEFAULT_SUBJECT_PREFIX
@@ -46,6 +47,16 @@ class EventsSettings(BaseSettings):
     events_ack_wait_seconds: Seconds = 30.0
     # Inbox rows (the record of handled events) are kept this long (30 days).
     events_inbox_retention_seconds: Seconds = 30 * 86_400
+
+    @field_validator("nats_url")
+    @classmethod
+    def _nats_url(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(nats|tls)://\S+", value):
+            raise ValueError(
+                f"{value!r} is not a NATS address: give nats://HOST:PORT (or tls://…), "
+                "or leave it empty for the in-process bus"
+            )
+        return value
 
     def create_bus(self) -> EventBus:
         """JetStream when ORDERFLOW_NATS_URL is set, else the in-process bus (connects
