@@ -20,7 +20,9 @@ import httpx
 import pytest
 
 from orderflow.events import Event, JetStreamBus
-from orderflow.events.admin import parked_events, redrive
+from orderflow.events.consumer import ParkedEvent
+from orderflow.events.operations import EventsDatabase, ServiceDatabase, all_parked
+from orderflow.events.operations import redrive as request_redrive
 from orderflow.events.v1 import events_pb2
 from tests.conftest import pg_databases_sync
 from tests.e2e.conftest import SERVICES, item, new_customer, new_item, points, start
@@ -30,6 +32,28 @@ from tests.system import Process, System, free_port, per_service
 pytestmark = pytest.mark.postgres
 
 STREAM = "ORDERFLOW_EVENTS"
+
+
+async def parked_events(url: str, service: str) -> list[ParkedEvent]:
+    """What `orderflow events parked` lists for the service (the same functions)."""
+    db = EventsDatabase(ServiceDatabase(service, url))
+    await db.open()
+    try:
+        return [found.parked for found in await all_parked([db])]
+    finally:
+        await db.close()
+
+
+async def redrive(url: str, service: str, event_id: str) -> int:
+    """What `orderflow events redrive ID` does for the service: how many rows it marked."""
+    db = EventsDatabase(ServiceDatabase(service, url))
+    await db.open()
+    try:
+        return len(await request_redrive([db], event_id))
+    finally:
+        await db.close()
+
+
 FAST = {
     "ORDERFLOW_GATEWAY_REQUEST_TIMEOUT_SECONDS": "5",
     "ORDERFLOW_GATEWAY_LEASE_SECONDS": "8",
