@@ -8,10 +8,12 @@ loop, and given up after the busy timeout with the connection still usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import asyncpg
 import pytest
@@ -189,3 +191,56 @@ async def test_a_connection_the_server_dropped_is_replaced(database: Database) -
     assert dropped >= 1  # the pool's idle connection was cut off
     await add(database, "after")
     assert await bodies(database) == ["before", "after"]
+
+
+async def test_a_unit_of_work_cancelled_while_it_ends_gives_its_connection_back(
+    make_db_url: Callable[[str], object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gRPC call past its deadline is cancelled, possibly again while its unit of work
+    rolls back and returns its connection (and the pool, full, closes that connection):
+    the clean-up still finishes, and nothing is logged as failed (sqlalchemy#8145)."""
+    url = await make_db_url("cancel")  # type: ignore[misc]
+    database = create_database(str(url), pool_size=1)  # a second connection is overflow
+    try:
+        async with database.engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        for turns in range(30):
+            held, release, inside = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+            async def holder(held: asyncio.Event = held, release: asyncio.Event = release) -> None:
+                async with UnitOfWork(database, readonly=True) as uow:
+                    await uow.connection.execute(select(notes.c.id))
+                    held.set()
+                    await release.wait()
+
+            async def work(inside: asyncio.Event = inside) -> None:
+                async with UnitOfWork(database) as uow:
+                    await uow.connection.execute(insert(notes), {"body": "never"})
+                    inside.set()
+                    await asyncio.sleep(30)
+
+            holding = asyncio.create_task(holder())
+            await held.wait()
+            task = asyncio.create_task(work())
+            await inside.wait()
+            release.set()
+            await holding  # the pool is full again: work's connection will be closed
+            task.cancel()  # in the body: the unit of work rolls back, gives back, closes
+            for _ in range(turns % 6):
+                await asyncio.sleep(0)
+            task.cancel()  # and again, somewhere in that clean-up
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        deadline = time.monotonic() + 5
+        pool: Any = database.engine.pool
+        while pool.checkedout() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert pool.checkedout() == 0
+        assert await bodies(database) == []
+        await add(database, "after")  # connections and the write lock still usable
+        assert await bodies(database) == ["after"]
+        pool_errors = [r for r in caplog.records if r.name.startswith("sqlalchemy.pool")]
+        assert pool_errors == [], [r.getMessage() for r in pool_errors]
+    finally:
+        await database.dispose()

@@ -84,10 +84,13 @@ class Database:
         """A connection for reads outside units of work (probes, tools). On SQLite its
         transaction starts DEFERRED, so a probe never holds the write lock that writers
         wait for (engine connections otherwise BEGIN IMMEDIATE, as migrations need)."""
-        async with self.engine.connect() as conn:
+        conn = await self.engine.connect()
+        try:
             if self.is_sqlite:
                 conn = await conn.execution_options(sqlite_begin="DEFERRED")
             yield conn
+        finally:
+            await asyncio.shield(_give_back(conn, rollback=False))  # as in end()
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -128,7 +131,7 @@ class Database:
             try:
                 await conn.begin()
             except BaseException:
-                await conn.close()
+                await asyncio.shield(_give_back(conn, rollback=False))  # as in end()
                 raise
             return Transaction(conn, None, readonly=readonly, locked=locked)
         except BaseException:
@@ -185,11 +188,11 @@ class Database:
             else:
                 conn = transaction.connection
                 assert isinstance(conn, AsyncConnection)
-                try:
-                    if not transaction.committed:
-                        await conn.rollback()
-                finally:
-                    await conn.close()
+                # Shielded: a call cancelled at its deadline must not cancel the rollback and
+                # the return of its connection half-way (the pool would log a traceback and
+                # drop the connection, sqlalchemy#8145). If this task is cancelled meanwhile,
+                # the clean-up still runs to its end.
+                await asyncio.shield(_give_back(conn, rollback=not transaction.committed))
         finally:
             self._unlock(transaction.locked)
             transaction.locked = False
@@ -263,6 +266,14 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
     # fresh one (every unit of work is safe to run twice).
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
     return Database(engine)
+
+
+async def _give_back(conn: AsyncConnection, *, rollback: bool) -> None:
+    try:
+        if rollback:
+            await conn.rollback()
+    finally:
+        await conn.close()
 
 
 def _configure_sqlite(engine: Engine, busy_ms: int, *, begin_event: bool) -> None:
