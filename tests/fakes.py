@@ -25,6 +25,7 @@ from orderflow.gateway.ports import (
     Account,
     Discount,
     Failure,
+    Idempotency,
     Item,
     Line,
     NewOrder,
@@ -234,7 +235,9 @@ class FakeInventory:
         elif state == "RESERVED":
             self._move(order_id, "reserved", "available", "RETURNED")
 
-    async def create_item(self, sku: str, name: str, price: int, stock: int) -> Item:
+    async def create_item(
+        self, sku: str, name: str, price: int, stock: int, idem: Idempotency | None = None
+    ) -> Item:
         raise NotImplementedError
 
     async def get_item(self, sku: str) -> Item:
@@ -245,7 +248,12 @@ class FakeInventory:
         return Page([await self.get_item(s) for s in self.items][:limit], None)
 
     async def update_item(
-        self, sku: str, name: str | None, price: int | None, restock: int | None
+        self,
+        sku: str,
+        name: str | None,
+        price: int | None,
+        restock: int | None,
+        idem: Idempotency | None = None,
     ) -> Item:
         raise NotImplementedError
 
@@ -311,10 +319,14 @@ class FakeLoyalty:
             raise NotFoundError("no account")
         return Account(customer_id, "gold", self.percent, self.points[customer_id])
 
-    async def set_tier(self, customer_id: str, tier: str) -> Account:
+    async def set_tier(
+        self, customer_id: str, tier: str, idem: Idempotency | None = None
+    ) -> Account:
         raise NotImplementedError
 
-    async def adjust_points(self, customer_id: str, delta: int, reason: str) -> Account:
+    async def adjust_points(
+        self, customer_id: str, delta: int, reason: str, idem: Idempotency | None = None
+    ) -> Account:
         raise NotImplementedError
 
 

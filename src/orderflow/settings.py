@@ -125,6 +125,11 @@ class InventorySettings(ServiceSettings):
     stock_metrics_interval_seconds: PositiveSeconds = 10.0
     # item.low_stock is emitted when available falls to or below this (once per crossing).
     low_stock_threshold: Annotated[int, Field(ge=0, le=1_000_000_000)] = 5
+    # Idempotency keys of admin calls (ADR 0023): how long a claim holds off a duplicate
+    # (the request that took it has died if it has not finished by then), and how long
+    # keys are kept (at least 24 hours).
+    idempotency_lease_seconds: PositiveSeconds = 30.0
+    idempotency_retention_seconds: Annotated[float, Field(ge=86_400)] = 2 * 86_400
 
 
 DEFAULT_TIERS = {"standard": 0, "silver": 5, "gold": 10}
@@ -138,6 +143,11 @@ class LoyaltySettings(ServiceSettings):
     # Tier name -> discount percent, as JSON in ORDERFLOW_LOYALTY_TIERS.
     tiers: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
     default_tier: str = "standard"
+    # Idempotency keys of admin calls (ADR 0023): how long a claim holds off a duplicate
+    # (the request that took it has died if it has not finished by then), and how long
+    # keys are kept (at least 24 hours).
+    idempotency_lease_seconds: PositiveSeconds = 30.0
+    idempotency_retention_seconds: Annotated[float, Field(ge=86_400)] = 2 * 86_400
 
     @field_validator("tiers", mode="before")
     @classmethod

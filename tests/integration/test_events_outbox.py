@@ -537,3 +537,30 @@ async def test_deliveries_come_back_when_the_database_fails_under_the_consumer(
     failing["on"] = False
     await wait_for(lambda: _pending_is(toy, 0))
     assert [e.event_id for e in await toy.effects_of("audit")] == [event.id]
+
+
+async def test_the_active_relay_runs_the_service_s_housekeeping_on_its_retention_round(
+    toy: ToyService, running: Running
+) -> None:
+    active = running.relay(toy, InProcessBus(), lease_seconds=30, retention_every=3600)
+    standby = running.relay(toy, InProcessBus(), lease_seconds=30, retention_every=3600)
+    rounds: list[str] = []
+
+    async def forget_old_keys() -> int:
+        rounds.append("active")
+        return 0
+
+    async def failing() -> int:
+        raise RuntimeError("housekeeping failed")
+
+    async def never() -> int:
+        rounds.append("standby")
+        return 0
+
+    active.housekeeping.extend([failing, forget_old_keys])  # a failure stops neither
+    standby.housekeeping.append(never)
+    await toy.confirm("o-1", 100)
+    assert await active.run_once() == 1  # published despite the failing upkeep
+    await standby.run_once()
+    await active.run_once()  # not again before retention_every
+    assert rounds == ["active"]

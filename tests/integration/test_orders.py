@@ -188,10 +188,18 @@ async def test_create_without_a_key_makes_a_new_order_each_time(orders: Orders) 
 
 
 async def test_create_with_the_same_key_three_times_makes_one_order(orders: Orders) -> None:
-    request = create_request(customer="c-1", key="k-1", fingerprint="fp-1")
-    responses = [await orders.stub.CreateOrder(request, timeout=T) for _ in range(3)]
+    responses = [
+        await orders.stub.CreateOrder(
+            create_request(customer="c-1", key="k-1", fingerprint="fp-1", owner=owner), timeout=T
+        )
+        for owner in (OWNER, "gateway:second", "gateway:third")
+    ]
     assert [r.created for r in responses] == [True, False, False]
     assert responses[0].order == responses[1].order == responses[2].order
+    # the first request again (a retry after its reply was lost): still its own to drive
+    request = create_request(customer="c-1", key="k-1", fingerprint="fp-1", owner=OWNER)
+    again = await orders.stub.CreateOrder(request, timeout=T)
+    assert (again.created, again.order) == (True, responses[0].order)
     listed = (await orders.list_orders(customer_id="c-1")).orders
     assert [o.id for o in listed] == [responses[0].order.id]
 
@@ -219,9 +227,15 @@ async def test_same_key_for_another_customer_is_another_order(orders: Orders) ->
 
 
 async def test_concurrent_creates_with_the_same_key_make_one_order(orders: Orders) -> None:
-    request = create_request(customer="c-1", key="k-storm", fingerprint="fp")
+    # twenty requests (twenty lease owners) with one key
     responses = await asyncio.gather(
-        *(orders.stub.CreateOrder(request, timeout=T) for _ in range(20))
+        *(
+            orders.stub.CreateOrder(
+                create_request(customer="c-1", key="k-storm", fingerprint="fp", owner=f"gw:{i}"),
+                timeout=T,
+            )
+            for i in range(20)
+        )
     )
     assert len({r.order.id for r in responses}) == 1
     assert sum(r.created for r in responses) == 1

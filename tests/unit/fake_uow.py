@@ -29,6 +29,7 @@ from orderflow.inventory.domain import (
 from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
 from orderflow.orders import domain as orders_domain
 from orderflow.orders.domain import Order
+from orderflow.platform.idempotency import KeyRecord
 
 
 class DuplicateKeyError(Exception):
@@ -107,6 +108,48 @@ class FakeUnitOfWork:
                 repo.restore(snapshot)
             if not self.readonly:
                 self.store.rollbacks += 1
+
+
+class FakeIdempotencyRecords(FakeRepository):
+    """Idempotency keys by (scope, key), changed only as the SQL statements change them."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[str, str], KeyRecord] = {}
+
+    async def get(self, scope: str, key: str, *, lock: bool = False) -> KeyRecord | None:
+        return self.rows.get((scope, key))
+
+    async def add_if_absent(self, record: KeyRecord) -> bool:
+        if (record.scope, record.key) in self.rows:
+            return False
+        self.rows[(record.scope, record.key)] = record
+        return True
+
+    async def take_over(
+        self, record: KeyRecord, owner: str, token: str, lease_until_us: int
+    ) -> bool:
+        found = self.rows.get((record.scope, record.key))
+        if found is None or found.token != record.token or found.result is not None:
+            return False
+        self.rows[(record.scope, record.key)] = replace(
+            found, owner=owner, token=token, lease_until_us=lease_until_us
+        )
+        return True
+
+    async def complete(self, scope: str, key: str, token: str, result: str) -> bool:
+        found = self.rows.get((scope, key))
+        if found is None or found.token != token or found.result is not None:
+            return False
+        self.rows[(scope, key)] = replace(found, result=result)
+        return True
+
+    async def purge(self, before_us: int, limit: int) -> int:
+        old = sorted(
+            (r for r in self.rows.values() if r.created_us < before_us), key=lambda r: r.created_us
+        )
+        for r in old[:limit]:
+            del self.rows[(r.scope, r.key)]
+        return len(old[:limit])
 
 
 # -- inventory -------------------------------------------------------------------------
@@ -214,9 +257,10 @@ class FakeInventoryStore(FakeStore):
         super().__init__()
         self.items = FakeItemRepository()
         self.reservations = FakeReservationRepository()
+        self.idempotency = FakeIdempotencyRecords()
 
     def repositories(self) -> Sequence[FakeRepository]:
-        return (self.items, self.reservations)
+        return (self.items, self.reservations, self.idempotency)
 
     def __call__(self, *, readonly: bool = False) -> FakeInventoryUnitOfWork:
         return FakeInventoryUnitOfWork(self, readonly=readonly)
@@ -232,6 +276,10 @@ class FakeInventoryUnitOfWork(FakeUnitOfWork):
     @property
     def reservations(self) -> FakeReservationRepository:
         return self.store.reservations
+
+    @property
+    def idempotency(self) -> FakeIdempotencyRecords:
+        return self.store.idempotency
 
 
 # -- loyalty ---------------------------------------------------------------------------
@@ -273,12 +321,6 @@ class FakeAccountRepository(FakeRepository):
         self.ledger.append(entry)
         return found[1] + entry.delta
 
-    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
-        for e in self.ledger:
-            if (e.customer_id, e.idempotency_key) == (customer_id, idempotency_key):
-                return e.delta
-        return None
-
 
 class FakeApplicationRepository(FakeRepository):
     def __init__(self) -> None:
@@ -312,9 +354,10 @@ class FakeLoyaltyStore(FakeStore):
         super().__init__()
         self.accounts = FakeAccountRepository()
         self.applications = FakeApplicationRepository()
+        self.idempotency = FakeIdempotencyRecords()
 
     def repositories(self) -> Sequence[FakeRepository]:
-        return (self.accounts, self.applications)
+        return (self.accounts, self.applications, self.idempotency)
 
     def __call__(self, *, readonly: bool = False) -> FakeLoyaltyUnitOfWork:
         return FakeLoyaltyUnitOfWork(self, readonly=readonly)
@@ -330,6 +373,10 @@ class FakeLoyaltyUnitOfWork(FakeUnitOfWork):
     @property
     def applications(self) -> FakeApplicationRepository:
         return self.store.applications
+
+    @property
+    def idempotency(self) -> FakeIdempotencyRecords:
+        return self.store.idempotency
 
 
 # -- orders ----------------------------------------------------------------------------

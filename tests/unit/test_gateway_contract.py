@@ -119,3 +119,26 @@ def test_ids_in_grpc_metadata_are_printable_ascii() -> None:
     assert metadata_value("0b6c-ORDER_1") == "0b6c-ORDER_1"
     assert metadata_value("\xe9\u2603") == "%C3%A9%E2%98%83"
     assert metadata_value("a\nb") == "a%0Ab"
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/api/v1/orders", "post"),
+        ("/api/v1/items", "post"),
+        ("/api/v1/items/{sku}", "patch"),
+        ("/api/v1/customers/{customer_id}/loyalty", "put"),
+        ("/api/v1/customers/{customer_id}/loyalty/points", "post"),
+    ],
+)
+async def test_mutating_routes_document_the_idempotency_key_and_its_conflicts(
+    openapi: dict[str, Any], path: str, method: str
+) -> None:
+    operation = openapi["paths"][path][method]
+    headers = {p["name"].lower(): p for p in operation["parameters"] if p["in"] == "header"}
+    key = headers["idempotency-key"]
+    schema = key["schema"].get("anyOf", [key["schema"]])[0]
+    assert (schema["minLength"], schema["maxLength"]) == (1, 255)
+    assert not key.get("required", False)
+    # another body with the key: 422; a repeat while the first runs: 409
+    assert {"409", "422"} <= set(operation["responses"])

@@ -75,10 +75,14 @@ async def test_adjust_points_adds_and_takes_away_never_below_zero() -> None:
 async def test_adjust_points_with_a_key_happens_once() -> None:
     service, store = make()
     await service.adjust_points("c-1", 50, "promo", "k-1")
+    await service.adjust_points("c-1", 5, "other")
+    # a repeat answers what the first did (ADR 0023), with no second entry
     assert (await service.adjust_points("c-1", 50, "promo", "k-1")).points == 50
+    assert points(store) == 55
+    await service.adjust_points("c-1", -5, "other")
     with pytest.raises(IdempotencyKeyReusedError):
         await service.adjust_points("c-1", 60, "promo", "k-1")
-    assert points(store) == 50 and len(store.accounts.ledger) == 1
+    assert points(store) == 50 and len(store.accounts.ledger) == 3
 
 
 # -- apply_discount --------------------------------------------------------------------

@@ -75,8 +75,14 @@ async def test_create_order_is_pending_and_leased() -> None:
 async def test_create_order_repeated_with_its_key_returns_the_first() -> None:
     service, store, _ = make()
     first = await create(service)
-    again, created = await service.create_order("c-1", [("MUG-1", 2)], 0, "k-1", "f-1", OWNER, 10)
+    # another request with the key: the order, not its to drive
+    again, created = await service.create_order(
+        "c-1", [("MUG-1", 2)], 0, "k-1", "f-1", "gateway:other", 10
+    )
     assert (again, created) == (first, False)
+    # the same request repeated (its reply was lost): still its own to drive
+    again, created = await service.create_order("c-1", [("MUG-1", 2)], 0, "k-1", "f-1", OWNER, 10)
+    assert (again, created) == (first, True)
     with pytest.raises(IdempotencyKeyReusedError):
         await create(service, fingerprint="f-other")
     assert list(store.orders.rows) == ["o-1"]

@@ -23,7 +23,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Generic
 
 import structlog
@@ -125,6 +125,9 @@ class OutboxRelay(Generic[TxT]):
         self._task: asyncio.Task[None] | None = None
         self._next_retention = 0.0
         self._next_metrics = 0.0
+        # The service's own upkeep, run by the active relay with its retention (e.g.
+        # forgetting old idempotency keys, ADR 0023): each returns how many rows it deleted.
+        self.housekeeping: list[Callable[[], Awaitable[int]]] = []
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -192,6 +195,11 @@ class OutboxRelay(Generic[TxT]):
         if now >= self._next_retention:
             self._next_retention = now + self.retention_every
             await self.delete_published()
+            for upkeep in self.housekeeping:
+                try:
+                    await upkeep()
+                except Exception as exc:  # upkeep never stops publishing; next round again
+                    log.warning("housekeeping_failed", service=self.service, error=str(exc))
         rows = await in_transaction(self.begin, self._unpublished)
         if not rows:
             return 0

@@ -3,6 +3,13 @@
 Each adapter turns a port call into a request message, makes it through a `Caller`
 (deadline, retry, error translation: orderflow.gateway.rpc) and maps the reply back to
 the gateway's own types (orderflow.gateway.ports). Nothing else here knows protobuf.
+
+Every call is marked `safe` to repeat, and is: reads change nothing; each saga RPC is
+idempotent on the order id (CreateOrder on its idempotency key); each admin change
+(CreateItem, UpdateItem, SetTier, AdjustPoints) carries an idempotency key, the client's
+or one generated here for the one request, which the service stores with its result in
+the transaction of the effect (ADR 0023) — so a retry after a lost reply has no second
+effect.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from orderflow.gateway.ports import (
     Account,
     Discount,
     Failure,
+    Idempotency,
     Item,
     Line,
     NewOrder,
@@ -86,12 +94,12 @@ class GrpcOrders:
             lease_owner=new.lease_owner,
             lease_seconds=new.lease_seconds,
         )
-        response = await self.call(self.stub.CreateOrder, request)
+        response = await self.call(self.stub.CreateOrder, request, safe=True)
         return order_from_pb(response.order), response.created
 
     async def get_order(self, order_id: str) -> Order:
         response = await self.call(
-            self.stub.GetOrder, orders_pb2.GetOrderRequest(order_id=order_id), order_id
+            self.stub.GetOrder, orders_pb2.GetOrderRequest(order_id=order_id), order_id, safe=True
         )
         return order_from_pb(response.order)
 
@@ -101,7 +109,7 @@ class GrpcOrders:
         request = orders_pb2.ListOrdersRequest(
             customer_id=customer_id, status=status_to_pb(status), limit=limit, cursor=cursor
         )
-        response = await self.call(self.stub.ListOrders, request)
+        response = await self.call(self.stub.ListOrders, request, safe=True)
         return Page([order_from_pb(o) for o in response.orders], response.next_cursor or None)
 
     async def confirm_order(
@@ -121,7 +129,9 @@ class GrpcOrders:
             total=discount.total,
             points_earned=discount.points_earned,
         )
-        return order_from_pb((await self.call(self.stub.ConfirmOrder, request, order_id)).order)
+        return order_from_pb(
+            (await self.call(self.stub.ConfirmOrder, request, order_id, safe=True)).order
+        )
 
     async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order:
         request = orders_pb2.RejectOrderRequest(
@@ -129,33 +139,39 @@ class GrpcOrders:
             lease_owner=owner,
             failure=orders_pb2.Failure(code=failure.code, message=failure.message[:500]),
         )
-        return order_from_pb((await self.call(self.stub.RejectOrder, request, order_id)).order)
+        return order_from_pb(
+            (await self.call(self.stub.RejectOrder, request, order_id, safe=True)).order
+        )
 
     async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order:
         request = orders_pb2.RequestOrderCancelRequest(
             order_id=order_id, lease_owner=owner, lease_seconds=seconds
         )
-        response = await self.call(self.stub.RequestOrderCancel, request, order_id)
+        response = await self.call(self.stub.RequestOrderCancel, request, order_id, safe=True)
         return order_from_pb(response.order)
 
     async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
         request = orders_pb2.WithdrawOrderCancelRequest(order_id=order_id, lease_owner=owner)
-        response = await self.call(self.stub.WithdrawOrderCancel, request, order_id)
+        response = await self.call(self.stub.WithdrawOrderCancel, request, order_id, safe=True)
         return order_from_pb(response.order)
 
     async def cancel_order(self, order_id: str, owner: str) -> Order:
         request = orders_pb2.CancelOrderRequest(order_id=order_id, lease_owner=owner)
-        return order_from_pb((await self.call(self.stub.CancelOrder, request, order_id)).order)
+        return order_from_pb(
+            (await self.call(self.stub.CancelOrder, request, order_id, safe=True)).order
+        )
 
     async def settle_order(self, order_id: str, owner: str) -> Order:
         request = orders_pb2.SettleOrderRequest(order_id=order_id, lease_owner=owner)
-        return order_from_pb((await self.call(self.stub.SettleOrder, request, order_id)).order)
+        return order_from_pb(
+            (await self.call(self.stub.SettleOrder, request, order_id, safe=True)).order
+        )
 
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:
         request = orders_pb2.ClaimStaleOrdersRequest(
             lease_owner=owner, lease_seconds=seconds, limit=limit
         )
-        response = await self.call(self.stub.ClaimStaleOrders, request)
+        response = await self.call(self.stub.ClaimStaleOrders, request, safe=True)
         return [order_from_pb(o) for o in response.orders]
 
 
@@ -181,7 +197,7 @@ class GrpcInventory:
             order_id=order_id,
             lines=[inventory_pb2.StockLine(sku=x.sku, quantity=x.quantity) for x in lines],
         )
-        response = await self.call(self.stub.ReserveStock, request, order_id)
+        response = await self.call(self.stub.ReserveStock, request, order_id, safe=True)
         return Reservation(
             tuple(Line(x.sku, x.quantity, x.unit_price) for x in response.lines),
             response.currency,
@@ -189,34 +205,61 @@ class GrpcInventory:
 
     async def release(self, order_id: str) -> None:
         request = inventory_pb2.ReleaseStockRequest(order_id=order_id)
-        await self.call(self.stub.ReleaseStock, request, order_id)
+        await self.call(self.stub.ReleaseStock, request, order_id, safe=True)
 
     async def commit_stock(self, order_id: str) -> None:
         request = inventory_pb2.CommitStockRequest(order_id=order_id)
-        await self.call(self.stub.CommitStock, request, order_id)
+        await self.call(self.stub.CommitStock, request, order_id, safe=True)
 
     async def return_stock(self, order_id: str) -> None:
         request = inventory_pb2.ReturnStockRequest(order_id=order_id)
-        await self.call(self.stub.ReturnStock, request, order_id)
+        await self.call(self.stub.ReturnStock, request, order_id, safe=True)
 
-    async def create_item(self, sku: str, name: str, price: int, stock: int) -> Item:
-        request = inventory_pb2.CreateItemRequest(sku=sku, name=name, price=price, stock=stock)
-        return item_from_pb((await self.call(self.stub.CreateItem, request)).item)
+    async def create_item(
+        self, sku: str, name: str, price: int, stock: int, idem: Idempotency | None = None
+    ) -> Item:
+        idem = idem or Idempotency.generated()
+        request = inventory_pb2.CreateItemRequest(
+            sku=sku,
+            name=name,
+            price=price,
+            stock=stock,
+            idempotency_key=idem.key,
+            idempotency_scope=idem.scope,
+            lease_owner=idem.owner,
+        )
+        # Keyed: a repeat after a lost reply gives the first result (ADR 0023).
+        return item_from_pb((await self.call(self.stub.CreateItem, request, safe=True)).item)
 
     async def get_item(self, sku: str) -> Item:
         request = inventory_pb2.GetItemRequest(sku=sku)
-        return item_from_pb((await self.call(self.stub.GetItem, request)).item)
+        return item_from_pb((await self.call(self.stub.GetItem, request, safe=True)).item)
 
     async def list_items(self, limit: int, cursor: str) -> Page[Item]:
         request = inventory_pb2.ListItemsRequest(limit=limit, cursor=cursor)
-        response = await self.call(self.stub.ListItems, request)
+        response = await self.call(self.stub.ListItems, request, safe=True)
         return Page([item_from_pb(i) for i in response.items], response.next_cursor or None)
 
     async def update_item(
-        self, sku: str, name: str | None, price: int | None, restock: int | None
+        self,
+        sku: str,
+        name: str | None,
+        price: int | None,
+        restock: int | None,
+        idem: Idempotency | None = None,
     ) -> Item:
-        request = inventory_pb2.UpdateItemRequest(sku=sku, name=name, price=price, restock=restock)
-        return item_from_pb((await self.call(self.stub.UpdateItem, request)).item)
+        idem = idem or Idempotency.generated()
+        request = inventory_pb2.UpdateItemRequest(
+            sku=sku,
+            name=name,
+            price=price,
+            restock=restock,
+            idempotency_key=idem.key,
+            idempotency_scope=idem.scope,
+            lease_owner=idem.owner,
+        )
+        # Keyed: a restock repeated after a lost reply adds nothing more (ADR 0023).
+        return item_from_pb((await self.call(self.stub.UpdateItem, request, safe=True)).item)
 
 
 def account_from_pb(msg: loyalty_pb2.Account) -> Account:
@@ -242,7 +285,7 @@ class GrpcLoyalty:
             subtotal=subtotal,
             redeem_points=redeem_points,
         )
-        r = await self.call(self.stub.ApplyDiscount, request, order_id)
+        r = await self.call(self.stub.ApplyDiscount, request, order_id, safe=True)
         return Discount(
             discount=r.discount,
             points_redeemed=r.points_redeemed,
@@ -254,26 +297,46 @@ class GrpcLoyalty:
 
     async def void_discount(self, order_id: str) -> None:
         request = loyalty_pb2.CancelDiscountRequest(order_id=order_id)
-        await self.call(self.stub.CancelDiscount, request, order_id)
+        await self.call(self.stub.CancelDiscount, request, order_id, safe=True)
 
     async def commit_discount(self, order_id: str) -> None:
         request = loyalty_pb2.CommitDiscountRequest(order_id=order_id)
-        await self.call(self.stub.CommitDiscount, request, order_id)
+        await self.call(self.stub.CommitDiscount, request, order_id, safe=True)
 
     async def refund_discount(self, order_id: str) -> None:
         request = loyalty_pb2.RefundDiscountRequest(order_id=order_id)
-        await self.call(self.stub.RefundDiscount, request, order_id)
+        await self.call(self.stub.RefundDiscount, request, order_id, safe=True)
 
     async def get_account(self, customer_id: str) -> Account:
         request = loyalty_pb2.GetAccountRequest(customer_id=customer_id)
-        return account_from_pb((await self.call(self.stub.GetAccount, request)).account)
+        return account_from_pb((await self.call(self.stub.GetAccount, request, safe=True)).account)
 
-    async def set_tier(self, customer_id: str, tier: str) -> Account:
-        request = loyalty_pb2.SetTierRequest(customer_id=customer_id, tier=tier)
-        return account_from_pb((await self.call(self.stub.SetTier, request)).account)
-
-    async def adjust_points(self, customer_id: str, delta: int, reason: str) -> Account:
-        request = loyalty_pb2.AdjustPointsRequest(
-            customer_id=customer_id, delta=delta, reason=reason
+    async def set_tier(
+        self, customer_id: str, tier: str, idem: Idempotency | None = None
+    ) -> Account:
+        idem = idem or Idempotency.generated()
+        request = loyalty_pb2.SetTierRequest(
+            customer_id=customer_id,
+            tier=tier,
+            idempotency_key=idem.key,
+            idempotency_scope=idem.scope,
+            lease_owner=idem.owner,
         )
-        return account_from_pb((await self.call(self.stub.AdjustPoints, request)).account)
+        # Keyed (ADR 0023), so safe to repeat.
+        return account_from_pb((await self.call(self.stub.SetTier, request, safe=True)).account)
+
+    async def adjust_points(
+        self, customer_id: str, delta: int, reason: str, idem: Idempotency | None = None
+    ) -> Account:
+        idem = idem or Idempotency.generated()
+        request = loyalty_pb2.AdjustPointsRequest(
+            customer_id=customer_id,
+            delta=delta,
+            reason=reason,
+            idempotency_key=idem.key,
+            idempotency_scope=idem.scope,
+            lease_owner=idem.owner,
+        )
+        # Keyed: repeated after a lost reply, it books nothing more (ADR 0023).
+        response = await self.call(self.stub.AdjustPoints, request, safe=True)
+        return account_from_pb(response.account)

@@ -18,6 +18,7 @@ docs/architecture.md shows where each type crosses on the order path.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -111,6 +112,21 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Idempotency:
+    """What makes an admin change safe to repeat (ADR 0023): its key, whose key it is
+    (the caller), and the request claiming it (its retries may take its claim over)."""
+
+    key: str
+    scope: str
+    owner: str
+
+    @classmethod
+    def generated(cls, scope: str = "") -> Idempotency:
+        """A key of the gateway's own, for one request whose client sent none."""
+        return cls(f"gw-{uuid.uuid4().hex}", scope, f"gw-{uuid.uuid4().hex}")
+
+
+@dataclass(frozen=True)
 class NewOrder:
     customer_id: str
     lines: tuple[Line, ...]
@@ -143,11 +159,18 @@ class InventoryPort(Protocol):
     async def release(self, order_id: str) -> None: ...
     async def commit_stock(self, order_id: str) -> None: ...
     async def return_stock(self, order_id: str) -> None: ...
-    async def create_item(self, sku: str, name: str, price: int, stock: int) -> Item: ...
+    async def create_item(
+        self, sku: str, name: str, price: int, stock: int, idem: Idempotency | None = None
+    ) -> Item: ...
     async def get_item(self, sku: str) -> Item: ...
     async def list_items(self, limit: int, cursor: str) -> Page[Item]: ...
     async def update_item(
-        self, sku: str, name: str | None, price: int | None, restock: int | None
+        self,
+        sku: str,
+        name: str | None,
+        price: int | None,
+        restock: int | None,
+        idem: Idempotency | None = None,
     ) -> Item: ...
 
 
@@ -159,5 +182,9 @@ class LoyaltyPort(Protocol):
     async def commit_discount(self, order_id: str) -> None: ...
     async def refund_discount(self, order_id: str) -> None: ...
     async def get_account(self, customer_id: str) -> Account: ...
-    async def set_tier(self, customer_id: str, tier: str) -> Account: ...
-    async def adjust_points(self, customer_id: str, delta: int, reason: str) -> Account: ...
+    async def set_tier(
+        self, customer_id: str, tier: str, idem: Idempotency | None = None
+    ) -> Account: ...
+    async def adjust_points(
+        self, customer_id: str, delta: int, reason: str, idem: Idempotency | None = None
+    ) -> Account: ...

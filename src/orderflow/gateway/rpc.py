@@ -1,9 +1,12 @@
 """How the gateway calls a service: deadlines from the budget, retries, ids, status -> error.
 
 Every call gets a deadline: what is left of the current budget, capped by the per-call
-timeout. Only UNAVAILABLE is retried (with exponential backoff, within the budget);
-every saga RPC is idempotent on the order id, and CreateOrder always carries an
-idempotency key, so a retry never doubles an effect. A failure comes back as the
+timeout. Only UNAVAILABLE is retried (with exponential backoff, within the budget), and
+only for a call its caller marked `safe` to repeat: a read; a saga RPC (idempotent on the
+order id; CreateOrder always carries an idempotency key); an admin change sent with an
+idempotency key (ADR 0023). UNAVAILABLE can come after the service committed (the
+connection reset before the reply arrived), so an unmarked call is never repeated and a
+marked one never doubles an effect. A failure comes back as the
 domain error the service raised (its code travels in trailing metadata), or as
 ServiceUnavailableError / UpstreamError when the service gave no usable answer.
 
@@ -89,8 +92,15 @@ class Caller:
         self.backoff = settings.rpc_backoff_seconds
 
     async def __call__(
-        self, method: Callable[..., Awaitable[Any]], request: Any, order_id: str = ""
+        self,
+        method: Callable[..., Awaitable[Any]],
+        request: Any,
+        order_id: str = "",
+        *,
+        safe: bool,
     ) -> Any:
+        """method(request) with a deadline; on UNAVAILABLE called again only if safe (the
+        call is safe to repeat: it cannot have a second effect)."""
         ids = structlog.contextvars.get_contextvars()
         metadata: list[tuple[str, str]] = []
         if ids.get("request_id"):
@@ -108,7 +118,8 @@ class Caller:
             except grpc.aio.AioRpcError as exc:
                 delay = self.backoff * (2**attempt)
                 retry = (
-                    exc.code() == grpc.StatusCode.UNAVAILABLE
+                    safe
+                    and exc.code() == grpc.StatusCode.UNAVAILABLE
                     and attempt + 1 < self.attempts
                     and remaining(self.timeout) > delay
                 )

@@ -48,9 +48,14 @@ async def build(
     outbox = Outbox(outbox_tables)
     uow = functools.partial(SqlInventoryUnitOfWork, database, outbox)
     service = InventoryService(
-        uow, currency=common.currency, low_stock_threshold=settings.low_stock_threshold
+        uow,
+        currency=common.currency,
+        low_stock_threshold=settings.low_stock_threshold,
+        idempotency_lease_seconds=settings.idempotency_lease_seconds,
+        idempotency_retention_seconds=settings.idempotency_retention_seconds,
     )
     gauges = StockGauges(database, interval=settings.stock_metrics_interval_seconds)
     spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
+    events.relay.housekeeping.append(service.purge_idempotency_keys)
     return Component(spec, database, events)

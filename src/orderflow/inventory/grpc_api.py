@@ -45,7 +45,13 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateItemResponse:
         item = await self.service.create_item(
-            request.sku, request.name, request.price, request.stock
+            request.sku,
+            request.name,
+            request.price,
+            request.stock,
+            idempotency_key=request.idempotency_key,
+            caller=request.idempotency_scope,
+            owner=request.lease_owner,
         )
         return pb.CreateItemResponse(item=item_pb(item))
 
@@ -68,6 +74,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
             request.name if request.HasField("name") else None,
             request.price if request.HasField("price") else None,
             request.restock if request.HasField("restock") else None,
+            idempotency_key=request.idempotency_key,
+            caller=request.idempotency_scope,
+            owner=request.lease_owner,
         )
         return pb.UpdateItemResponse(item=item_pb(item))
 

@@ -25,6 +25,13 @@ from orderflow.inventory import domain
 from orderflow.inventory import events as inventory_events
 from orderflow.inventory.domain import Item, Reservation, ReservationState, ReservedLine, StockMove
 from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
+from orderflow.platform.idempotency import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_RETENTION_SECONDS,
+    IdempotencyRecords,
+    IdempotentRunner,
+    keyed,
+)
 from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
 from orderflow.validation import check_id, check_limit, check_sku, decode_cursor, encode_cursor
 
@@ -87,6 +94,17 @@ class InventoryUnitOfWork(Transactional, Protocol):
     @property
     def events(self) -> EventSink: ...
 
+    @property
+    def idempotency(self) -> IdempotencyRecords: ...
+
+
+def _item_json(item: Item) -> dict[str, object]:
+    return dataclasses.asdict(item)
+
+
+def _item_of(values: dict[str, object]) -> Item:
+    return Item(**values)  # type: ignore[arg-type]
+
 
 class InventoryService:
     def __init__(
@@ -96,6 +114,8 @@ class InventoryService:
         currency: str,
         clock: Callable[[], int] = now_us,
         low_stock_threshold: int = DEFAULT_LOW_STOCK_THRESHOLD,
+        idempotency_lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        idempotency_retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.uow = uow
         self._reader = functools.partial(uow, readonly=True)
@@ -112,14 +132,41 @@ class InventoryService:
             clock=clock,
             noun="reservation",
         )
+        self._idempotent = IdempotentRunner[InventoryUnitOfWork](
+            self._transact,
+            clock,
+            lease_seconds=idempotency_lease_seconds,
+            retention_seconds=idempotency_retention_seconds,
+        )
 
     def _transact(self, work: Callable[[InventoryUnitOfWork], Awaitable[T]]) -> Awaitable[T]:
         return transact(self.uow, work)
 
     # -- catalog -----------------------------------------------------------------------
 
-    async def create_item(self, sku: str, name: str, price: int, stock: int) -> Item:
+    async def create_item(
+        self,
+        sku: str,
+        name: str,
+        price: int,
+        stock: int,
+        *,
+        idempotency_key: str = "",
+        caller: str = "",
+        owner: str = "",
+    ) -> Item:
+        """Create an item; with an idempotency key, a repeat gets the first result (ADR 0023)."""
         new = domain.new_item(sku, name, price, stock)
+        request = keyed(
+            idempotency_key,
+            caller,
+            owner,
+            "CreateItem",
+            new.sku,
+            name=new.name,
+            price=new.price,
+            stock=new.stock,
+        )
 
         async def work(uow: InventoryUnitOfWork) -> Item:
             if await uow.items.get(new.sku) is not None:
@@ -132,7 +179,7 @@ class InventoryService:
             await uow.events.add(inventory_events.item_changed(item, created=True))
             return item
 
-        return await transact(self.uow, work)
+        return await self._idempotent.run(request, work, _item_json, _item_of)
 
     async def get_item(self, sku: str) -> Item:
         sku = check_sku(sku)
@@ -151,9 +198,29 @@ class InventoryService:
         return await transact(self._reader, work)
 
     async def update_item(
-        self, sku: str, name: str | None, price: int | None, restock: int | None
+        self,
+        sku: str,
+        name: str | None,
+        price: int | None,
+        restock: int | None,
+        *,
+        idempotency_key: str = "",
+        caller: str = "",
+        owner: str = "",
     ) -> Item:
+        """Rename, reprice or restock; with an idempotency key, a repeat gets the first
+        result and restocks nothing more (ADR 0023)."""
         change = domain.item_change(sku, name, price, restock)
+        request = keyed(
+            idempotency_key,
+            caller,
+            owner,
+            "UpdateItem",
+            change.sku,
+            name=change.name,
+            price=change.price,
+            restock=change.restock,
+        )
 
         async def work(uow: InventoryUnitOfWork) -> Item:
             if not await uow.items.change(change, self.now()):
@@ -164,7 +231,11 @@ class InventoryService:
             await uow.events.add(inventory_events.item_changed(item, created=False))
             return item
 
-        return await transact(self.uow, work)
+        return await self._idempotent.run(request, work, _item_json, _item_of)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget idempotency keys older than their retention."""
+        return await self._idempotent.purge()
 
     @staticmethod
     async def _item(uow: InventoryUnitOfWork, sku: str) -> Item:

@@ -39,6 +39,7 @@ from orderflow.inventory.domain import (
     ReservedLine,
 )
 from orderflow.platform.db import SqlRepository
+from orderflow.platform.idempotency_store import SqlIdempotencyRecords, idempotency_table
 
 metadata = MetaData()
 
@@ -79,6 +80,9 @@ reservations = Table(
 
 # outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
 outbox_tables = event_tables(metadata)
+
+# Idempotency keys of the admin use cases and their results (ADR 0023).
+idempotency_keys = idempotency_table(metadata)
 
 _ITEM_COLUMNS = (
     items.c.sku,
@@ -309,8 +313,10 @@ class SqlInventoryUnitOfWork(OutboxUnitOfWork):
     event_tables = outbox_tables
     items: SqlItemRepository
     reservations: SqlReservationRepository
+    idempotency: SqlIdempotencyRecords
 
     def _attach(self) -> None:
         super()._attach()
         self.items = SqlItemRepository(self.connection, self.database)
         self.reservations = SqlReservationRepository(self.connection, self.database)
+        self.idempotency = SqlIdempotencyRecords(self.connection, self.database, idempotency_keys)

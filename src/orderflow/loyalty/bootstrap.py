@@ -50,6 +50,9 @@ async def build(
         uow,
         tiers=Tiers(settings.tiers, settings.default_tier),
         minor_units=common.minor_units,
+        idempotency_lease_seconds=settings.idempotency_lease_seconds,
+        idempotency_retention_seconds=settings.idempotency_retention_seconds,
     )
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
+    events.relay.housekeeping.append(service.purge_idempotency_keys)
     return Component(service_spec(service, database), database, events)

@@ -211,6 +211,9 @@ def apply_request(
     )
 
 
+MAX_IDEMPOTENCY_KEY = 255  # as every idempotency key (ADR 0023)
+
+
 @dataclass(frozen=True)
 class Adjustment:
     customer_id: str
@@ -227,5 +230,9 @@ def adjustment(customer_id: str, delta: int, reason: str, idempotency_key: str) 
         customer_id=check_id("customer_id", customer_id),
         delta=delta,
         reason=check_text("reason", reason),
-        idempotency_key=check_id("idempotency_key", idempotency_key) if idempotency_key else "",
+        idempotency_key=(
+            check_id("idempotency_key", idempotency_key, max_len=MAX_IDEMPOTENCY_KEY)
+            if idempotency_key
+            else ""
+        ),
     )

@@ -46,14 +46,25 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
     async def SetTier(
         self, request: pb.SetTierRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetTierResponse:
-        account = await self.service.set_tier(request.customer_id, request.tier)
+        account = await self.service.set_tier(
+            request.customer_id,
+            request.tier,
+            idempotency_key=request.idempotency_key,
+            caller=request.idempotency_scope,
+            owner=request.lease_owner,
+        )
         return pb.SetTierResponse(account=account_pb(account))
 
     async def AdjustPoints(
         self, request: pb.AdjustPointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AdjustPointsResponse:
         account = await self.service.adjust_points(
-            request.customer_id, request.delta, request.reason, request.idempotency_key
+            request.customer_id,
+            request.delta,
+            request.reason,
+            request.idempotency_key,
+            caller=request.idempotency_scope,
+            owner=request.lease_owner,
         )
         return pb.AdjustPointsResponse(account=account_pb(account))
 

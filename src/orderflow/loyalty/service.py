@@ -15,7 +15,6 @@ import structlog
 
 from orderflow.errors import (
     CompensatedError,
-    IdempotencyKeyReusedError,
     InsufficientPointsError,
     NegativeBalanceError,
     NotCancellableError,
@@ -34,6 +33,13 @@ from orderflow.loyalty.domain import (
     Tiers,
 )
 from orderflow.platform.db import Rollback, Transactional, UnitOfWorkFactory, now_us, transact
+from orderflow.platform.idempotency import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_RETENTION_SECONDS,
+    IdempotencyRecords,
+    IdempotentRunner,
+    keyed,
+)
 from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
 from orderflow.validation import check_id
 
@@ -60,10 +66,6 @@ class AccountRepository(Protocol):
         nothing (and gives the balance as it is)."""
         ...
 
-    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
-        """The delta of an earlier adjustment made with this key, or None."""
-        ...
-
 
 # Per-order applications: one per order, moved between states by conditional statements.
 ApplicationRepository = StateRecords[ApplicationState, Application]
@@ -79,6 +81,17 @@ class LoyaltyUnitOfWork(Transactional, Protocol):
     @property
     def events(self) -> EventSink: ...
 
+    @property
+    def idempotency(self) -> IdempotencyRecords: ...
+
+
+def _account_json(account: Account) -> dict[str, object]:
+    return dataclasses.asdict(account)
+
+
+def _account_of(values: dict[str, object]) -> Account:
+    return Account(**values)  # type: ignore[arg-type]
+
 
 class LoyaltyService:
     def __init__(
@@ -88,6 +101,8 @@ class LoyaltyService:
         tiers: Tiers,
         minor_units: int,
         clock: Callable[[], int] = now_us,
+        idempotency_lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        idempotency_retention_seconds: float = DEFAULT_RETENTION_SECONDS,
     ) -> None:
         self.uow = uow
         self._reader = functools.partial(uow, readonly=True)
@@ -103,6 +118,12 @@ class LoyaltyService:
             tombstone=domain.tombstone,
             clock=clock,
             noun="loyalty application",
+        )
+        self._idempotent = IdempotentRunner[LoyaltyUnitOfWork](
+            self._transact,
+            clock,
+            lease_seconds=idempotency_lease_seconds,
+            retention_seconds=idempotency_retention_seconds,
         )
 
     def _transact(self, work: Callable[[LoyaltyUnitOfWork], Awaitable[T]]) -> Awaitable[T]:
@@ -123,9 +144,20 @@ class LoyaltyService:
         customer_id = check_id("customer_id", customer_id)
         return await transact(self._reader, lambda uow: self._account(uow, customer_id))
 
-    async def set_tier(self, customer_id: str, tier: str) -> Account:
+    async def set_tier(
+        self,
+        customer_id: str,
+        tier: str,
+        *,
+        idempotency_key: str = "",
+        caller: str = "",
+        owner: str = "",
+    ) -> Account:
+        """Set the tier, opening the account if new; with an idempotency key, a repeat gets
+        the first result (ADR 0023)."""
         customer_id = check_id("customer_id", customer_id)
         tier = self.tiers.check(tier)
+        request = keyed(idempotency_key, caller, owner, "SetTier", customer_id, tier=tier)
 
         async def work(uow: LoyaltyUnitOfWork) -> Account:
             now = self.now()
@@ -138,34 +170,35 @@ class LoyaltyService:
                     await self._tier_changed(uow, customer_id, tier, before[0])
             return await self._account(uow, customer_id)
 
-        return await transact(self.uow, work)
+        return await self._idempotent.run(request, work, _account_json, _account_of)
 
     async def adjust_points(
-        self, customer_id: str, delta: int, reason: str, idempotency_key: str = ""
+        self,
+        customer_id: str,
+        delta: int,
+        reason: str,
+        idempotency_key: str = "",
+        *,
+        caller: str = "",
+        owner: str = "",
     ) -> Account:
-        """Add (or take away) points; never below zero. Opens the account if new."""
+        """Add (or take away) points; never below zero. Opens the account if new. With an
+        idempotency key, a repeat gets the first result and books nothing more (ADR 0023)."""
         adj = domain.adjustment(customer_id, delta, reason, idempotency_key)
+        request = keyed(
+            adj.idempotency_key,
+            caller,
+            owner,
+            "AdjustPoints",
+            adj.customer_id,
+            delta=adj.delta,
+            reason=adj.reason,
+        )
 
         async def work(uow: LoyaltyUnitOfWork) -> Account:
             now = self.now()
-            if adj.idempotency_key:
-                earlier = await uow.accounts.find_adjustment(adj.customer_id, adj.idempotency_key)
-                if earlier is not None:
-                    if earlier != adj.delta:
-                        raise IdempotencyKeyReusedError(
-                            f"idempotency key {adj.idempotency_key!r} was used for an "
-                            f"adjustment of {earlier} points, not {adj.delta}",
-                            customer_id=adj.customer_id,
-                        )
-                    return await self._account(uow, adj.customer_id)
             await self._open(uow, adj.customer_id, now)
-            entry = LedgerEntry(
-                adj.customer_id,
-                adj.delta,
-                EntryKind.ADJUST,
-                reason=adj.reason,
-                idempotency_key=adj.idempotency_key or None,
-            )
+            entry = LedgerEntry(adj.customer_id, adj.delta, EntryKind.ADJUST, reason=adj.reason)
             balance = await uow.accounts.add_points(entry, now)
             if balance is None:
                 account = await self._account(uow, adj.customer_id)
@@ -179,7 +212,11 @@ class LoyaltyService:
             await uow.events.add(loyalty_events.points_changed(entry, balance))
             return await self._account(uow, adj.customer_id)
 
-        return await transact(self.uow, work)
+        return await self._idempotent.run(request, work, _account_json, _account_of)
+
+    async def purge_idempotency_keys(self) -> int:
+        """Forget idempotency keys older than their retention."""
+        return await self._idempotent.purge()
 
     # -- per-order applications --------------------------------------------------------
 

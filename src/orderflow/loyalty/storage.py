@@ -28,6 +28,7 @@ from orderflow.events.outbox import OutboxUnitOfWork
 from orderflow.events.tables import event_tables
 from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
 from orderflow.platform.db import SqlRepository
+from orderflow.platform.idempotency_store import SqlIdempotencyRecords, idempotency_table
 
 metadata = MetaData()
 
@@ -78,6 +79,9 @@ applications = Table(
 
 # outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
 outbox_tables = event_tables(metadata)
+
+# Idempotency keys of the admin use cases and their results (ADR 0023).
+idempotency_keys = idempotency_table(metadata)
 
 _APPLICATION_COLUMNS = [c for c in applications.c if c.name not in ("created_us", "updated_us")]
 
@@ -181,18 +185,6 @@ class SqlAccountRepository(SqlRepository):
         )
         return int(balance)
 
-    async def find_adjustment(self, customer_id: str, idempotency_key: str) -> int | None:
-        """The delta of an earlier adjustment made with this key, or None."""
-        row = (
-            await self.connection.execute(
-                select(ledger.c.delta).where(
-                    ledger.c.customer_id == customer_id,
-                    ledger.c.idempotency_key == idempotency_key,
-                )
-            )
-        ).first()
-        return None if row is None else int(row.delta)
-
 
 class SqlApplicationRepository(SqlRepository):
     """Per-order applications: one per order, moved between states by conditional UPDATEs."""
@@ -243,8 +235,10 @@ class SqlLoyaltyUnitOfWork(OutboxUnitOfWork):
     event_tables = outbox_tables
     accounts: SqlAccountRepository
     applications: SqlApplicationRepository
+    idempotency: SqlIdempotencyRecords
 
     def _attach(self) -> None:
         super()._attach()
         self.accounts = SqlAccountRepository(self.connection, self.database)
         self.applications = SqlApplicationRepository(self.connection, self.database)
+        self.idempotency = SqlIdempotencyRecords(self.connection, self.database, idempotency_keys)

@@ -90,7 +90,9 @@ class OrdersService:
         lease_owner: str,
         lease_seconds: float,
     ) -> tuple[Order, bool]:
-        """A new PENDING order leased to lease_owner, or the order made earlier with the key."""
+        """A new PENDING order leased to lease_owner, or the order made earlier with the key;
+        True when it is lease_owner's to drive (new, or made by the same owner's earlier
+        attempt and still PENDING)."""
         new = domain.new_order(
             customer_id,
             lines,
@@ -137,6 +139,10 @@ class OrdersService:
                     "a different request",
                     order_id=earlier.id,
                 )
+            if earlier.status is OrderStatus.PENDING and earlier.lease_owner == new.lease_owner:
+                # The same request again (the gateway repeated a call whose reply was lost):
+                # the order it created, still its own to drive.
+                return earlier, True
             return earlier, False
 
         return await transact(self.uow, work)

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from orderflow.gateway.deps import GatewayDep, PrincipalDep
+from orderflow.gateway.deps import GatewayDep, IdempotencyDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import ItemIn, ItemListOut, ItemOut, ItemPatchIn
 
@@ -37,16 +37,28 @@ async def get_item(sku: SkuPath, gateway: GatewayDep, _principal: PrincipalDep) 
 @router.post(
     "", status_code=201, response_model=ItemOut, responses=error_responses((401, 403, 409, 422))
 )
-async def create_item(body: ItemIn, gateway: GatewayDep, principal: PrincipalDep) -> ItemOut:
+async def create_item(
+    body: ItemIn, gateway: GatewayDep, principal: PrincipalDep, idem: IdempotencyDep
+) -> ItemOut:
     principal.require_admin()
-    item = await gateway.services.inventory.create_item(body.sku, body.name, body.price, body.stock)
+    item = await gateway.services.inventory.create_item(
+        body.sku, body.name, body.price, body.stock, idem
+    )
     return ItemOut.of(item)
 
 
-@router.patch("/{sku}", response_model=ItemOut, responses=error_responses((401, 403, 404, 422)))
+@router.patch(
+    "/{sku}", response_model=ItemOut, responses=error_responses((401, 403, 404, 409, 422))
+)
 async def update_item(
-    sku: SkuPath, body: ItemPatchIn, gateway: GatewayDep, principal: PrincipalDep
+    sku: SkuPath,
+    body: ItemPatchIn,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    idem: IdempotencyDep,
 ) -> ItemOut:
     principal.require_admin()
-    item = await gateway.services.inventory.update_item(sku, body.name, body.price, body.restock)
+    item = await gateway.services.inventory.update_item(
+        sku, body.name, body.price, body.restock, idem
+    )
     return ItemOut.of(item)

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from orderflow.gateway.deps import GatewayDep, PrincipalDep
+from orderflow.gateway.deps import GatewayDep, IdempotencyDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import AccountOut, PointsIn, TierIn
 
@@ -26,13 +26,19 @@ async def get_account(
 
 
 @router.put(
-    "/{customer_id}/loyalty", response_model=AccountOut, responses=error_responses((401, 403, 422))
+    "/{customer_id}/loyalty",
+    response_model=AccountOut,
+    responses=error_responses((401, 403, 409, 422)),
 )
 async def set_tier(
-    customer_id: CustomerPath, body: TierIn, gateway: GatewayDep, principal: PrincipalDep
+    customer_id: CustomerPath,
+    body: TierIn,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    idem: IdempotencyDep,
 ) -> AccountOut:
     principal.require_admin()
-    return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier))
+    return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier, idem))
 
 
 @router.post(
@@ -41,8 +47,14 @@ async def set_tier(
     responses=error_responses((401, 403, 409, 422)),
 )
 async def adjust_points(
-    customer_id: CustomerPath, body: PointsIn, gateway: GatewayDep, principal: PrincipalDep
+    customer_id: CustomerPath,
+    body: PointsIn,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    idem: IdempotencyDep,
 ) -> AccountOut:
     principal.require_admin()
-    account = await gateway.services.loyalty.adjust_points(customer_id, body.delta, body.reason)
+    account = await gateway.services.loyalty.adjust_points(
+        customer_id, body.delta, body.reason, idem
+    )
     return AccountOut.of(account)

@@ -24,53 +24,53 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&orderflow/inventory/v1/inventory.proto\x12\x16orderflow.inventory.v1\"\x87\x01\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x10\n\x08received\x18\x08 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"A\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"L\n\x11\x43reateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\r\n\x05stock\x18\x04 \x01(\x03\"@\n\x12\x43reateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"=\n\x0fGetItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"1\n\x10ListItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"U\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"|\n\x11UpdateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07restock\x18\x04 \x01(\x03H\x02\x88\x01\x01\x42\x07\n\x05_nameB\x08\n\x06_priceB\n\n\x08_restock\"@\n\x12UpdateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"Y\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x30\n\x05lines\x18\x02 \x03(\x0b\x32!.orderflow.inventory.v1.StockLine\"\x96\x01\n\x14ReserveStockResponse\x12\x33\n\x05lines\x18\x01 \x03(\x0b\x32$.orderflow.inventory.v1.ReservedLine\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x14ReleaseStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13\x43ommitStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12ReturnStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13ReturnStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RETURNED\x10\x04\x32\xc0\x06\n\x10InventoryService\x12\x63\n\nCreateItem\x12).orderflow.inventory.v1.CreateItemRequest\x1a*.orderflow.inventory.v1.CreateItemResponse\x12Z\n\x07GetItem\x12&.orderflow.inventory.v1.GetItemRequest\x1a\'.orderflow.inventory.v1.GetItemResponse\x12`\n\tListItems\x12(.orderflow.inventory.v1.ListItemsRequest\x1a).orderflow.inventory.v1.ListItemsResponse\x12\x63\n\nUpdateItem\x12).orderflow.inventory.v1.UpdateItemRequest\x1a*.orderflow.inventory.v1.UpdateItemResponse\x12i\n\x0cReserveStock\x12+.orderflow.inventory.v1.ReserveStockRequest\x1a,.orderflow.inventory.v1.ReserveStockResponse\x12i\n\x0cReleaseStock\x12+.orderflow.inventory.v1.ReleaseStockRequest\x1a,.orderflow.inventory.v1.ReleaseStockResponse\x12\x66\n\x0b\x43ommitStock\x12*.orderflow.inventory.v1.CommitStockRequest\x1a+.orderflow.inventory.v1.CommitStockResponse\x12\x66\n\x0bReturnStock\x12*.orderflow.inventory.v1.ReturnStockRequest\x1a+.orderflow.inventory.v1.ReturnStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&orderflow/inventory/v1/inventory.proto\x12\x16orderflow.inventory.v1\"\x87\x01\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x10\n\x08received\x18\x08 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"A\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"\x95\x01\n\x11\x43reateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\r\n\x05stock\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\t\"@\n\x12\x43reateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"=\n\x0fGetItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"1\n\x10ListItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"U\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xc5\x01\n\x11UpdateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07restock\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\tB\x07\n\x05_nameB\x08\n\x06_priceB\n\n\x08_restock\"@\n\x12UpdateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"Y\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x30\n\x05lines\x18\x02 \x03(\x0b\x32!.orderflow.inventory.v1.StockLine\"\x96\x01\n\x14ReserveStockResponse\x12\x33\n\x05lines\x18\x01 \x03(\x0b\x32$.orderflow.inventory.v1.ReservedLine\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x14ReleaseStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13\x43ommitStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12ReturnStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13ReturnStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RETURNED\x10\x04\x32\xc0\x06\n\x10InventoryService\x12\x63\n\nCreateItem\x12).orderflow.inventory.v1.CreateItemRequest\x1a*.orderflow.inventory.v1.CreateItemResponse\x12Z\n\x07GetItem\x12&.orderflow.inventory.v1.GetItemRequest\x1a\'.orderflow.inventory.v1.GetItemResponse\x12`\n\tListItems\x12(.orderflow.inventory.v1.ListItemsRequest\x1a).orderflow.inventory.v1.ListItemsResponse\x12\x63\n\nUpdateItem\x12).orderflow.inventory.v1.UpdateItemRequest\x1a*.orderflow.inventory.v1.UpdateItemResponse\x12i\n\x0cReserveStock\x12+.orderflow.inventory.v1.ReserveStockRequest\x1a,.orderflow.inventory.v1.ReserveStockResponse\x12i\n\x0cReleaseStock\x12+.orderflow.inventory.v1.ReleaseStockRequest\x1a,.orderflow.inventory.v1.ReleaseStockResponse\x12\x66\n\x0b\x43ommitStock\x12*.orderflow.inventory.v1.CommitStockRequest\x1a+.orderflow.inventory.v1.CommitStockResponse\x12\x66\n\x0bReturnStock\x12*.orderflow.inventory.v1.ReturnStockRequest\x1a+.orderflow.inventory.v1.ReturnStockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderflow.inventory.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=1490
-  _globals['_RESERVATIONSTATE']._serialized_end=1672
+  _globals['_RESERVATIONSTATE']._serialized_start=1638
+  _globals['_RESERVATIONSTATE']._serialized_end=1820
   _globals['_ITEM']._serialized_start=67
   _globals['_ITEM']._serialized_end=202
   _globals['_STOCKLINE']._serialized_start=204
   _globals['_STOCKLINE']._serialized_end=246
   _globals['_RESERVEDLINE']._serialized_start=248
   _globals['_RESERVEDLINE']._serialized_end=313
-  _globals['_CREATEITEMREQUEST']._serialized_start=315
-  _globals['_CREATEITEMREQUEST']._serialized_end=391
-  _globals['_CREATEITEMRESPONSE']._serialized_start=393
-  _globals['_CREATEITEMRESPONSE']._serialized_end=457
-  _globals['_GETITEMREQUEST']._serialized_start=459
-  _globals['_GETITEMREQUEST']._serialized_end=488
-  _globals['_GETITEMRESPONSE']._serialized_start=490
-  _globals['_GETITEMRESPONSE']._serialized_end=551
-  _globals['_LISTITEMSREQUEST']._serialized_start=553
-  _globals['_LISTITEMSREQUEST']._serialized_end=602
-  _globals['_LISTITEMSRESPONSE']._serialized_start=604
-  _globals['_LISTITEMSRESPONSE']._serialized_end=689
-  _globals['_UPDATEITEMREQUEST']._serialized_start=691
-  _globals['_UPDATEITEMREQUEST']._serialized_end=815
-  _globals['_UPDATEITEMRESPONSE']._serialized_start=817
-  _globals['_UPDATEITEMRESPONSE']._serialized_end=881
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=883
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=972
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=975
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1125
-  _globals['_RELEASESTOCKREQUEST']._serialized_start=1127
-  _globals['_RELEASESTOCKREQUEST']._serialized_end=1166
-  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1168
-  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1247
-  _globals['_COMMITSTOCKREQUEST']._serialized_start=1249
-  _globals['_COMMITSTOCKREQUEST']._serialized_end=1287
-  _globals['_COMMITSTOCKRESPONSE']._serialized_start=1289
-  _globals['_COMMITSTOCKRESPONSE']._serialized_end=1367
-  _globals['_RETURNSTOCKREQUEST']._serialized_start=1369
-  _globals['_RETURNSTOCKREQUEST']._serialized_end=1407
-  _globals['_RETURNSTOCKRESPONSE']._serialized_start=1409
-  _globals['_RETURNSTOCKRESPONSE']._serialized_end=1487
-  _globals['_INVENTORYSERVICE']._serialized_start=1675
-  _globals['_INVENTORYSERVICE']._serialized_end=2507
+  _globals['_CREATEITEMREQUEST']._serialized_start=316
+  _globals['_CREATEITEMREQUEST']._serialized_end=465
+  _globals['_CREATEITEMRESPONSE']._serialized_start=467
+  _globals['_CREATEITEMRESPONSE']._serialized_end=531
+  _globals['_GETITEMREQUEST']._serialized_start=533
+  _globals['_GETITEMREQUEST']._serialized_end=562
+  _globals['_GETITEMRESPONSE']._serialized_start=564
+  _globals['_GETITEMRESPONSE']._serialized_end=625
+  _globals['_LISTITEMSREQUEST']._serialized_start=627
+  _globals['_LISTITEMSREQUEST']._serialized_end=676
+  _globals['_LISTITEMSRESPONSE']._serialized_start=678
+  _globals['_LISTITEMSRESPONSE']._serialized_end=763
+  _globals['_UPDATEITEMREQUEST']._serialized_start=766
+  _globals['_UPDATEITEMREQUEST']._serialized_end=963
+  _globals['_UPDATEITEMRESPONSE']._serialized_start=965
+  _globals['_UPDATEITEMRESPONSE']._serialized_end=1029
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=1031
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=1120
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1123
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1273
+  _globals['_RELEASESTOCKREQUEST']._serialized_start=1275
+  _globals['_RELEASESTOCKREQUEST']._serialized_end=1314
+  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1316
+  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1395
+  _globals['_COMMITSTOCKREQUEST']._serialized_start=1397
+  _globals['_COMMITSTOCKREQUEST']._serialized_end=1435
+  _globals['_COMMITSTOCKRESPONSE']._serialized_start=1437
+  _globals['_COMMITSTOCKRESPONSE']._serialized_end=1515
+  _globals['_RETURNSTOCKREQUEST']._serialized_start=1517
+  _globals['_RETURNSTOCKREQUEST']._serialized_end=1555
+  _globals['_RETURNSTOCKRESPONSE']._serialized_start=1557
+  _globals['_RETURNSTOCKRESPONSE']._serialized_end=1635
+  _globals['_INVENTORYSERVICE']._serialized_start=1823
+  _globals['_INVENTORYSERVICE']._serialized_end=2655
 # @@protoc_insertion_point(module_scope)

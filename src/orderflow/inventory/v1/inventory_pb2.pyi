@@ -59,16 +59,22 @@ class ReservedLine(_message.Message):
     def __init__(self, sku: _Optional[str] = ..., quantity: _Optional[int] = ..., unit_price: _Optional[int] = ...) -> None: ...
 
 class CreateItemRequest(_message.Message):
-    __slots__ = ("sku", "name", "price", "stock")
+    __slots__ = ("sku", "name", "price", "stock", "idempotency_key", "idempotency_scope", "lease_owner")
     SKU_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     STOCK_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     sku: str
     name: str
     price: int
     stock: int
-    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., stock: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    idempotency_scope: str
+    lease_owner: str
+    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., stock: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., idempotency_scope: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
 
 class CreateItemResponse(_message.Message):
     __slots__ = ("item",)
@@ -105,16 +111,22 @@ class ListItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class UpdateItemRequest(_message.Message):
-    __slots__ = ("sku", "name", "price", "restock")
+    __slots__ = ("sku", "name", "price", "restock", "idempotency_key", "idempotency_scope", "lease_owner")
     SKU_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     PRICE_FIELD_NUMBER: _ClassVar[int]
     RESTOCK_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     sku: str
     name: str
     price: int
     restock: int
-    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., restock: _Optional[int] = ...) -> None: ...
+    idempotency_key: str
+    idempotency_scope: str
+    lease_owner: str
+    def __init__(self, sku: _Optional[str] = ..., name: _Optional[str] = ..., price: _Optional[int] = ..., restock: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., idempotency_scope: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
 
 class UpdateItemResponse(_message.Message):
     __slots__ = ("item",)

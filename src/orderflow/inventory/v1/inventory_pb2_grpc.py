@@ -82,7 +82,8 @@ class InventoryServiceServicer:
     """
 
     def CreateItem(self, request, context):
-        """Creates a catalog item. ALREADY_EXISTS if the sku is taken.
+        """Creates a catalog item. ALREADY_EXISTS if the sku is taken. With an idempotency key,
+        safe to repeat.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -103,7 +104,7 @@ class InventoryServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateItem(self, request, context):
-        """Renames, reprices or restocks an item.
+        """Renames, reprices or restocks an item. With an idempotency key, safe to repeat.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"orderflow/loyalty/v1/loyalty.proto\x12\x14orderflow.loyalty.v1\"V\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"D\n\x12GetAccountResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"3\n\x0eSetTierRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\"A\n\x0fSetTierResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"b\n\x13\x41\x64justPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"F\n\x14\x41\x64justPointsResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"f\n\x14\x41pplyDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x10\n\x08subtotal\x18\x03 \x01(\x03\x12\x15\n\rredeem_points\x18\x04 \x01(\x03\"\xc7\x01\n\x15\x41pplyDiscountResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x02 \x01(\x05\x12\x10\n\x08\x64iscount\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x15\n\rpoints_earned\x18\x06 \x01(\x03\x12\x35\n\x05state\x18\x07 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43\x61ncelDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16\x43\x61ncelDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43ommitDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"f\n\x16\x43ommitDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\x12\x15\n\rpoints_earned\x18\x02 \x01(\x03\")\n\x15RefundDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16RefundDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState*\xb6\x01\n\x10\x41pplicationState\x12!\n\x1d\x41PPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPLICATION_STATE_APPLIED\x10\x01\x12\x1f\n\x1b\x41PPLICATION_STATE_CANCELLED\x10\x02\x12\x1f\n\x1b\x41PPLICATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1a\x41PPLICATION_STATE_REFUNDED\x10\x04\x32\xe1\x05\n\x0eLoyaltyService\x12_\n\nGetAccount\x12\'.orderflow.loyalty.v1.GetAccountRequest\x1a(.orderflow.loyalty.v1.GetAccountResponse\x12V\n\x07SetTier\x12$.orderflow.loyalty.v1.SetTierRequest\x1a%.orderflow.loyalty.v1.SetTierResponse\x12\x65\n\x0c\x41\x64justPoints\x12).orderflow.loyalty.v1.AdjustPointsRequest\x1a*.orderflow.loyalty.v1.AdjustPointsResponse\x12h\n\rApplyDiscount\x12*.orderflow.loyalty.v1.ApplyDiscountRequest\x1a+.orderflow.loyalty.v1.ApplyDiscountResponse\x12k\n\x0e\x43\x61ncelDiscount\x12+.orderflow.loyalty.v1.CancelDiscountRequest\x1a,.orderflow.loyalty.v1.CancelDiscountResponse\x12k\n\x0e\x43ommitDiscount\x12+.orderflow.loyalty.v1.CommitDiscountRequest\x1a,.orderflow.loyalty.v1.CommitDiscountResponse\x12k\n\x0eRefundDiscount\x12+.orderflow.loyalty.v1.RefundDiscountRequest\x1a,.orderflow.loyalty.v1.RefundDiscountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"orderflow/loyalty/v1/loyalty.proto\x12\x14orderflow.loyalty.v1\"V\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"D\n\x12GetAccountResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"|\n\x0eSetTierRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x04 \x01(\t\x12\x13\n\x0blease_owner\x18\x05 \x01(\t\"A\n\x0fSetTierResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"\x92\x01\n\x13\x41\x64justPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x05 \x01(\t\x12\x13\n\x0blease_owner\x18\x06 \x01(\t\"F\n\x14\x41\x64justPointsResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"f\n\x14\x41pplyDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x10\n\x08subtotal\x18\x03 \x01(\x03\x12\x15\n\rredeem_points\x18\x04 \x01(\x03\"\xc7\x01\n\x15\x41pplyDiscountResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x02 \x01(\x05\x12\x10\n\x08\x64iscount\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x15\n\rpoints_earned\x18\x06 \x01(\x03\x12\x35\n\x05state\x18\x07 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43\x61ncelDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16\x43\x61ncelDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43ommitDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"f\n\x16\x43ommitDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\x12\x15\n\rpoints_earned\x18\x02 \x01(\x03\")\n\x15RefundDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16RefundDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState*\xb6\x01\n\x10\x41pplicationState\x12!\n\x1d\x41PPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPLICATION_STATE_APPLIED\x10\x01\x12\x1f\n\x1b\x41PPLICATION_STATE_CANCELLED\x10\x02\x12\x1f\n\x1b\x41PPLICATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1a\x41PPLICATION_STATE_REFUNDED\x10\x04\x32\xe1\x05\n\x0eLoyaltyService\x12_\n\nGetAccount\x12\'.orderflow.loyalty.v1.GetAccountRequest\x1a(.orderflow.loyalty.v1.GetAccountResponse\x12V\n\x07SetTier\x12$.orderflow.loyalty.v1.SetTierRequest\x1a%.orderflow.loyalty.v1.SetTierResponse\x12\x65\n\x0c\x41\x64justPoints\x12).orderflow.loyalty.v1.AdjustPointsRequest\x1a*.orderflow.loyalty.v1.AdjustPointsResponse\x12h\n\rApplyDiscount\x12*.orderflow.loyalty.v1.ApplyDiscountRequest\x1a+.orderflow.loyalty.v1.ApplyDiscountResponse\x12k\n\x0e\x43\x61ncelDiscount\x12+.orderflow.loyalty.v1.CancelDiscountRequest\x1a,.orderflow.loyalty.v1.CancelDiscountResponse\x12k\n\x0e\x43ommitDiscount\x12+.orderflow.loyalty.v1.CommitDiscountRequest\x1a,.orderflow.loyalty.v1.CommitDiscountResponse\x12k\n\x0eRefundDiscount\x12+.orderflow.loyalty.v1.RefundDiscountRequest\x1a,.orderflow.loyalty.v1.RefundDiscountResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderflow.loyalty.v1.loyalty_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLICATIONSTATE']._serialized_start=1254
-  _globals['_APPLICATIONSTATE']._serialized_end=1436
+  _globals['_APPLICATIONSTATE']._serialized_start=1376
+  _globals['_APPLICATIONSTATE']._serialized_end=1558
   _globals['_ACCOUNT']._serialized_start=60
   _globals['_ACCOUNT']._serialized_end=146
   _globals['_GETACCOUNTREQUEST']._serialized_start=148
@@ -40,29 +40,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETACCOUNTRESPONSE']._serialized_start=190
   _globals['_GETACCOUNTRESPONSE']._serialized_end=258
   _globals['_SETTIERREQUEST']._serialized_start=260
-  _globals['_SETTIERREQUEST']._serialized_end=311
-  _globals['_SETTIERRESPONSE']._serialized_start=313
-  _globals['_SETTIERRESPONSE']._serialized_end=378
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=380
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=478
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=480
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=550
-  _globals['_APPLYDISCOUNTREQUEST']._serialized_start=552
-  _globals['_APPLYDISCOUNTREQUEST']._serialized_end=654
-  _globals['_APPLYDISCOUNTRESPONSE']._serialized_start=657
-  _globals['_APPLYDISCOUNTRESPONSE']._serialized_end=856
-  _globals['_CANCELDISCOUNTREQUEST']._serialized_start=858
-  _globals['_CANCELDISCOUNTREQUEST']._serialized_end=899
-  _globals['_CANCELDISCOUNTRESPONSE']._serialized_start=901
-  _globals['_CANCELDISCOUNTRESPONSE']._serialized_end=980
-  _globals['_COMMITDISCOUNTREQUEST']._serialized_start=982
-  _globals['_COMMITDISCOUNTREQUEST']._serialized_end=1023
-  _globals['_COMMITDISCOUNTRESPONSE']._serialized_start=1025
-  _globals['_COMMITDISCOUNTRESPONSE']._serialized_end=1127
-  _globals['_REFUNDDISCOUNTREQUEST']._serialized_start=1129
-  _globals['_REFUNDDISCOUNTREQUEST']._serialized_end=1170
-  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_start=1172
-  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_end=1251
-  _globals['_LOYALTYSERVICE']._serialized_start=1439
-  _globals['_LOYALTYSERVICE']._serialized_end=2176
+  _globals['_SETTIERREQUEST']._serialized_end=384
+  _globals['_SETTIERRESPONSE']._serialized_start=386
+  _globals['_SETTIERRESPONSE']._serialized_end=451
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=454
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=600
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=602
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=672
+  _globals['_APPLYDISCOUNTREQUEST']._serialized_start=674
+  _globals['_APPLYDISCOUNTREQUEST']._serialized_end=776
+  _globals['_APPLYDISCOUNTRESPONSE']._serialized_start=779
+  _globals['_APPLYDISCOUNTRESPONSE']._serialized_end=978
+  _globals['_CANCELDISCOUNTREQUEST']._serialized_start=980
+  _globals['_CANCELDISCOUNTREQUEST']._serialized_end=1021
+  _globals['_CANCELDISCOUNTRESPONSE']._serialized_start=1023
+  _globals['_CANCELDISCOUNTRESPONSE']._serialized_end=1102
+  _globals['_COMMITDISCOUNTREQUEST']._serialized_start=1104
+  _globals['_COMMITDISCOUNTREQUEST']._serialized_end=1145
+  _globals['_COMMITDISCOUNTRESPONSE']._serialized_start=1147
+  _globals['_COMMITDISCOUNTRESPONSE']._serialized_end=1249
+  _globals['_REFUNDDISCOUNTREQUEST']._serialized_start=1251
+  _globals['_REFUNDDISCOUNTREQUEST']._serialized_end=1292
+  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_start=1294
+  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_end=1373
+  _globals['_LOYALTYSERVICE']._serialized_start=1561
+  _globals['_LOYALTYSERVICE']._serialized_end=2298
 # @@protoc_insertion_point(module_scope)

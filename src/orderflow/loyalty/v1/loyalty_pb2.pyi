@@ -44,12 +44,18 @@ class GetAccountResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
 
 class SetTierRequest(_message.Message):
-    __slots__ = ("customer_id", "tier")
+    __slots__ = ("customer_id", "tier", "idempotency_key", "idempotency_scope", "lease_owner")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     tier: str
-    def __init__(self, customer_id: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
+    idempotency_key: str
+    idempotency_scope: str
+    lease_owner: str
+    def __init__(self, customer_id: _Optional[str] = ..., tier: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., idempotency_scope: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
 
 class SetTierResponse(_message.Message):
     __slots__ = ("account",)
@@ -58,16 +64,20 @@ class SetTierResponse(_message.Message):
     def __init__(self, account: _Optional[_Union[Account, _Mapping]] = ...) -> None: ...
 
 class AdjustPointsRequest(_message.Message):
-    __slots__ = ("customer_id", "delta", "reason", "idempotency_key")
+    __slots__ = ("customer_id", "delta", "reason", "idempotency_key", "idempotency_scope", "lease_owner")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     delta: int
     reason: str
     idempotency_key: str
-    def __init__(self, customer_id: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    idempotency_scope: str
+    lease_owner: str
+    def __init__(self, customer_id: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., idempotency_key: _Optional[str] = ..., idempotency_scope: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
 
 class AdjustPointsResponse(_message.Message):
     __slots__ = ("account",)

@@ -85,6 +85,7 @@ class LoyaltyServiceServicer:
 
     def SetTier(self, request, context):
         """Sets a customer's tier, creating the account if new. INVALID_ARGUMENT for an unknown tier.
+        With an idempotency key, safe to repeat.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +93,7 @@ class LoyaltyServiceServicer:
 
     def AdjustPoints(self, request, context):
         """Adds (or with a negative delta removes) points; FAILED_PRECONDITION if the balance would go negative.
+        With an idempotency key, safe to repeat.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
