@@ -17,24 +17,38 @@ from typing import Any
 import httpx
 import pytest
 
+from orderflow.registry import SERVICE_NAMES
 from tests.e2e.conftest import raw, start, unique
-from tests.system import System, one_process
+from tests.system import Process, System, one_process, per_service
 
 TIMEOUT = 1.0  # head and body timeouts of the gateway under test, in seconds
 MAX_CONNECTIONS = 40
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+@pytest.fixture(scope="module", params=["one-process", "per-service"])
+def gateway(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[System]:
+    """The gateway of `orderflow run`, and of `orderflow serve gateway` (on SQLite)."""
     env = {
         "ORDERFLOW_LOG_LEVEL": "INFO",  # the access lines
         "ORDERFLOW_GATEWAY_HEAD_TIMEOUT_SECONDS": str(TIMEOUT),
         "ORDERFLOW_GATEWAY_BODY_TIMEOUT_SECONDS": str(TIMEOUT),
         "ORDERFLOW_GATEWAY_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
     }
-    system = start(one_process(Path(tmp_path_factory.mktemp("http")), env))
+    workdir = Path(tmp_path_factory.mktemp("http"))
+    if request.param == "one-process":
+        system = one_process(workdir, env)
+    else:
+        urls = {name: f"sqlite+aiosqlite:///{workdir}/{name}.db" for name in SERVICE_NAMES}
+        system = per_service(workdir, urls, env)
+    start(system)
     yield system
     system.stop()
+
+
+def _gateway_process(system: System) -> Process:
+    return system.processes["onebox" if "onebox" in system.processes else "gateway"]
 
 
 def _port(system: System) -> int:
@@ -73,6 +87,13 @@ async def _send_and_read(port: int, request: bytes) -> bytes:
         writer.close()
 
 
+async def _one_reply(reader: asyncio.StreamReader) -> bytes:
+    """One reply with a Content-Length, read off a connection that stays open."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    lengths = [line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")]
+    return head + await reader.readexactly(int(lengths[0].split(b":")[1]))
+
+
 async def _silence(port: int, request: bytes) -> tuple[bytes, float]:
     """Send part of a request, then nothing: what comes back, and after how long."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -103,7 +124,7 @@ def _count(metrics: str, method: str, route: str, status: int) -> float:
 
 def _log_lines(system: System) -> list[dict[str, Any]]:
     lines = []
-    for text in system.processes["onebox"].log_path.read_text().splitlines():
+    for text in _gateway_process(system).log_path.read_text().splitlines():
         with contextlib.suppress(ValueError):
             value = json.loads(text)
             if isinstance(value, dict):
@@ -124,7 +145,7 @@ async def _access_line(system: System, path: str, status: int) -> dict[str, Any]
 
 def _memory_kb(system: System) -> dict[str, int]:
     """VmRSS (now) and VmHWM (the peak since the last reset) of the gateway process."""
-    popen = system.processes["onebox"].popen
+    popen = _gateway_process(system).popen
     assert popen is not None
     status = Path(f"/proc/{popen.pid}/status").read_text().splitlines()
     return {
@@ -135,7 +156,7 @@ def _memory_kb(system: System) -> dict[str, int]:
 
 
 def _reset_peak(system: System) -> None:
-    popen = system.processes["onebox"].popen
+    popen = _gateway_process(system).popen
     assert popen is not None
     Path(f"/proc/{popen.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
 
@@ -233,6 +254,22 @@ async def test_a_malformed_request_is_400_with_the_error_shape(
     assert (status, error["code"]) == (400, "MALFORMED_REQUEST")
 
 
+async def test_a_websocket_upgrade_is_plain_http_with_the_error_shape(gateway: System) -> None:
+    # There are no WebSockets here; uvicorn's WebSocket protocol answered 403 in plain text.
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(gateway))
+    try:
+        writer.write(
+            b"GET /api/v1/stream HTTP/1.1\r\nHost: gateway\r\nConnection: Upgrade\r\n"
+            b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        )
+        reply = await asyncio.wait_for(_one_reply(reader), 10)
+    finally:
+        writer.close()
+    status, error = _status_and_error(reply)
+    assert (status, error["code"]) == (404, "NOT_FOUND")
+
+
 # --- slow clients -----------------------------------------------------------------------
 
 
@@ -281,10 +318,8 @@ async def test_a_body_in_parts_within_the_timeout_and_a_slow_next_request_are_se
         writer.write(head + body[:10])
         await asyncio.sleep(TIMEOUT / 3)
         writer.write(body[10:])
-        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        first = await asyncio.wait_for(_one_reply(reader), 10)
         assert first.startswith(b"HTTP/1.1 201 "), first
-        lengths = [line for line in first.split(b"\r\n") if line.startswith(b"content-length:")]
-        await reader.readexactly(int(lengths[0].split(b":")[1]))
         # Idle on a kept-alive connection is not a slow head: the next request, after
         # longer than the head timeout, is served.
         await asyncio.sleep(TIMEOUT * 1.5)

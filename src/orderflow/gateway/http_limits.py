@@ -149,8 +149,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         except httptools.HttpParserUpgrade:
             if self._should_upgrade():
                 self.handle_websocket_upgrade()
-            else:
-                self._unsupported_upgrade_warning()
+            # Else served as plain HTTP: the gateway has no WebSockets (ws="none").
             return
         # A head still incomplete: count what it has taken. A chunk in which the request
         # began may end the one before; parsed fields count for it (on_header), and the
@@ -196,9 +195,10 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._disarm()
         super().on_headers_complete()
         cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:
-            # uvicorn answers an app that failed before replying in plain text.
-            cycle.send_500_response = _json_500(cycle.send)  # type: ignore[method-assign]
+        if cycle is None or cycle.scope is not self.scope:
+            return  # handed over to the WebSocket protocol: no request of ours
+        # uvicorn answers an app that failed before replying in plain text.
+        cycle.send_500_response = _json_500(cycle.send)  # type: ignore[method-assign]
         self._arm(self.limits.body_timeout, self._body_timed_out)  # the body comes next
 
     def on_message_complete(self) -> None:
@@ -236,6 +236,8 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             self._arm(self.limits.body_timeout, self._body_timed_out)
             return
         cycle = self.cycle
+        if cycle is None:
+            return
         if cycle.response_complete:
             self._close_quietly()  # answered already; the rest of its body is not awaited
         elif cycle.response_started:

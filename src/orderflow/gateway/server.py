@@ -37,6 +37,7 @@ def uvicorn_server(
         host=settings.host,
         port=settings.port,
         http=limited_protocol(settings, refused),
+        ws="none",  # no WebSocket routes; an Upgrade is served as plain HTTP, JSON errors
         log_config=None,
         access_log=False,  # the request middleware logs each request with its ids
         lifespan="on",
