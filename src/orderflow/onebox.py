@@ -135,7 +135,8 @@ async def run_onebox(
         endpoint = metrics_endpoint(gateway, metrics.registry)
         if endpoint is not None:
             stack.callback(endpoint.close)
-        server = uvicorn_server(create_app(wired, common, auth=auth, metrics=metrics), gateway)
+        app = create_app(wired, common, auth=auth, metrics=metrics)
+        server = uvicorn_server(app, gateway, metrics)
         serving = asyncio.create_task(server.serve())
         # uvicorn has no start event to await; poll its flag until it listens or fails.
         while not server.started and not serving.done():  # noqa: ASYNC110

@@ -195,6 +195,19 @@ class GatewaySettings(_Base):
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
     # Larger request heads (request line and headers) get 431 before they are parsed.
     max_header_bytes: Annotated[int, Field(ge=8 * 1024, le=1024 * 1024)] = 64 * 1024
+    # More header fields than this in one request: 431.
+    max_header_count: Annotated[int, Field(ge=16, le=10_000)] = 100
+    # A longer request target (path and query): 414.
+    max_url_bytes: Annotated[int, Field(ge=1024, le=1024 * 1024)] = 8 * 1024
+    # A request head must be complete this long after the connection opened (first
+    # request) or after its first byte (later ones): else 408, or a quiet close if the
+    # client sent nothing at all.
+    head_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 5.0
+    # The whole body must arrive this long after the head: else 408 (or, once the reply
+    # is out, the connection is closed). Raise it with max_body_bytes for slow uplinks.
+    body_timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Open HTTP connections at once; one more gets a 503 TOO_MANY_CONNECTIONS and is closed.
+    max_connections: Annotated[int, Field(ge=1, le=100_000)] = 1000
     # How long an idle HTTP connection stays open. Longer than the idle timeout of the
     # clients and load balancers in front (60 s is common), so that they, not the gateway,
     # close it: a client that sends on a connection the gateway just closed gets a reset,

@@ -81,6 +81,17 @@ async def api(system: System) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+async def raw(port: int, request: bytes) -> bytes:
+    """Send one HTTP/1.1 request as bytes; return the whole reply as bytes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 

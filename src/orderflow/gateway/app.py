@@ -22,6 +22,7 @@ from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.deps import Gateway, Services, request_budget
 from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
+from orderflow.gateway.http_limits import REPLIED_STATUS
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
@@ -34,6 +35,9 @@ from orderflow.platform.tls import channel_credentials
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 log = structlog.get_logger("orderflow.gateway")
+
+# Counted and logged for a request whose client went away before any reply was sent.
+CLIENT_CLOSED = 499
 
 _STATUS_CODES = {
     400: "MALFORMED_REQUEST",
@@ -192,20 +196,31 @@ class RequestContextMiddleware:
         request_id = raw if valid else uuid.uuid4().hex
         start = time.perf_counter()
         status = 500
+        started = gone = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
+        async def receive_noting_disconnect() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_disconnect, send_with_id)
         finally:
+            if gone and not started:
+                # Nothing was sent by the app: the client left (499, as nginx counts it),
+                # or the server timed the body out and answered itself (gateway.http_limits).
+                status = scope.get(REPLIED_STATUS, CLIENT_CLOSED)
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - start

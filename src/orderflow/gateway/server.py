@@ -4,9 +4,10 @@ uvicorn is told whom to believe about the client's address: X-Forwarded-For and
 X-Forwarded-Proto count only from ORDERFLOW_GATEWAY_TRUSTED_PROXIES (by default nobody;
 uvicorn on its own trusts 127.0.0.1, so anyone on the machine, or a local proxy passing
 them through, could pick a fresh address per request and a fresh rate-limit bucket with
-it). Replies carry no `server` header. A request head over ORDERFLOW_GATEWAY_MAX_HEADER_BYTES
-is refused (431) before it is parsed (gateway.http_limits). With
-ORDERFLOW_GATEWAY_METRICS_PORT, /metrics is served on that port instead of the API's.
+it). Replies carry no `server` header. Request heads, their time to arrive, bodies' time
+to arrive and open connections are bounded by the protocol (gateway.http_limits), the
+same in both modes: serve_gateway and `orderflow run` (onebox) both call uvicorn_server.
+With ORDERFLOW_GATEWAY_METRICS_PORT, /metrics is served on that port instead of the API's.
 """
 
 from __future__ import annotations
@@ -16,18 +17,27 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
 from orderflow.gateway.app import create_app
-from orderflow.gateway.http_limits import head_limited
+from orderflow.gateway.http_limits import limited_protocol
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.platform.metrics import MetricsEndpoint, serve_metrics
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
 
 
-def uvicorn_server(app: FastAPI, settings: GatewaySettings) -> uvicorn.Server:
+def uvicorn_server(
+    app: FastAPI, settings: GatewaySettings, metrics: GatewayMetrics | None = None
+) -> uvicorn.Server:
+    """metrics: where requests refused before the app saw them are counted."""
+
+    def refused(status: int) -> None:
+        if metrics is not None:
+            metrics.http_requests.labels("-", "unparsed", str(status)).inc()
+
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        http=head_limited(settings.max_header_bytes),
+        http=limited_protocol(settings, refused),
+        ws="none",  # no WebSocket routes; an Upgrade is served as plain HTTP, JSON errors
         log_config=None,
         access_log=False,  # the request middleware logs each request with its ids
         lifespan="on",
@@ -57,7 +67,7 @@ async def serve_gateway(
     app = create_app(settings, common, auth=auth, metrics=metrics)
     endpoint = metrics_endpoint(settings, metrics.registry)
     try:
-        await uvicorn_server(app, settings).serve()
+        await uvicorn_server(app, settings, metrics).serve()
     finally:
         if endpoint is not None:
             endpoint.close()
