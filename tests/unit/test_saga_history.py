@@ -15,7 +15,7 @@ from orderflow.errors import (
     ServiceUnavailableError,
 )
 from orderflow.gateway.ports import FAILED, OK, RECOVERY, REQUEST, UNKNOWN
-from orderflow.gateway.saga import OrderSaga
+from orderflow.gateway.saga import MAX_REPORT, OrderSaga, Run
 from tests.fakes import consume_order_confirmed
 from tests.unit.test_saga import FORWARD, make, new_order
 
@@ -181,3 +181,16 @@ async def test_a_refused_cancel_is_logged_with_its_withdrawal() -> None:
         ("refund_discount", FAILED, REQUEST),
         ("withdraw_cancel", OK, REQUEST),
     ]
+
+
+def test_a_run_hands_over_at_most_one_report_of_steps_at_a_time() -> None:
+    run = Run("gateway:1", REQUEST)
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    for _ in range(MAX_REPORT + 3):
+        run.record("release", at, 0.001, ServiceUnavailableError("down"))
+    first = run.take()
+    assert len(first) == MAX_REPORT and len(run.pending) == 3
+    assert first[0].outcome == UNKNOWN and first[0].duration_us == 1000
+    assert len({s.step_id for s in first} | {s.step_id for s in run.pending}) == MAX_REPORT + 3
+    run.give_back(first)
+    assert run.pending[0] == first[0] and len(run.pending) == MAX_REPORT + 3

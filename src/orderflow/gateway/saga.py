@@ -81,6 +81,8 @@ OUTCOME_UNFINISHED = "unfinished"
 RECOVERY_EVENTS_LOST = "events_lost"
 # A step's name in the order's history where it differs from its name in the metrics.
 HISTORY_NAME = {"cancel_order": "cancel"}
+# The most steps orders takes in one report (SagaStep lists in orders.proto).
+MAX_REPORT = 64
 
 
 class SagaObserver:
@@ -137,8 +139,9 @@ class Run:
         )
 
     def take(self) -> tuple[SagaStep, ...]:
-        """The pending steps, to go with a call to orders (given back if it fails)."""
-        steps, self.pending = tuple(self.pending), []
+        """The oldest pending steps (as many as one report takes), to go with a call to
+        orders (given back if it fails)."""
+        steps, self.pending = tuple(self.pending[:MAX_REPORT]), self.pending[MAX_REPORT:]
         return steps
 
     def give_back(self, steps: tuple[SagaStep, ...]) -> None:
@@ -218,16 +221,19 @@ class OrderSaga:
         await self._flush(order_id, run)
 
     async def _flush(self, order_id: str, run: Run) -> None:
-        if not run.pending:
-            return
-        steps = run.take()
-        try:
-            await self.orders.record_steps(order_id, steps)
-        except OrderflowError as exc:
-            # The order itself is safe; only these lines of its history are lost.
-            log.warning(
-                "steps_not_recorded", order_id=order_id, steps=len(steps), error=exc.message
-            )
+        while run.pending:
+            steps = run.take()
+            try:
+                await self.orders.record_steps(order_id, steps)
+            except OrderflowError as exc:
+                # The order itself is safe; only these lines of its history are lost.
+                log.warning(
+                    "steps_not_recorded",
+                    order_id=order_id,
+                    steps=len(steps) + len(run.pending),
+                    error=exc.message,
+                )
+                return
 
     # -- placing -----------------------------------------------------------------------
 
@@ -443,7 +449,8 @@ class OrderSaga:
             return await self.finish_confirmed(order, run)
         if order.status == REJECTED:
             self.observer.recovery("compensate_rejected")
-            # Which steps ran is not recorded: every undo is idempotent and tombstones, so run all.
+            # The step log is for people, not read here: every undo is idempotent and
+            # tombstones, so run all.
             return await self.compensate(order, run, ["reserve", "apply_discount"])
         self.observer.recovery("settle")
         return await self._settle(order, run)
