@@ -21,6 +21,8 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from orderflow.gateway.ports import (
+    DRIVERS,
+    OUTCOMES,
     REQUEST,
     Account,
     Discount,
@@ -78,21 +80,20 @@ def order_from_pb(msg: orders_pb2.Order) -> Order:
 
 _DRIVER_PREFIX = "STEP_DRIVER_"
 _OUTCOME_PREFIX = "STEP_OUTCOME_"
+# Built once: a step is mapped on the order path (ConfirmOrder carries two).
+_DRIVER_PB = {d: orders_pb2.StepDriver.Value(_DRIVER_PREFIX + d.upper()) for d in DRIVERS}
+_OUTCOME_PB = {o: orders_pb2.StepOutcome.Value(_OUTCOME_PREFIX + o.upper()) for o in OUTCOMES}
 
 
 def driver_to_pb(driver: str) -> orders_pb2.StepDriver:
-    return orders_pb2.StepDriver.Value(_DRIVER_PREFIX + driver.upper())  # type: ignore[return-value]
-
-
-def outcome_to_pb(outcome: str) -> orders_pb2.StepOutcome:
-    return orders_pb2.StepOutcome.Value(_OUTCOME_PREFIX + outcome.upper())  # type: ignore[return-value]
+    return _DRIVER_PB[driver]  # type: ignore[return-value]
 
 
 def step_to_pb(step: SagaStep) -> orders_pb2.SagaStep:
     msg = orders_pb2.SagaStep(
         step_id=step.step_id,
         name=step.name,
-        outcome=outcome_to_pb(step.outcome),
+        outcome=_OUTCOME_PB[step.outcome],  # type: ignore[arg-type]
         driver=driver_to_pb(step.driver),
     )
     msg.started_at.FromDatetime(step.started_at)

@@ -437,14 +437,15 @@ def check_step(step: Step) -> Step:
     check_range("step.started_at", step.started_us, 1, 2**62)
     check_range("step.duration", step.duration_us, 0, MAX_STEP_US)
     error = step.error
-    if error is not None:
-        code = check_id("step.error.code", error.code)
-        error = Failure(code, error.message.strip()[:MAX_FAILURE_MESSAGE] or code)
-    elif step.outcome != StepOutcome.OK:
-        raise InvalidArgumentError(
-            f"step {step.name} {step.outcome.value} needs its error", field="step.error"
-        )
-    return replace(step, error=error)
+    if error is None:
+        if step.outcome != StepOutcome.OK:
+            raise InvalidArgumentError(
+                f"step {step.name} {step.outcome.value} needs its error", field="step.error"
+            )
+        return step
+    code = check_id("step.error.code", error.code)
+    message = error.message.strip()[:MAX_FAILURE_MESSAGE] or code
+    return step if message == error.message else replace(step, error=Failure(code, message))
 
 
 def check_steps(steps: list[Step] | tuple[Step, ...]) -> tuple[Step, ...]:
