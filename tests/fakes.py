@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from orderflow.errors import (
     CompensatedError,
@@ -20,11 +21,16 @@ from orderflow.errors import (
 from orderflow.gateway.ports import (
     CANCELLED,
     CONFIRMED,
+    EVENT,
+    OK,
     PENDING,
+    RECOVERY,
     REJECTED,
+    REQUEST,
     Account,
     Discount,
     Failure,
+    History,
     Idempotency,
     Item,
     Line,
@@ -32,6 +38,7 @@ from orderflow.gateway.ports import (
     Order,
     Page,
     Reservation,
+    SagaStep,
 )
 
 
@@ -63,6 +70,30 @@ class FakeOrders:
         # A CONFIRMED order is handed to recovery only once its events had their time.
         self.events_grace_over = False
         self.followed_up: set[str] = set()
+        # The step log as the orders service keeps it: reported steps (once per step id),
+        # then the change's own step, only when the change went through and changed the order.
+        self.steps: dict[str, list[SagaStep]] = {}
+
+    def _log(
+        self,
+        order_id: str,
+        name: str,
+        driver: str,
+        reported: Sequence[SagaStep] = (),
+        *,
+        changed: bool = True,
+        error: Failure | None = None,
+    ) -> None:
+        log = self.steps.setdefault(order_id, [])
+        known = {x.step_id for x in log}
+        log.extend(x for x in reported if x.step_id not in known)
+        if changed:
+            now = datetime.now(UTC)
+            log.append(SagaStep(f"{name}@{len(log)}", name, OK, driver, now, 0, error))
+
+    def history(self, order_id: str) -> list[tuple[str, str, str]]:
+        """(name, outcome, driver) of each step of the order, in recording order."""
+        return [(x.name, x.outcome, x.driver) for x in self.steps.get(order_id, [])]
 
     async def create_order(self, new: NewOrder) -> tuple[Order, bool]:
         self.calls("orders.create")
@@ -81,6 +112,7 @@ class FakeOrders:
         )
         self.orders[order.id] = order
         self.keys[(new.customer_id, new.idempotency_key)] = (order.id, new.fingerprint)
+        self._log(order.id, "create", REQUEST)
         return order, True
 
     async def get_order(self, order_id: str) -> Order:
@@ -100,14 +132,24 @@ class FakeOrders:
         return updated
 
     async def confirm_order(
-        self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
+        self,
+        order_id: str,
+        owner: str,
+        reservation: Reservation,
+        subtotal: int,
+        discount: Discount,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
     ) -> Order:
         self.calls("orders.confirm")
         order = self.orders[order_id]
         if order.status == CONFIRMED:
+            self._log(order_id, "confirm", driver, steps, changed=False)
             return order
         if order.status != PENDING:
             raise InvalidStateError(f"order is {order.status}")
+        self._log(order_id, "confirm", driver, steps)
         return self._set(
             order,
             status=CONFIRMED,
@@ -121,47 +163,79 @@ class FakeOrders:
             points_earned=discount.points_earned,
         )
 
-    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order:
+    async def reject_order(
+        self,
+        order_id: str,
+        owner: str,
+        failure: Failure,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order:
         self.calls("orders.reject")
         order = self.orders[order_id]
         if order.status == REJECTED:
+            self._log(order_id, "reject", driver, steps, changed=False)
             return order
         if order.status != PENDING:
             raise InvalidStateError(f"order is {order.status}")
+        self._log(order_id, "reject", driver, steps, error=failure)
         return self._set(order, status=REJECTED, failure=failure)
 
-    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order:
+    async def request_cancel(
+        self,
+        order_id: str,
+        owner: str,
+        seconds: float,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order:
         self.calls("orders.request_cancel")
         order = await self.get_order(order_id)
         if order.status == CANCELLED:
             return order
         if order.status != CONFIRMED:
             raise NotCancellableError(f"order is {order.status}", status=order.status)
+        self._log(order_id, "request_cancel", driver, steps)
         return self._set(order, cancel_requested=True, settled=False, lease_owner=owner)
 
-    async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
+    async def withdraw_cancel(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
         self.calls("orders.withdraw_cancel")
         settled = order_id in self.followed_up
+        self._log(order_id, "withdraw_cancel", driver, steps)
         return self._set(self.orders[order_id], cancel_requested=False, settled=settled)
 
     def follow_ups_done(self, order_id: str) -> Order:
         """What the orders service does once stock.committed and loyalty.committed of the
         order were consumed: a CONFIRMED order not being cancelled is settled."""
         self.followed_up.add(order_id)
+        self._log(order_id, "commit_stock", EVENT)
+        self._log(order_id, "commit_discount", EVENT)
         order = self.orders[order_id]
         if order.status == CONFIRMED and not order.cancel_requested and not order.settled:
+            self._log(order_id, "settle", EVENT)
             return self._set(order, settled=True, lease_owner="")
         return order
 
-    async def cancel_order(self, order_id: str, owner: str) -> Order:
+    async def cancel_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
         self.calls("orders.cancel")
         order = self.orders[order_id]
         if order.status == CANCELLED:
+            self._log(order_id, "cancel", driver, steps, changed=False)
             return order
+        self._log(order_id, "cancel", driver, steps)
         return self._set(order, status=CANCELLED, settled=True, lease_owner="")
 
-    async def settle_order(self, order_id: str, owner: str) -> Order:
+    async def settle_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
         self.calls("orders.settle")
+        self._log(order_id, "settle", driver, steps, changed=not self.orders[order_id].settled)
         return self._set(self.orders[order_id], settled=True, lease_owner="")
 
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:
@@ -172,7 +246,18 @@ class FakeOrders:
             if not o.settled
             and (o.status != CONFIRMED or o.cancel_requested or self.events_grace_over)
         ][:limit]
+        for order in stale:
+            self._log(order.id, "claim", RECOVERY)
         return [self._set(o, lease_owner=owner) for o in stale]
+
+    async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None:
+        self.calls("orders.record_steps")
+        await self.get_order(order_id)
+        self._log(order_id, "", REQUEST, steps, changed=False)
+
+    async def order_history(self, order_id: str) -> History:
+        order = await self.get_order(order_id)
+        return History(order, tuple(self.steps.get(order_id, [])))
 
 
 class FakeInventory:

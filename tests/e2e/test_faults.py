@@ -89,6 +89,11 @@ async def wait_until(predicate: Any, timeout: float, what: str, every: float = 0
     raise AssertionError(f"not within {timeout}s: {what}")
 
 
+async def _settled(history: Any) -> bool:
+    steps = await history()
+    return bool(steps) and steps[-1][0] == "settle"
+
+
 async def test_loyalty_down_gives_503_compensates_and_recovers(
     faulty: System, api: httpx.AsyncClient
 ) -> None:
@@ -119,6 +124,30 @@ async def test_loyalty_down_gives_503_compensates_and_recovers(
     finally:
         faulty.start("loyalty")
     faulty.wait_ready()
+
+    # The undo loyalty could not take is run by recovery; the order's history tells it all.
+    async def history() -> list[tuple[str, str, str]]:
+        body = (await api.get(f"/api/v1/orders/{order_id}/history")).json()
+        return [(x["step"], x["outcome"], x["driver"]) for x in body["steps"]]
+
+    await wait_until(
+        lambda: _settled(history), timeout=30, what="recovery settled the rejected order"
+    )
+    steps = await history()
+    assert steps[:6] == [
+        ("create", "ok", "request"),
+        ("reserve", "ok", "request"),
+        ("apply_discount", "unknown", "request"),
+        ("reject", "ok", "request"),
+        ("void_discount", "unknown", "request"),
+        ("release", "ok", "request"),
+    ], steps
+    assert steps[-4:] == [
+        ("claim", "ok", "recovery"),
+        ("void_discount", "ok", "recovery"),
+        ("release", "ok", "recovery"),
+        ("settle", "ok", "recovery"),
+    ], steps
     # Without restarting anything else, orders are confirmed again.
     response = await api.post("/api/v1/orders", json=body)
     assert response.status_code == 201, response.text

@@ -54,6 +54,8 @@ def test_the_api_keeps_its_openapi_contract(fresh_system: System, tmp_path: Path
     assert done.returncode == 0, output
     assert summary["complete"] and summary["stop_reason"] == "completed", output
     assert summary["operations"]["tested"] == summary["operations"]["total"], output
+    # Among them the order history (issue 16), reached directly and by its links.
+    assert "GET /api/v1/orders/{order_id}/history" in summary["valid_rates"], output
     cases = summary["test_cases"]
     assert cases["generated"] >= MIN_CASES, cases
     assert cases["with_failures"] == 0 and cases["errored"] == 0, cases

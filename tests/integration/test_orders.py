@@ -19,6 +19,7 @@ from orderflow.orders.storage import SqlOrdersUnitOfWork
 from orderflow.orders.v1 import orders_pb2 as pb
 from orderflow.orders.v1 import orders_pb2_grpc as pb_grpc
 from orderflow.platform.component import open_database
+from orderflow.platform.db import now_us
 from orderflow.validation import encode_cursor
 from tests.integration.conftest import Serve
 from tests.integration.grpc_checks import (
@@ -40,6 +41,24 @@ EXPIRE = 0.35  # seconds to wait for a SHORT lease to run out
 LINES = (("a", 2), ("b", 1))
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def saga_step(
+    step_id: str,
+    name: str,
+    outcome: int = pb.STEP_OUTCOME_OK,
+    started_us: int | None = None,
+    duration_us: int = 1500,
+    driver: int = pb.STEP_DRIVER_REQUEST,
+    error: pb.Failure | None = None,
+) -> pb.SagaStep:
+    """A step as a driver reports it (started now unless told)."""
+    msg = pb.SagaStep(step_id=step_id, name=name, outcome=outcome, driver=driver)  # type: ignore[arg-type]
+    msg.started_at.FromMicroseconds(now_us() if started_us is None else started_us)
+    msg.duration.FromMicroseconds(duration_us)
+    if error is not None:
+        msg.error.CopyFrom(error)
+    return msg
 
 
 def lines_pb(lines: tuple[tuple[str, int], ...], price: int = 0) -> list[pb.OrderLine]:
@@ -823,6 +842,33 @@ def _bad_calls() -> list[tuple[str, str, Any]]:
             "ClaimStaleOrders",
             pb.ClaimStaleOrdersRequest(lease_owner="", lease_seconds=30, limit=10),
         ),
+        ("history empty id", "GetOrderHistory", pb.GetOrderHistoryRequest(order_id="")),
+        ("history long id", "GetOrderHistory", pb.GetOrderHistoryRequest(order_id=LONG)),
+        ("record empty id", "RecordOrderSteps", pb.RecordOrderStepsRequest(order_id="")),
+        (
+            "record a step without an id",
+            "RecordOrderSteps",
+            pb.RecordOrderStepsRequest(order_id=ID, steps=[saga_step("", "reserve")]),
+        ),
+        (
+            "record a failed step without its error",
+            "RecordOrderSteps",
+            pb.RecordOrderStepsRequest(
+                order_id=ID, steps=[saga_step("s.1", "reserve", pb.STEP_OUTCOME_FAILED)]
+            ),
+        ),
+        (
+            "record a step without a time",
+            "RecordOrderSteps",
+            pb.RecordOrderStepsRequest(
+                order_id=ID, steps=[pb.SagaStep(step_id="s.1", name="reserve")]
+            ),
+        ),
+        (
+            "settle with a nameless step",
+            "SettleOrder",
+            pb.SettleOrderRequest(order_id=ID, lease_owner=OWNER, steps=[saga_step("s.1", "")]),
+        ),
     ]
     return calls
 
@@ -980,3 +1026,184 @@ async def test_the_stale_query_agrees_with_domain_is_stale(
     assert any(
         domain.is_stale(o, NOW_US) and not domain.is_stale(o, NOW_US, GRACE_US) for o in confirmed
     )
+
+
+# -- the saga's step log (ADR 26) ---------------------------------------------------------
+
+
+def _names(response: pb.GetOrderHistoryResponse) -> list[tuple[str, str, str]]:
+    return [
+        (
+            s.name,
+            pb.StepOutcome.Name(s.outcome).removeprefix("STEP_OUTCOME_"),
+            pb.StepDriver.Name(s.driver).removeprefix("STEP_DRIVER_"),
+        )
+        for s in response.steps
+    ]
+
+
+async def _history(orders: Orders, order_id: str) -> pb.GetOrderHistoryResponse:
+    return await orders.stub.GetOrderHistory(
+        pb.GetOrderHistoryRequest(order_id=order_id), timeout=T
+    )
+
+
+async def test_each_change_logs_its_step_with_the_steps_its_driver_reports(
+    orders: Orders,
+) -> None:
+    order = await orders.create()
+    created = order.created_at.ToMicroseconds()
+    out = pb.Failure(code="OUT_OF_STOCK", message="a: 1 available")
+    reported = [
+        saga_step("r.1", "reserve", started_us=created + 10, duration_us=4000),
+        saga_step("r.2", "apply_discount", started_us=created + 20, duration_us=3000),
+    ]
+    request = confirm_request(order)
+    request.steps.extend(reported)
+    await orders.stub.ConfirmOrder(request, timeout=T)
+    await orders.stub.ConfirmOrder(request, timeout=T)  # a retry: recorded once
+    history = await _history(orders, order.id)
+    assert history.order.status == pb.ORDER_STATUS_CONFIRMED and not history.truncated
+    assert _names(history) == [
+        ("create", "OK", "REQUEST"),
+        ("reserve", "OK", "REQUEST"),
+        ("apply_discount", "OK", "REQUEST"),
+        ("confirm", "OK", "REQUEST"),
+    ]
+    reserve = history.steps[1]
+    assert reserve.started_at.ToMicroseconds() == created + 10
+    assert reserve.duration.ToMicroseconds() == 4000
+    assert not reserve.HasField("error")
+    # The cancel saga, with a failed step reported on its own.
+    await orders.request_cancel(order.id)
+    await orders.stub.RecordOrderSteps(
+        pb.RecordOrderStepsRequest(
+            order_id=order.id,
+            steps=[
+                saga_step(
+                    "c.1", "return_stock", pb.STEP_OUTCOME_UNKNOWN, started_us=now_us(), error=out
+                )
+            ],
+        ),
+        timeout=T,
+    )
+    cancel = pb.CancelOrderRequest(
+        order_id=order.id,
+        lease_owner=OWNER,
+        driver=pb.STEP_DRIVER_RECOVERY,
+        steps=[saga_step("c.2", "return_stock", started_us=now_us())],
+    )
+    await orders.stub.CancelOrder(cancel, timeout=T)
+    history = await _history(orders, order.id)
+    assert _names(history)[4:] == [
+        ("request_cancel", "OK", "REQUEST"),
+        ("return_stock", "UNKNOWN", "REQUEST"),
+        ("return_stock", "OK", "REQUEST"),
+        ("cancel", "OK", "RECOVERY"),
+    ]
+    assert history.steps[5].error == out
+    times = [s.started_at.ToMicroseconds() for s in history.steps]
+    assert times == sorted(times)
+
+
+async def test_a_change_that_is_refused_logs_none_of_the_steps_it_carried(
+    orders: Orders,
+) -> None:
+    order = await orders.create()
+    before = _names(await _history(orders, order.id))
+    reject = pb.RejectOrderRequest(
+        order_id=order.id,
+        lease_owner=OTHER,  # OWNER holds the lease
+        failure=pb.Failure(code="OUT_OF_STOCK"),
+        steps=[saga_step("r.1", "reserve")],
+    )
+    await fails(orders.stub.RejectOrder(reject, timeout=T), grpc.StatusCode.ABORTED, "LEASE_HELD")
+    bad_totals = confirm_request(order, discount=10**6)
+    bad_totals.steps.append(saga_step("r.2", "reserve"))
+    await fails(
+        orders.stub.ConfirmOrder(bad_totals, timeout=T),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert _names(await _history(orders, order.id)) == before == [("create", "OK", "REQUEST")]
+
+
+async def test_history_of_an_unknown_order_is_not_found(orders: Orders) -> None:
+    await fails(
+        orders.stub.GetOrderHistory(pb.GetOrderHistoryRequest(order_id="no-such"), timeout=T),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+    await fails(
+        orders.stub.RecordOrderSteps(
+            pb.RecordOrderStepsRequest(order_id="no-such", steps=[saga_step("s", "reserve")]),
+            timeout=T,
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "NOT_FOUND",
+    )
+
+
+async def test_claims_and_settles_are_logged(orders: Orders) -> None:
+    order = await orders.create(lease=SHORT)
+    await asyncio.sleep(EXPIRE)
+    (claimed,) = await orders.claim("recovery:1", 10)
+    await orders.reject(claimed.id, owner="recovery:1")
+    settle = pb.SettleOrderRequest(
+        order_id=order.id,
+        lease_owner="recovery:1",
+        driver=pb.STEP_DRIVER_RECOVERY,
+        steps=[saga_step("u.1", "release", driver=pb.STEP_DRIVER_RECOVERY)],
+    )
+    await orders.stub.SettleOrder(settle, timeout=T)  # the one-statement settle
+    assert _names(await _history(orders, order.id)) == [
+        ("create", "OK", "REQUEST"),
+        ("claim", "OK", "RECOVERY"),
+        ("reject", "OK", "REQUEST"),
+        ("release", "OK", "RECOVERY"),
+        ("settle", "OK", "RECOVERY"),
+    ]
+
+
+async def test_a_step_is_kept_exactly_when_its_change_is(
+    make_db_url: Callable[[str], Awaitable[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The step and the change share one transaction: if writing the step fails after the
+    order was written, the order's change is undone too; a rolled-back unit of work leaves
+    neither."""
+    from orderflow.orders.service import OrdersService
+
+    database = await open_database(await make_db_url("orders"), 2, "orders", migrate=True)
+    try:
+        uow = functools.partial(SqlOrdersUnitOfWork, database)
+        service = OrdersService(uow)
+        order, _ = await service.create_order("c-1", [("a", 1)], 0, "", "fp", OWNER, 30)
+        totals = domain.Totals((domain.OrderLine("a", 1, 100),), "USD", 100, 0, 0, 100, 1)
+
+        # A rolled-back unit of work: the order's change and its step both vanish.
+        async with uow() as work:
+            read = await work.orders.get(order.id, lock=True)
+            assert read is not None
+            await work.orders.save(domain.confirm(read, OWNER, totals, read.updated_us), read)
+            step = domain.own_step(read, "confirm", domain.Driver.REQUEST, 1, 2, None)
+            await work.steps.add(order.id, [step])
+        # The step is written, then the transaction fails: nothing is kept.
+        real_add = storage.SqlStepRepository.add
+
+        async def add_then_fail(self: storage.SqlStepRepository, *args: Any) -> None:
+            await real_add(self, *args)
+            raise RuntimeError("the database went away")
+
+        monkeypatch.setattr(storage.SqlStepRepository, "add", add_then_fail)
+        with pytest.raises(RuntimeError):
+            await service.confirm_order(order.id, OWNER, totals)
+        monkeypatch.undo()
+
+        stored, steps, _ = await service.order_history(order.id)
+        assert stored.status == domain.OrderStatus.PENDING and stored.version == 1
+        assert [s.name for s in steps] == ["create"]
+        await service.confirm_order(order.id, OWNER, totals)
+        _, steps, _ = await service.order_history(order.id)
+        assert [s.name for s in steps] == ["create", "confirm"]
+    finally:
+        await database.dispose()

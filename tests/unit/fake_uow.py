@@ -28,7 +28,7 @@ from orderflow.inventory.domain import (
 )
 from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
 from orderflow.orders import domain as orders_domain
-from orderflow.orders.domain import Order
+from orderflow.orders.domain import Order, Step
 from orderflow.platform.idempotency import KeyRecord
 
 
@@ -442,13 +442,34 @@ class FakeOrderRepository(FakeRepository):
         return sorted(found, key=lambda o: o.updated_us)[:limit]
 
 
+class FakeStepRepository(FakeRepository):
+    """The step log: (order id, step) in recording order; a known (order id, step id) is
+    skipped, as the SQL unique key makes the insert do nothing."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, Step]] = []
+
+    async def add(self, order_id: str, steps: Sequence[Step]) -> None:
+        known = {(o, s.step_id) for o, s in self.rows}
+        for step in steps:
+            if (order_id, step.step_id) not in known:
+                known.add((order_id, step.step_id))
+                self.rows.append((order_id, step))
+
+    async def of(self, order_id: str, limit: int) -> tuple[list[Step], bool]:
+        mine = [(s.started_us, seq, s) for seq, (o, s) in enumerate(self.rows) if o == order_id]
+        ordered = [s for _, _, s in sorted(mine, key=lambda x: (x[0], x[1]))]
+        return ordered[-limit:], len(ordered) > limit
+
+
 class FakeOrdersStore(FakeStore):
     def __init__(self) -> None:
         super().__init__()
         self.orders = FakeOrderRepository()
+        self.steps = FakeStepRepository()
 
     def repositories(self) -> Sequence[FakeRepository]:
-        return (self.orders,)
+        return (self.orders, self.steps)
 
     def __call__(self, *, readonly: bool = False) -> FakeOrdersUnitOfWork:
         return FakeOrdersUnitOfWork(self, readonly=readonly)
@@ -460,3 +481,7 @@ class FakeOrdersUnitOfWork(FakeUnitOfWork):
     @property
     def orders(self) -> FakeOrderRepository:
         return self.store.orders
+
+    @property
+    def steps(self) -> FakeStepRepository:
+        return self.store.steps

@@ -8,7 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+from orderflow.inventory.migrations import HEAD as INVENTORY_HEAD
+from orderflow.loyalty.migrations import HEAD as LOYALTY_HEAD
+from orderflow.orders.migrations import HEAD as ORDERS_HEAD
 from tests.system import free_port
+
+HEADS = {"orders": ORDERS_HEAD, "inventory": INVENTORY_HEAD, "loyalty": LOYALTY_HEAD}
 
 
 def migrate(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -40,8 +45,7 @@ def test_migrate_brings_each_database_to_its_head(tmp_path: Path) -> None:
     }
     done = migrate(**env)
     assert done.returncode == 0, done.stderr
-    heads = {"orders": "0002", "inventory": "0003", "loyalty": "0003"}
-    for name, head in heads.items():
+    for name, head in HEADS.items():
         assert f"{name}: at revision {head}" in done.stdout
     again = migrate("inventory", **env)  # idempotent
-    assert again.returncode == 0 and "inventory: at revision 0003" in again.stdout
+    assert again.returncode == 0 and f"inventory: at revision {INVENTORY_HEAD}" in again.stdout

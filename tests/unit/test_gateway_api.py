@@ -196,6 +196,36 @@ async def test_unknown_order_is_404(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/orders/does-not-exist")
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "NOT_FOUND"
+    history = await client.get("/api/v1/orders/does-not-exist/history")
+    assert history.status_code == 404
+    assert history.json()["error"]["code"] == "NOT_FOUND"
+
+
+async def test_order_history_lists_the_saga_steps_oldest_first(
+    client: httpx.AsyncClient, world: World
+) -> None:
+    world.inventory.items["MUG-1"]["available"] = 1
+    placed = await client.post("/api/v1/orders", json=ORDER)
+    assert placed.status_code == 409
+    order_id = placed.json()["order"]["id"]
+    response = await client.get(f"/api/v1/orders/{order_id}/history")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body) == {"order_id", "status", "settled", "steps", "truncated"}
+    assert (body["order_id"], body["status"], body["settled"]) == (order_id, "REJECTED", True)
+    steps = body["steps"]
+    assert [(s["step"], s["outcome"], s["driver"]) for s in steps] == [
+        ("create", "ok", "request"),
+        ("reserve", "failed", "request"),
+        ("reject", "ok", "request"),
+        ("settle", "ok", "request"),
+    ]
+    assert set(steps[1]) == {"step", "outcome", "started_at", "duration_ms", "driver", "error"}
+    assert steps[1]["error"]["code"] == "OUT_OF_STOCK"
+    assert steps[0]["error"] is None
+    assert all(s["duration_ms"] >= 0 for s in steps)
+    times = [s["started_at"] for s in steps]
+    assert times == sorted(times)
 
 
 async def test_health_ready_metrics_and_openapi(client: httpx.AsyncClient) -> None:

@@ -164,6 +164,13 @@ async def test_a_customer_sees_and_cancels_only_its_own_orders(
     assert (await api.get(f"/api/v1/orders/{mine['id']}", headers=alice)).status_code == 200
     peek = await api.get(f"/api/v1/orders/{theirs['id']}", headers=alice)
     assert peek.status_code == 404 and peek.json()["error"]["code"] == "NOT_FOUND"
+    # The same for an order's history: someone else's order does not exist for alice.
+    own = await api.get(f"/api/v1/orders/{mine['id']}/history", headers=alice)
+    assert own.status_code == 200 and own.json()["order_id"] == mine["id"]
+    peek = await api.get(f"/api/v1/orders/{theirs['id']}/history", headers=alice)
+    assert peek.status_code == 404 and peek.json()["error"]["code"] == "NOT_FOUND"
+    assert peek.json() == (await api.get("/api/v1/orders/nope/history", headers=alice)).json()
+    assert (await api.get(f"/api/v1/orders/{mine['id']}/history")).status_code == 401
     cancel = await api.post(f"/api/v1/orders/{theirs['id']}/cancel", headers=alice)
     assert cancel.status_code == 404
     assert world.orders.orders[theirs["id"]].status == "CONFIRMED"  # untouched

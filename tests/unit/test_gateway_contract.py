@@ -100,6 +100,10 @@ async def test_links_lead_from_created_things_to_what_uses_them(openapi: dict[st
         "operationId": ids[("/api/v1/orders/{order_id}", "get")],
         "parameters": {"order_id": "$response.body#/id"},
     }
+    history = ids[("/api/v1/orders/{order_id}/history", "get")]
+    assert placed["GetOrderHistory"]["operationId"] == history
+    cancelled = openapi["paths"]["/api/v1/orders/{order_id}/cancel"]["post"]["responses"]
+    assert cancelled["200"]["links"]["GetOrderHistory"]["operationId"] == history
     created = openapi["paths"]["/api/v1/items"]["post"]["responses"]["201"]["links"]
     assert created["PlaceOrder"]["operationId"] == ids[("/api/v1/orders", "post")]
     assert {"GetItem", "UpdateItem"} <= set(created)
@@ -142,3 +146,19 @@ async def test_mutating_routes_document_the_idempotency_key_and_its_conflicts(
     assert not key.get("required", False)
     # another body with the key: 422; a repeat while the first runs: 409
     assert {"409", "422"} <= set(operation["responses"])
+
+
+async def test_the_order_history_is_documented(openapi: dict[str, Any]) -> None:
+    operation = openapi["paths"]["/api/v1/orders/{order_id}/history"]["get"]
+    assert {"200", "401", "404"} <= set(operation["responses"])
+    ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/OrderHistoryOut"}
+    schemas = openapi["components"]["schemas"]
+    history = schemas["OrderHistoryOut"]
+    assert set(history["required"]) == {"order_id", "status", "settled", "steps", "truncated"}
+    step = schemas["StepOut"]
+    assert set(step["required"]) == {
+        "step", "outcome", "started_at", "duration_ms", "driver", "error",
+    }  # fmt: skip
+    assert step["properties"]["outcome"]["enum"] == ["ok", "failed", "unknown"]
+    assert step["properties"]["driver"]["enum"] == ["request", "recovery", "event"]

@@ -21,9 +21,13 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from orderflow.gateway.ports import (
+    DRIVERS,
+    OUTCOMES,
+    REQUEST,
     Account,
     Discount,
     Failure,
+    History,
     Idempotency,
     Item,
     Line,
@@ -31,6 +35,7 @@ from orderflow.gateway.ports import (
     Order,
     Page,
     Reservation,
+    SagaStep,
 )
 from orderflow.gateway.rpc import Caller
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -73,6 +78,45 @@ def order_from_pb(msg: orders_pb2.Order) -> Order:
     )
 
 
+_DRIVER_PREFIX = "STEP_DRIVER_"
+_OUTCOME_PREFIX = "STEP_OUTCOME_"
+# Built once: a step is mapped on the order path (ConfirmOrder carries two).
+_DRIVER_PB = {d: orders_pb2.StepDriver.Value(_DRIVER_PREFIX + d.upper()) for d in DRIVERS}
+_OUTCOME_PB = {o: orders_pb2.StepOutcome.Value(_OUTCOME_PREFIX + o.upper()) for o in OUTCOMES}
+
+
+def driver_to_pb(driver: str) -> orders_pb2.StepDriver:
+    return _DRIVER_PB[driver]  # type: ignore[return-value]
+
+
+def step_to_pb(step: SagaStep) -> orders_pb2.SagaStep:
+    msg = orders_pb2.SagaStep(
+        step_id=step.step_id,
+        name=step.name,
+        outcome=_OUTCOME_PB[step.outcome],  # type: ignore[arg-type]
+        driver=driver_to_pb(step.driver),
+    )
+    msg.started_at.FromDatetime(step.started_at)
+    msg.duration.FromMicroseconds(step.duration_us)
+    if step.error is not None:
+        msg.error.CopyFrom(
+            orders_pb2.Failure(code=step.error.code, message=step.error.message[:500])
+        )
+    return msg
+
+
+def step_from_pb(msg: orders_pb2.SagaStep) -> SagaStep:
+    return SagaStep(
+        step_id=msg.step_id,
+        name=msg.name,
+        outcome=orders_pb2.StepOutcome.Name(msg.outcome).removeprefix(_OUTCOME_PREFIX).lower(),
+        driver=orders_pb2.StepDriver.Name(msg.driver).removeprefix(_DRIVER_PREFIX).lower(),
+        started_at=msg.started_at.ToDatetime(tzinfo=UTC),
+        duration_us=msg.duration.ToMicroseconds(),
+        error=Failure(msg.error.code, msg.error.message) if msg.HasField("error") else None,
+    )
+
+
 def status_to_pb(status: str) -> orders_pb2.OrderStatus:
     if not status:
         return orders_pb2.ORDER_STATUS_UNSPECIFIED
@@ -93,6 +137,7 @@ class GrpcOrders:
             request_fingerprint=new.fingerprint,
             lease_owner=new.lease_owner,
             lease_seconds=new.lease_seconds,
+            driver=driver_to_pb(REQUEST),
         )
         response = await self.call(self.stub.CreateOrder, request, safe=True)
         return order_from_pb(response.order), response.created
@@ -113,7 +158,15 @@ class GrpcOrders:
         return Page([order_from_pb(o) for o in response.orders], response.next_cursor or None)
 
     async def confirm_order(
-        self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
+        self,
+        order_id: str,
+        owner: str,
+        reservation: Reservation,
+        subtotal: int,
+        discount: Discount,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
     ) -> Order:
         request = orders_pb2.ConfirmOrderRequest(
             order_id=order_id,
@@ -128,41 +181,86 @@ class GrpcOrders:
             points_redeemed=discount.points_redeemed,
             total=discount.total,
             points_earned=discount.points_earned,
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
         )
         return order_from_pb(
             (await self.call(self.stub.ConfirmOrder, request, order_id, safe=True)).order
         )
 
-    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order:
+    async def reject_order(
+        self,
+        order_id: str,
+        owner: str,
+        failure: Failure,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order:
         request = orders_pb2.RejectOrderRequest(
             order_id=order_id,
             lease_owner=owner,
             failure=orders_pb2.Failure(code=failure.code, message=failure.message[:500]),
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
         )
         return order_from_pb(
             (await self.call(self.stub.RejectOrder, request, order_id, safe=True)).order
         )
 
-    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order:
+    async def request_cancel(
+        self,
+        order_id: str,
+        owner: str,
+        seconds: float,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order:
         request = orders_pb2.RequestOrderCancelRequest(
-            order_id=order_id, lease_owner=owner, lease_seconds=seconds
+            order_id=order_id,
+            lease_owner=owner,
+            lease_seconds=seconds,
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
         )
         response = await self.call(self.stub.RequestOrderCancel, request, order_id, safe=True)
         return order_from_pb(response.order)
 
-    async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
-        request = orders_pb2.WithdrawOrderCancelRequest(order_id=order_id, lease_owner=owner)
+    async def withdraw_cancel(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
+        request = orders_pb2.WithdrawOrderCancelRequest(
+            order_id=order_id,
+            lease_owner=owner,
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
+        )
         response = await self.call(self.stub.WithdrawOrderCancel, request, order_id, safe=True)
         return order_from_pb(response.order)
 
-    async def cancel_order(self, order_id: str, owner: str) -> Order:
-        request = orders_pb2.CancelOrderRequest(order_id=order_id, lease_owner=owner)
+    async def cancel_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
+        request = orders_pb2.CancelOrderRequest(
+            order_id=order_id,
+            lease_owner=owner,
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
+        )
         return order_from_pb(
             (await self.call(self.stub.CancelOrder, request, order_id, safe=True)).order
         )
 
-    async def settle_order(self, order_id: str, owner: str) -> Order:
-        request = orders_pb2.SettleOrderRequest(order_id=order_id, lease_owner=owner)
+    async def settle_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order:
+        request = orders_pb2.SettleOrderRequest(
+            order_id=order_id,
+            lease_owner=owner,
+            driver=driver_to_pb(driver),
+            steps=[step_to_pb(x) for x in steps],
+        )
         return order_from_pb(
             (await self.call(self.stub.SettleOrder, request, order_id, safe=True)).order
         )
@@ -173,6 +271,22 @@ class GrpcOrders:
         )
         response = await self.call(self.stub.ClaimStaleOrders, request, safe=True)
         return [order_from_pb(o) for o in response.orders]
+
+    async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None:
+        request = orders_pb2.RecordOrderStepsRequest(
+            order_id=order_id, steps=[step_to_pb(x) for x in steps]
+        )
+        # Safe to repeat: orders records a step once per (order id, step id).
+        await self.call(self.stub.RecordOrderSteps, request, order_id, safe=True)
+
+    async def order_history(self, order_id: str) -> History:
+        request = orders_pb2.GetOrderHistoryRequest(order_id=order_id)
+        response = await self.call(self.stub.GetOrderHistory, request, order_id, safe=True)
+        return History(
+            order=order_from_pb(response.order),
+            steps=tuple(step_from_pb(x) for x in response.steps),
+            truncated=response.truncated,
+        )
 
 
 def item_from_pb(msg: inventory_pb2.Item) -> Item:

@@ -30,6 +30,11 @@ ACCOUNT = "/api/v1/customers/{customer_id}/loyalty"
 LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, Any]]]] = {
     ("/api/v1/orders", "post", "201"): {
         "GetOrder": (ORDER, "get", {"parameters": {"order_id": "$response.body#/id"}}),
+        "GetOrderHistory": (
+            f"{ORDER}/history",
+            "get",
+            {"parameters": {"order_id": "$response.body#/id"}},
+        ),
         "CancelOrder": (
             f"{ORDER}/cancel",
             "post",
@@ -38,6 +43,11 @@ LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, dict[str, Any]]]] = 
     },
     ("/api/v1/orders/{order_id}/cancel", "post", "200"): {
         "GetOrder": (ORDER, "get", {"parameters": {"order_id": "$response.body#/id"}}),
+        "GetOrderHistory": (
+            f"{ORDER}/history",
+            "get",
+            {"parameters": {"order_id": "$response.body#/id"}},
+        ),
     },
     ("/api/v1/items", "post", "201"): {
         "GetItem": (ITEM, "get", {"parameters": {"sku": "$response.body#/sku"}}),

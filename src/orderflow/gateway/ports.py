@@ -32,6 +32,17 @@ REJECTED = "REJECTED"
 CANCELLED = "CANCELLED"
 STATUSES = (PENDING, CONFIRMED, REJECTED, CANCELLED)
 
+# Who ran a step of an order's saga (the step log, ADR 26).
+REQUEST = "request"  # a gateway answering the client
+RECOVERY = "recovery"  # a gateway's recovery worker
+EVENT = "event"  # the orders service, consuming a follow-up's event
+DRIVERS = (REQUEST, RECOVERY, EVENT)
+# How it went: ok; failed (refused, did nothing); unknown (no answer: it may have acted).
+OK = "ok"
+FAILED = "failed"
+UNKNOWN = "unknown"
+OUTCOMES = (OK, FAILED, UNKNOWN)
+
 
 @dataclass(frozen=True)
 class Line:
@@ -66,6 +77,28 @@ class Order:
     settled: bool = False
     cancel_requested: bool = False
     lease_owner: str = ""
+
+
+@dataclass(frozen=True)
+class SagaStep:
+    """One step of an order's saga as it ran (an entry of its history)."""
+
+    step_id: str
+    name: str
+    outcome: str
+    driver: str
+    started_at: datetime
+    duration_us: int
+    error: Failure | None = None
+
+
+@dataclass(frozen=True)
+class History:
+    """An order with its saga's steps, oldest first (the newest 500 if truncated)."""
+
+    order: Order
+    steps: tuple[SagaStep, ...]
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,20 +171,55 @@ class NewOrder:
 
 
 class OrdersPort(Protocol):
+    """The changes take the driver making them and the steps it ran since its last call to
+    orders (`steps`), which orders records with the change (ADR 26)."""
+
     async def create_order(self, new: NewOrder) -> tuple[Order, bool]: ...
     async def get_order(self, order_id: str) -> Order: ...
     async def list_orders(
         self, customer_id: str, status: str, limit: int, cursor: str
     ) -> Page[Order]: ...
     async def confirm_order(
-        self, order_id: str, owner: str, reservation: Reservation, subtotal: int, discount: Discount
+        self,
+        order_id: str,
+        owner: str,
+        reservation: Reservation,
+        subtotal: int,
+        discount: Discount,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
     ) -> Order: ...
-    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order: ...
-    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order: ...
-    async def withdraw_cancel(self, order_id: str, owner: str) -> Order: ...
-    async def cancel_order(self, order_id: str, owner: str) -> Order: ...
-    async def settle_order(self, order_id: str, owner: str) -> Order: ...
+    async def reject_order(
+        self,
+        order_id: str,
+        owner: str,
+        failure: Failure,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order: ...
+    async def request_cancel(
+        self,
+        order_id: str,
+        owner: str,
+        seconds: float,
+        *,
+        driver: str = REQUEST,
+        steps: Sequence[SagaStep] = (),
+    ) -> Order: ...
+    async def withdraw_cancel(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order: ...
+    async def cancel_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order: ...
+    async def settle_order(
+        self, order_id: str, owner: str, *, driver: str = REQUEST, steps: Sequence[SagaStep] = ()
+    ) -> Order: ...
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]: ...
+    async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None: ...
+    async def order_history(self, order_id: str) -> History: ...
 
 
 class InventoryPort(Protocol):

@@ -130,6 +130,69 @@ class OrderListOut(BaseModel):
     next_cursor: str | None
 
 
+class StepOut(BaseModel):
+    """One step of an order's saga, as it ran."""
+
+    step: Annotated[
+        str,
+        Field(
+            description="create, reserve, apply_discount, confirm, reject, release, "
+            "void_discount, commit_stock, commit_discount, settle, claim, request_cancel, "
+            "refund_discount, return_stock, cancel, withdraw_cancel",
+            examples=["reserve"],
+        ),
+    ]
+    outcome: Annotated[
+        Literal["ok", "failed", "unknown"],
+        Field(description="failed: refused, it did nothing; unknown: no answer, it may have acted"),
+    ]
+    started_at: datetime
+    duration_ms: Annotated[int, Field(ge=0)]
+    driver: Annotated[
+        Literal["request", "recovery", "event"],
+        Field(
+            description="request: a gateway answering the client; recovery: a gateway's "
+            "recovery worker; event: the orders service consuming a follow-up's event"
+        ),
+    ]
+    error: Annotated[
+        FailureOut | None, Field(description="why it failed; for reject, the order's reason")
+    ]
+
+    @classmethod
+    def of(cls, step: ports.SagaStep) -> StepOut:
+        return cls(
+            step=step.name,
+            outcome=step.outcome,
+            started_at=step.started_at,
+            duration_ms=step.duration_us // 1000,
+            driver=step.driver,
+            error=FailureOut(code=step.error.code, message=step.error.message)
+            if step.error
+            else None,
+        )
+
+
+class OrderHistoryOut(BaseModel):
+    """An order's saga step by step, oldest first."""
+
+    order_id: str
+    status: Status
+    settled: Annotated[bool, Field(description="false while the saga still has steps to run")]
+    steps: list[StepOut]
+    truncated: Annotated[bool, Field(description="true when only the newest 500 steps are listed")]
+
+    @classmethod
+    def of(cls, history: ports.History) -> OrderHistoryOut:
+        return cls(
+            order_id=history.order.id,
+            status=history.order.status,
+            settled=history.order.settled,
+            steps=[StepOut.of(x) for x in history.steps],
+            truncated=history.truncated,
+        )
+
+
 class ItemOut(BaseModel):
     sku: str
     name: str

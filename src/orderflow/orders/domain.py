@@ -371,3 +371,88 @@ def _require(order: Order, status: OrderStatus, becoming: str) -> None:
             order_id=order.id,
             status=order.status.value,
         )
+
+
+# -- the saga's step log (its history, ADR 26) ----------------------------------------------
+
+MAX_STEP_ID = 64
+MAX_STEP_NAME = 32
+MAX_STEPS_PER_REPORT = 64
+MAX_STEP_US = 24 * 3600 * 1_000_000
+
+
+class StepOutcome(StrEnum):
+    OK = "ok"
+    FAILED = "failed"  # a clear refusal: the step did nothing
+    UNKNOWN = "unknown"  # no answer (unreachable, out of time): the step may have acted
+
+
+class Driver(StrEnum):
+    """Who ran a step: a gateway answering the client, a gateway's recovery worker, or the
+    orders service consuming an event (the follow-ups of a confirmed order)."""
+
+    REQUEST = "request"
+    RECOVERY = "recovery"
+    EVENT = "event"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of an order's saga as it ran: what, when, how long, by whom, and how it went.
+
+    step_id is unique within the order: a driver that reports the same step twice (a retried
+    call) has it recorded once.
+    """
+
+    step_id: str
+    name: str
+    outcome: StepOutcome
+    driver: Driver
+    started_us: int
+    duration_us: int = 0
+    error: Failure | None = None
+
+
+def own_step(
+    changed: Order, name: str, driver: Driver, started_us: int, now: int, error: Failure | None
+) -> Step:
+    """The step the orders service itself made by writing `changed` (create, confirm, ...):
+    its id is the version it wrote, so it is unique within the order and never recorded
+    twice (a repeat that changes nothing writes no version and no step)."""
+    return Step(
+        step_id=f"{name}@{changed.version}",
+        name=name,
+        outcome=StepOutcome.OK,
+        driver=driver,
+        started_us=started_us,
+        duration_us=max(0, now - started_us),
+        error=error,
+    )
+
+
+def check_step(step: Step) -> Step:
+    """A step reported by a driver, checked; InvalidArgumentError if it cannot be one."""
+    check_id("step.step_id", step.step_id, max_len=MAX_STEP_ID)
+    check_id("step.name", step.name, max_len=MAX_STEP_NAME)
+    check_range("step.started_at", step.started_us, 1, 2**62)
+    check_range("step.duration", step.duration_us, 0, MAX_STEP_US)
+    error = step.error
+    if error is None:
+        if step.outcome != StepOutcome.OK:
+            raise InvalidArgumentError(
+                f"step {step.name} {step.outcome.value} needs its error", field="step.error"
+            )
+        return step
+    code = check_id("step.error.code", error.code)
+    message = error.message.strip()[:MAX_FAILURE_MESSAGE] or code
+    return step if message == error.message else replace(step, error=Failure(code, message))
+
+
+def check_steps(steps: list[Step] | tuple[Step, ...]) -> tuple[Step, ...]:
+    if len(steps) > MAX_STEPS_PER_REPORT:
+        raise InvalidArgumentError(
+            f"at most {MAX_STEPS_PER_REPORT} steps in one report",
+            field="steps",
+            maximum=MAX_STEPS_PER_REPORT,
+        )
+    return tuple(check_step(step) for step in steps)

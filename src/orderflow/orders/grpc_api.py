@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus, Totals
+from orderflow.orders.domain import (
+    Driver,
+    Failure,
+    Order,
+    OrderLine,
+    OrderStatus,
+    Step,
+    StepOutcome,
+    Totals,
+)
 from orderflow.orders.migrations import HEAD
 from orderflow.orders.service import OrdersService
 from orderflow.orders.v1 import orders_pb2 as pb
@@ -23,6 +34,29 @@ _STATUS = {
     OrderStatus.CONFIRMED: pb.ORDER_STATUS_CONFIRMED,
     OrderStatus.REJECTED: pb.ORDER_STATUS_REJECTED,
     OrderStatus.CANCELLED: pb.ORDER_STATUS_CANCELLED,
+}
+
+# UNSPECIFIED is read as REQUEST: a caller that says nothing is answering a request.
+_DRIVER: dict[int, Driver] = {
+    pb.STEP_DRIVER_UNSPECIFIED: Driver.REQUEST,
+    pb.STEP_DRIVER_REQUEST: Driver.REQUEST,
+    pb.STEP_DRIVER_RECOVERY: Driver.RECOVERY,
+    pb.STEP_DRIVER_EVENT: Driver.EVENT,
+}
+_DRIVER_PB = {
+    Driver.REQUEST: pb.STEP_DRIVER_REQUEST,
+    Driver.RECOVERY: pb.STEP_DRIVER_RECOVERY,
+    Driver.EVENT: pb.STEP_DRIVER_EVENT,
+}
+_OUTCOME: dict[int, StepOutcome] = {
+    pb.STEP_OUTCOME_OK: StepOutcome.OK,
+    pb.STEP_OUTCOME_FAILED: StepOutcome.FAILED,
+    pb.STEP_OUTCOME_UNKNOWN: StepOutcome.UNKNOWN,
+}
+_OUTCOME_PB = {
+    StepOutcome.OK: pb.STEP_OUTCOME_OK,
+    StepOutcome.FAILED: pb.STEP_OUTCOME_FAILED,
+    StepOutcome.UNKNOWN: pb.STEP_OUTCOME_UNKNOWN,
 }
 
 
@@ -62,6 +96,45 @@ def order_pb(order: Order) -> pb.Order:
     return msg
 
 
+def step_pb(step: Step) -> pb.SagaStep:
+    msg = pb.SagaStep(
+        step_id=step.step_id,
+        name=step.name,
+        outcome=_OUTCOME_PB[step.outcome],
+        driver=_DRIVER_PB[step.driver],
+        started_at=_ts(step.started_us),
+    )
+    msg.duration.FromMicroseconds(step.duration_us)
+    if step.error is not None:
+        msg.error.CopyFrom(pb.Failure(code=step.error.code, message=step.error.message))
+    return msg
+
+
+def driver_of(driver: int) -> Driver:
+    """The driver a request names (an unknown number is read as REQUEST)."""
+    return _DRIVER.get(driver, Driver.REQUEST)
+
+
+def steps_of(messages: Iterable[pb.SagaStep]) -> list[Step]:
+    """The reported steps; domain.check_steps refuses the bad ones with a clear message.
+    An unknown outcome is read as UNKNOWN (it went some way nobody here knows)."""
+    steps = []
+    for msg in messages:
+        error = Failure(msg.error.code, msg.error.message) if msg.HasField("error") else None
+        steps.append(
+            Step(
+                step_id=msg.step_id,
+                name=msg.name,
+                outcome=_OUTCOME.get(msg.outcome, StepOutcome.UNKNOWN),
+                driver=driver_of(msg.driver),
+                started_us=msg.started_at.ToMicroseconds(),
+                duration_us=Duration.ToMicroseconds(msg.duration),
+                error=error if error is not None and error.code else None,
+            )
+        )
+    return steps
+
+
 def _status_name(status: int) -> str:
     if status == pb.ORDER_STATUS_UNSPECIFIED:
         return ""
@@ -83,6 +156,7 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
             request.request_fingerprint,
             request.lease_owner,
             request.lease_seconds,
+            driver_of(request.driver),
         )
         return pb.CreateOrderResponse(order=order_pb(order), created=created)
 
@@ -107,7 +181,7 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
         self, request: pb.AcquireOrderLeaseRequest, context: grpc.aio.ServicerContext
     ) -> pb.AcquireOrderLeaseResponse:
         order = await self.service.acquire_lease(
-            request.order_id, request.lease_owner, request.lease_seconds
+            request.order_id, request.lease_owner, request.lease_seconds, driver_of(request.driver)
         )
         return pb.AcquireOrderLeaseResponse(order=order_pb(order))
 
@@ -123,40 +197,71 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
             total=request.total,
             points_earned=request.points_earned,
         )
-        order = await self.service.confirm_order(request.order_id, request.lease_owner, totals)
+        order = await self.service.confirm_order(
+            request.order_id,
+            request.lease_owner,
+            totals,
+            driver_of(request.driver),
+            steps_of(request.steps),
+        )
         return pb.ConfirmOrderResponse(order=order_pb(order))
 
     async def RejectOrder(
         self, request: pb.RejectOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.RejectOrderResponse:
         failure = Failure(request.failure.code, request.failure.message)
-        order = await self.service.reject_order(request.order_id, request.lease_owner, failure)
+        order = await self.service.reject_order(
+            request.order_id,
+            request.lease_owner,
+            failure,
+            driver_of(request.driver),
+            steps_of(request.steps),
+        )
         return pb.RejectOrderResponse(order=order_pb(order))
 
     async def RequestOrderCancel(
         self, request: pb.RequestOrderCancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.RequestOrderCancelResponse:
         order = await self.service.request_cancel(
-            request.order_id, request.lease_owner, request.lease_seconds
+            request.order_id,
+            request.lease_owner,
+            request.lease_seconds,
+            driver_of(request.driver),
+            steps_of(request.steps),
         )
         return pb.RequestOrderCancelResponse(order=order_pb(order))
 
     async def WithdrawOrderCancel(
         self, request: pb.WithdrawOrderCancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.WithdrawOrderCancelResponse:
-        order = await self.service.withdraw_cancel(request.order_id, request.lease_owner)
+        order = await self.service.withdraw_cancel(
+            request.order_id,
+            request.lease_owner,
+            driver_of(request.driver),
+            steps_of(request.steps),
+        )
         return pb.WithdrawOrderCancelResponse(order=order_pb(order))
 
     async def CancelOrder(
         self, request: pb.CancelOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelOrderResponse:
-        order = await self.service.cancel_order(request.order_id, request.lease_owner)
+        order = await self.service.cancel_order(
+            request.order_id,
+            request.lease_owner,
+            driver_of(request.driver),
+            steps_of(request.steps),
+        )
         return pb.CancelOrderResponse(order=order_pb(order))
 
     async def SettleOrder(
         self, request: pb.SettleOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.SettleOrderResponse:
-        order = await self.service.settle_order(request.order_id, request.lease_owner)
+        order = await self.service.settle_order(
+            request.order_id,
+            request.lease_owner,
+            driver_of(request.driver),
+            steps_of(request.steps),
+        )
         return pb.SettleOrderResponse(order=order_pb(order))
 
     async def ClaimStaleOrders(
@@ -166,6 +271,20 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
             request.lease_owner, request.lease_seconds, request.limit
         )
         return pb.ClaimStaleOrdersResponse(orders=[order_pb(o) for o in claimed])
+
+    async def RecordOrderSteps(
+        self, request: pb.RecordOrderStepsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordOrderStepsResponse:
+        await self.service.record_steps(request.order_id, steps_of(request.steps))
+        return pb.RecordOrderStepsResponse()
+
+    async def GetOrderHistory(
+        self, request: pb.GetOrderHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetOrderHistoryResponse:
+        order, steps, truncated = await self.service.order_history(request.order_id)
+        return pb.GetOrderHistoryResponse(
+            order=order_pb(order), steps=[step_pb(s) for s in steps], truncated=truncated
+        )
 
 
 def service_spec(service: OrdersService, database: Database) -> ServiceSpec:

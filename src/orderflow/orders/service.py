@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -13,7 +13,16 @@ import structlog
 from orderflow.errors import IdempotencyKeyReusedError, InvalidArgumentError, NotFoundError
 from orderflow.events.outbox import EventSink
 from orderflow.orders import domain
-from orderflow.orders.domain import Failure, FollowUp, Order, OrderStatus, Totals
+from orderflow.orders.domain import (
+    Driver,
+    Failure,
+    FollowUp,
+    Order,
+    OrderStatus,
+    Step,
+    Totals,
+    own_step,
+)
 from orderflow.orders.events import caused
 from orderflow.platform.db import Transactional, UnitOfWorkFactory, now_us, transact
 from orderflow.validation import check_id, check_limit, check_range, decode_cursor, encode_cursor
@@ -22,6 +31,11 @@ DEFAULT_PAGE = 20
 MAX_CLAIM = 100
 # How long a CONFIRMED order waits for its follow-ups' events before recovery finishes it.
 DEFAULT_EVENTS_GRACE_SECONDS = 60.0
+# The most steps one history answer carries (the newest); a stuck order claimed round after
+# round can log many more.
+MAX_HISTORY = 500
+# The step each follow-up's event stands for.
+FOLLOW_UP_STEP = {FollowUp.STOCK: "commit_stock", FollowUp.LOYALTY: "commit_discount"}
 
 log = structlog.get_logger("orderflow.orders")
 
@@ -57,9 +71,25 @@ class OrderRepository(Protocol):
         ...
 
 
+class StepRepository(Protocol):
+    """The saga's step log: rows written in the transaction of the change they record."""
+
+    async def add(self, order_id: str, steps: Sequence[Step]) -> None:
+        """Record steps in order; one whose (order id, step id) is recorded is skipped."""
+        ...
+
+    async def of(self, order_id: str, limit: int) -> tuple[list[Step], bool]:
+        """The newest limit steps of the order, in time order (then in the order they were
+        recorded), and whether older ones were left out."""
+        ...
+
+
 class OrdersUnitOfWork(Transactional, Protocol):
     @property
     def orders(self) -> OrderRepository: ...
+
+    @property
+    def steps(self) -> StepRepository: ...
 
     @property
     def events(self) -> EventSink: ...
@@ -89,6 +119,7 @@ class OrdersService:
         request_fingerprint: str,
         lease_owner: str,
         lease_seconds: float,
+        driver: Driver = Driver.REQUEST,
     ) -> tuple[Order, bool]:
         """A new PENDING order leased to lease_owner, or the order made earlier with the key;
         True when it is lease_owner's to drive (new, or made by the same owner's earlier
@@ -129,6 +160,9 @@ class OrdersService:
                 version=1,
             )
             if await uow.orders.add(order):
+                await uow.steps.add(
+                    order.id, [own_step(order, "create", driver, now, self.now(), None)]
+                )
                 return order, True
             earlier = await uow.orders.find_by_key(new.customer_id, new.idempotency_key)
             if earlier is None:  # pragma: no cover - the key's row cannot vanish
@@ -177,68 +211,185 @@ class OrdersService:
 
         return await transact(self._reader, work)
 
-    async def _change(self, order_id: str, change: Change) -> Order:
+    async def _change(
+        self,
+        order_id: str,
+        change: Change,
+        step: str,
+        driver: Driver,
+        steps: Sequence[Step] = (),
+    ) -> Order:
+        """Apply change to the order and log it as step (with the steps the driver reports,
+        recorded before it), all in one transaction: a change that rolls back logs nothing."""
         order_id = check_id("order_id", order_id)
+        reported = domain.check_steps(tuple(steps))
 
         async def work(uow: OrdersUnitOfWork) -> Order:
+            started = self.now()
             read = await self._get(uow, order_id, lock=True)
-            changed = change(read, self.now())
+            changed = change(read, started)
+            logged = list(reported)
             if changed is not read:
                 await uow.orders.save(changed, read)
                 await uow.events.add(*caused(read, changed))
+                reason = changed.failure if step == "reject" else None
+                logged.append(own_step(changed, step, driver, started, self.now(), reason))
+            if logged:
+                await uow.steps.add(order_id, logged)
             return changed
 
         return await transact(self.uow, work)
 
-    async def acquire_lease(self, order_id: str, owner: str, seconds: float) -> Order:
+    # Each change below takes `steps`: what its driver did since its last call to orders
+    # (reserve, apply_discount, the undo steps, ...), recorded with the change (ADR 26).
+
+    async def acquire_lease(
+        self, order_id: str, owner: str, seconds: float, driver: Driver = Driver.REQUEST
+    ) -> Order:
         owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
         return await self._change(
-            order_id, lambda order, now: domain.acquire_lease(order, owner, lease, now)
+            order_id,
+            lambda order, now: domain.acquire_lease(order, owner, lease, now),
+            "lease",
+            driver,
         )
 
-    async def confirm_order(self, order_id: str, owner: str, totals: Totals) -> Order:
+    async def confirm_order(
+        self,
+        order_id: str,
+        owner: str,
+        totals: Totals,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(
-            order_id, lambda order, now: domain.confirm(order, owner, totals, now)
+            order_id,
+            lambda order, now: domain.confirm(order, owner, totals, now),
+            "confirm",
+            driver,
+            steps,
         )
 
-    async def reject_order(self, order_id: str, owner: str, failure: Failure) -> Order:
+    async def reject_order(
+        self,
+        order_id: str,
+        owner: str,
+        failure: Failure,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(
-            order_id, lambda order, now: domain.reject(order, owner, failure, now)
+            order_id,
+            lambda order, now: domain.reject(order, owner, failure, now),
+            "reject",
+            driver,
+            steps,
         )
 
-    async def request_cancel(self, order_id: str, owner: str, seconds: float) -> Order:
+    async def request_cancel(
+        self,
+        order_id: str,
+        owner: str,
+        seconds: float,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         owner, lease = domain.check_owner(owner), domain.lease_us(seconds)
         return await self._change(
-            order_id, lambda order, now: domain.request_cancel(order, owner, lease, now)
+            order_id,
+            lambda order, now: domain.request_cancel(order, owner, lease, now),
+            "request_cancel",
+            driver,
+            steps,
         )
 
-    async def withdraw_cancel(self, order_id: str, owner: str) -> Order:
+    async def withdraw_cancel(
+        self,
+        order_id: str,
+        owner: str,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         owner = domain.check_owner(owner)
         return await self._change(
-            order_id, lambda order, now: domain.withdraw_cancel(order, owner, now)
+            order_id,
+            lambda order, now: domain.withdraw_cancel(order, owner, now),
+            "withdraw_cancel",
+            driver,
+            steps,
         )
 
-    async def cancel_order(self, order_id: str, owner: str) -> Order:
+    async def cancel_order(
+        self,
+        order_id: str,
+        owner: str,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         owner = domain.check_owner(owner)
-        return await self._change(order_id, lambda order, now: domain.cancel(order, owner, now))
+        return await self._change(
+            order_id, lambda order, now: domain.cancel(order, owner, now), "cancel", driver, steps
+        )
 
-    async def settle_order(self, order_id: str, owner: str) -> Order:
+    async def settle_order(
+        self,
+        order_id: str,
+        owner: str,
+        driver: Driver = Driver.REQUEST,
+        steps: Sequence[Step] = (),
+    ) -> Order:
         """domain.settle, tried first as one statement (the usual case), then by the rules."""
         owner = domain.check_owner(owner)
         order_id = check_id("order_id", order_id)
+        reported = domain.check_steps(tuple(steps))
 
         async def fast(uow: OrdersUnitOfWork) -> Order | None:
-            settled = await uow.orders.settle(order_id, owner, self.now())
+            started = self.now()
+            settled = await uow.orders.settle(order_id, owner, started)
             if settled is not None:
                 await uow.events.add(*caused(dataclasses.replace(settled, settled=False), settled))
+                step = own_step(settled, "settle", driver, started, self.now(), None)
+                await uow.steps.add(order_id, [*reported, step])
             return settled
 
         settled = await transact(self.uow, fast)
         if settled is not None:
             return settled
-        return await self._change(order_id, lambda order, now: domain.settle(order, owner, now))
+        return await self._change(
+            order_id,
+            lambda order, now: domain.settle(order, owner, now),
+            "settle",
+            driver,
+            reported,
+        )
+
+    async def record_steps(self, order_id: str, steps: Sequence[Step]) -> Order:
+        """Record steps a driver ran that no change of the order carried (an undo that could
+        not run, a cancel that failed half-way); idempotent on (order id, step id)."""
+        order_id = check_id("order_id", order_id)
+        reported = domain.check_steps(tuple(steps))
+
+        async def work(uow: OrdersUnitOfWork) -> Order:
+            order = await self._get(uow, order_id)
+            if reported:
+                await uow.steps.add(order_id, reported)
+            return order
+
+        return await transact(self.uow, work)
+
+    async def order_history(self, order_id: str) -> tuple[Order, list[Step], bool]:
+        """The order, its newest MAX_HISTORY steps in time order, and whether older ones were
+        left out."""
+        order_id = check_id("order_id", order_id)
+
+        async def work(uow: OrdersUnitOfWork) -> tuple[Order, list[Step], bool]:
+            order = await self._get(uow, order_id)
+            steps, truncated = await uow.steps.of(order_id, MAX_HISTORY)
+            return order, steps, truncated
+
+        return await transact(self._reader, work)
 
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]:
         """Lease up to limit unsettled orders whose lease ran out to owner, oldest first."""
@@ -251,6 +402,8 @@ class OrdersService:
             for read in await uow.orders.stale(now, limit, self.events_grace_us):
                 order = domain.claim(read, owner, lease, now, self.events_grace_us)
                 await uow.orders.save(order, read)
+                step = own_step(order, "claim", Driver.RECOVERY, now, self.now(), None)
+                await uow.steps.add(order.id, [step])
                 claimed.append(order)
             return claimed
 
@@ -261,13 +414,18 @@ class OrdersService:
     ) -> Order:
         """In the unit of work of the consumer of a follow-up's event: record that it is
         done, and settle the order once both are (domain.follow_up_done)."""
+        started = self.now()
         read = await self._get(uow, order_id, lock=True)
-        changed = domain.follow_up_done(read, follow_up, self.now())
+        changed = domain.follow_up_done(read, follow_up, started)
         if changed is not read:
             await uow.orders.save(changed, read)
             await uow.events.add(*caused(read, changed))
+            now = self.now()
+            steps = [own_step(changed, FOLLOW_UP_STEP[follow_up], Driver.EVENT, started, now, None)]
             if changed.settled and not read.settled:
+                steps.append(own_step(changed, "settle", Driver.EVENT, now, now, None))
                 log.debug("order_settled_by_events", order_id=order_id)
+            await uow.steps.add(order_id, steps)
         return changed
 
 

@@ -4,10 +4,13 @@ An order is written back as a compare-and-set on the version it was read at, aft
 SELECT ... FOR UPDATE on PostgreSQL (the write lock serialises writers on SQLite), so a
 status never moves from a state its writer did not see. Claiming stale orders uses
 FOR UPDATE SKIP LOCKED, so several gateways' recovery workers never claim the same one.
+The saga's step log (order_steps) is written on the same connection, so a step is kept
+exactly when the change it records is (ADR 26).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -24,6 +27,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     bindparam,
+    desc,
     false,
     not_,
     or_,
@@ -35,7 +39,15 @@ from sqlalchemy.engine import Row
 from orderflow.errors import ConcurrentChangeError
 from orderflow.events.outbox import OutboxUnitOfWork
 from orderflow.events.tables import event_tables
-from orderflow.orders.domain import Failure, Order, OrderLine, OrderStatus
+from orderflow.orders.domain import (
+    Driver,
+    Failure,
+    Order,
+    OrderLine,
+    OrderStatus,
+    Step,
+    StepOutcome,
+)
 from orderflow.platform.db import SqlRepository
 
 metadata = MetaData()
@@ -74,6 +86,26 @@ orders = Table(
     Index("ix_orders_created", "created_us", "id"),
     Index("ix_orders_customer_created", "customer_id", "created_us", "id"),
     Index("ix_orders_unsettled", "settled", "lease_expires_us"),
+)
+
+# The saga's step log: one row per step of an order's saga, written in the transaction of
+# the change it records (or, for a step a driver reports, of the change it came with).
+order_steps = Table(
+    "order_steps",
+    metadata,
+    # Recording order: breaks ties between steps that started in the same microsecond.
+    Column("seq", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True),
+    Column("order_id", String(64), nullable=False),
+    Column("step_id", String(64), nullable=False),
+    Column("name", String(32), nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("driver", String(16), nullable=False),
+    Column("started_us", BigInteger, nullable=False),
+    Column("duration_us", BigInteger, nullable=False),
+    Column("error_code", String(64), nullable=True),
+    Column("error_message", String(500), nullable=True),
+    # A step reported twice (a retried call) is recorded once.
+    UniqueConstraint("order_id", "step_id", name="uq_order_steps_step"),
 )
 
 # outbox, relay lease, inbox and parked events (orderflow.events), in the same database.
@@ -229,12 +261,64 @@ class SqlOrderRepository(SqlRepository):
         return [_order(row) for row in await self.connection.execute(query)]
 
 
+def _step_row(order_id: str, step: Step) -> dict[str, Any]:
+    return {
+        "order_id": order_id,
+        "step_id": step.step_id,
+        "name": step.name,
+        "outcome": step.outcome.value,
+        "driver": step.driver.value,
+        "started_us": step.started_us,
+        "duration_us": step.duration_us,
+        "error_code": step.error.code if step.error else None,
+        "error_message": step.error.message if step.error else None,
+    }
+
+
+def _step(row: Row[*tuple[Any, ...]]) -> Step:
+    return Step(
+        step_id=row.step_id,
+        name=row.name,
+        outcome=StepOutcome(row.outcome),
+        driver=Driver(row.driver),
+        started_us=row.started_us,
+        duration_us=row.duration_us,
+        error=Failure(row.error_code, row.error_message or "") if row.error_code else None,
+    )
+
+
+_STEPS = (
+    select(order_steps)
+    .where(order_steps.c.order_id == bindparam("_id"))
+    .order_by(desc(order_steps.c.started_us), desc(order_steps.c.seq))
+    .limit(bindparam("_limit"))
+)
+
+
+class SqlStepRepository(SqlRepository):
+    """The saga's step log, on the unit of work's connection (its transaction)."""
+
+    __slots__ = ()
+
+    async def add(self, order_id: str, steps: Sequence[Step]) -> None:
+        """Record steps in order; one whose (order id, step id) is recorded is skipped."""
+        statement = self.database.insert_ignore(order_steps, ["order_id", "step_id"])
+        await self.connection.execute(statement, [_step_row(order_id, s) for s in steps])
+
+    async def of(self, order_id: str, limit: int) -> tuple[list[Step], bool]:
+        """The newest limit steps, in time order, and whether older ones were left out."""
+        rows = (await self.connection.execute(_STEPS, {"_id": order_id, "_limit": limit + 1})).all()
+        return [_step(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+
 class SqlOrdersUnitOfWork(OutboxUnitOfWork):
-    """A transaction on the orders database with its repository and its outbox."""
+    """A transaction on the orders database with its repositories and its outbox."""
 
     event_tables = outbox_tables
     orders: SqlOrderRepository
+    steps: SqlStepRepository
 
     def _attach(self) -> None:
         super()._attach()
         self.orders = SqlOrderRepository(self.connection, self.database)
+        self.steps = SqlStepRepository(self.connection, self.database)

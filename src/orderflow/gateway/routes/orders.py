@@ -11,7 +11,13 @@ from orderflow.gateway.auth import as_if_missing
 from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep, rate_key
 from orderflow.gateway.errors import error_responses, http_status
 from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, Order
-from orderflow.gateway.schemas import OrderListOut, OrderOut, PlaceOrderIn, Status
+from orderflow.gateway.schemas import (
+    OrderHistoryOut,
+    OrderListOut,
+    OrderOut,
+    PlaceOrderIn,
+    Status,
+)
 
 router = APIRouter(prefix="/api/v1/orders", tags=["orders"])
 
@@ -90,6 +96,21 @@ async def get_order(
         order = await gateway.services.orders.get_order(order_id)
     principal.check_owner(order.customer_id, "order")
     return _order_json(gateway, order)
+
+
+@router.get(
+    "/{order_id}/history",
+    response_model=OrderHistoryOut,
+    responses=error_responses((401, 404)),
+    summary="The order's saga step by step: what ran, when, how long, by whom, how it went",
+)
+async def get_order_history(
+    order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
+) -> dict[str, Any]:
+    with as_if_missing("order"):
+        history = await gateway.services.orders.order_history(order_id)
+    principal.check_owner(history.order.customer_id, "order")
+    return OrderHistoryOut.of(history).model_dump(mode="json")
 
 
 @router.get("", response_model=OrderListOut, responses=error_responses((401, 403, 422)))

@@ -2,4 +2,4 @@
 
 # The newest revision: a server reports SERVING only once its database is at it.
 # tests/integration/test_schema_readiness.py checks it against the history itself.
-HEAD = "0002"
+HEAD = "0003"

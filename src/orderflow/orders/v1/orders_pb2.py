@@ -22,68 +22,83 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n orderflow/orders/v1/orders.proto\x12\x13orderflow.orders.v1\x1a\x1fgoogle/protobuf/timestamp.proto\">\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"(\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb3\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .orderflow.orders.v1.OrderStatus\x12-\n\x05lines\x18\x04 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x10\n\x08subtotal\x18\x06 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x07 \x01(\x03\x12\x15\n\rredeem_points\x18\x08 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\t \x01(\x03\x12\r\n\x05total\x18\n \x01(\x03\x12\x15\n\rpoints_earned\x18\x0b \x01(\x03\x12-\n\x07\x66\x61ilure\x18\x0c \x01(\x0b\x32\x1c.orderflow.orders.v1.Failure\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x0f \x01(\t\x12\x0f\n\x07settled\x18\x10 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12\x13\n\x0blease_owner\x18\x12 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd1\x01\n\x12\x43reateOrderRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x15\n\rredeem_points\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x1b\n\x13request_fingerprint\x18\x05 \x01(\t\x12\x13\n\x0blease_owner\x18\x06 \x01(\t\x12\x15\n\rlease_seconds\x18\x07 \x01(\x01\"Q\n\x13\x43reateOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"=\n\x10GetOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"y\n\x11ListOrdersRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .orderflow.orders.v1.OrderStatus\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"U\n\x12ListOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.orderflow.orders.v1.Order\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"X\n\x18\x41\x63quireOrderLeaseRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"F\n\x19\x41\x63quireOrderLeaseResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\xe0\x01\n\x13\x43onfirmOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x10\n\x08subtotal\x18\x05 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x06 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x07 \x01(\x03\x12\r\n\x05total\x18\x08 \x01(\x03\x12\x15\n\rpoints_earned\x18\t \x01(\x03\"A\n\x14\x43onfirmOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"j\n\x12RejectOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12-\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x1c.orderflow.orders.v1.Failure\"@\n\x13RejectOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"Y\n\x19RequestOrderCancelRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\"G\n\x1aRequestOrderCancelResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"C\n\x1aWithdrawOrderCancelRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\"H\n\x1bWithdrawOrderCancelResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\";\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\"@\n\x13\x43\x61ncelOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\";\n\x12SettleOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\"@\n\x13SettleOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"T\n\x17\x43laimStaleOrdersRequest\x12\x13\n\x0blease_owner\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\"F\n\x18\x43laimStaleOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.orderflow.orders.v1.Order*\x98\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04\x32\x89\t\n\x0cOrderService\x12`\n\x0b\x43reateOrder\x12\'.orderflow.orders.v1.CreateOrderRequest\x1a(.orderflow.orders.v1.CreateOrderResponse\x12W\n\x08GetOrder\x12$.orderflow.orders.v1.GetOrderRequest\x1a%.orderflow.orders.v1.GetOrderResponse\x12]\n\nListOrders\x12&.orderflow.orders.v1.ListOrdersRequest\x1a\'.orderflow.orders.v1.ListOrdersResponse\x12r\n\x11\x41\x63quireOrderLease\x12-.orderflow.orders.v1.AcquireOrderLeaseRequest\x1a..orderflow.orders.v1.AcquireOrderLeaseResponse\x12\x63\n\x0c\x43onfirmOrder\x12(.orderflow.orders.v1.ConfirmOrderRequest\x1a).orderflow.orders.v1.ConfirmOrderResponse\x12`\n\x0bRejectOrder\x12\'.orderflow.orders.v1.RejectOrderRequest\x1a(.orderflow.orders.v1.RejectOrderResponse\x12u\n\x12RequestOrderCancel\x12..orderflow.orders.v1.RequestOrderCancelRequest\x1a/.orderflow.orders.v1.RequestOrderCancelResponse\x12x\n\x13WithdrawOrderCancel\x12/.orderflow.orders.v1.WithdrawOrderCancelRequest\x1a\x30.orderflow.orders.v1.WithdrawOrderCancelResponse\x12`\n\x0b\x43\x61ncelOrder\x12\'.orderflow.orders.v1.CancelOrderRequest\x1a(.orderflow.orders.v1.CancelOrderResponse\x12`\n\x0bSettleOrder\x12\'.orderflow.orders.v1.SettleOrderRequest\x1a(.orderflow.orders.v1.SettleOrderResponse\x12o\n\x10\x43laimStaleOrders\x12,.orderflow.orders.v1.ClaimStaleOrdersRequest\x1a-.orderflow.orders.v1.ClaimStaleOrdersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n orderflow/orders/v1/orders.proto\x12\x13orderflow.orders.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n\x08SagaStep\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x07outcome\x18\x03 \x01(\x0e\x32 .orderflow.orders.v1.StepOutcome\x12/\n\x06\x64river\x18\x04 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12.\n\nstarted_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x08\x64uration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12+\n\x05\x65rror\x18\x07 \x01(\x0b\x32\x1c.orderflow.orders.v1.Failure\">\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"(\n\x07\x46\x61ilure\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xb3\x04\n\x05Order\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .orderflow.orders.v1.OrderStatus\x12-\n\x05lines\x18\x04 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12\x10\n\x08subtotal\x18\x06 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x07 \x01(\x03\x12\x15\n\rredeem_points\x18\x08 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\t \x01(\x03\x12\r\n\x05total\x18\n \x01(\x03\x12\x15\n\rpoints_earned\x18\x0b \x01(\x03\x12-\n\x07\x66\x61ilure\x18\x0c \x01(\x0b\x32\x1c.orderflow.orders.v1.Failure\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x0f \x01(\t\x12\x0f\n\x07settled\x18\x10 \x01(\x08\x12\x18\n\x10\x63\x61ncel_requested\x18\x11 \x01(\x08\x12\x13\n\x0blease_owner\x18\x12 \x01(\t\x12\x34\n\x10lease_expires_at\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x02\n\x12\x43reateOrderRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x15\n\rredeem_points\x18\x03 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x1b\n\x13request_fingerprint\x18\x05 \x01(\t\x12\x13\n\x0blease_owner\x18\x06 \x01(\t\x12\x15\n\rlease_seconds\x18\x07 \x01(\x01\x12/\n\x06\x64river\x18\x08 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\"Q\n\x13\x43reateOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"#\n\x0fGetOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"=\n\x10GetOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"y\n\x11ListOrdersRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .orderflow.orders.v1.OrderStatus\x12\r\n\x05limit\x18\x03 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\t\"U\n\x12ListOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.orderflow.orders.v1.Order\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\x89\x01\n\x18\x41\x63quireOrderLeaseRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12/\n\x06\x64river\x18\x04 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\"F\n\x19\x41\x63quireOrderLeaseResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\xbf\x02\n\x13\x43onfirmOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.orders.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x10\n\x08subtotal\x18\x05 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x06 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x07 \x01(\x03\x12\r\n\x05total\x18\x08 \x01(\x03\x12\x15\n\rpoints_earned\x18\t \x01(\x03\x12/\n\x06\x64river\x18\n \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x0b \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"A\n\x14\x43onfirmOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\xc9\x01\n\x12RejectOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12-\n\x07\x66\x61ilure\x18\x03 \x01(\x0b\x32\x1c.orderflow.orders.v1.Failure\x12/\n\x06\x64river\x18\x04 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x05 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"@\n\x13RejectOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\xb8\x01\n\x19RequestOrderCancelRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12\x15\n\rlease_seconds\x18\x03 \x01(\x01\x12/\n\x06\x64river\x18\x04 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x05 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"G\n\x1aRequestOrderCancelResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\xa2\x01\n\x1aWithdrawOrderCancelRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12/\n\x06\x64river\x18\x03 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x04 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"H\n\x1bWithdrawOrderCancelResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\x9a\x01\n\x12\x43\x61ncelOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12/\n\x06\x64river\x18\x03 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x04 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"@\n\x13\x43\x61ncelOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"\x9a\x01\n\x12SettleOrderRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0blease_owner\x18\x02 \x01(\t\x12/\n\x06\x64river\x18\x03 \x01(\x0e\x32\x1f.orderflow.orders.v1.StepDriver\x12,\n\x05steps\x18\x04 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"@\n\x13SettleOrderResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\"T\n\x17\x43laimStaleOrdersRequest\x12\x13\n\x0blease_owner\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\x01\x12\r\n\x05limit\x18\x03 \x01(\x05\"F\n\x18\x43laimStaleOrdersResponse\x12*\n\x06orders\x18\x01 \x03(\x0b\x32\x1a.orderflow.orders.v1.Order\"Y\n\x17RecordOrderStepsRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12,\n\x05steps\x18\x02 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\"\x1a\n\x18RecordOrderStepsResponse\"*\n\x16GetOrderHistoryRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"\x85\x01\n\x17GetOrderHistoryResponse\x12)\n\x05order\x18\x01 \x01(\x0b\x32\x1a.orderflow.orders.v1.Order\x12,\n\x05steps\x18\x02 \x03(\x0b\x32\x1d.orderflow.orders.v1.SagaStep\x12\x11\n\ttruncated\x18\x03 \x01(\x08*\x98\x01\n\x0bOrderStatus\x12\x1c\n\x18ORDER_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14ORDER_STATUS_PENDING\x10\x01\x12\x1a\n\x16ORDER_STATUS_CONFIRMED\x10\x02\x12\x19\n\x15ORDER_STATUS_REJECTED\x10\x03\x12\x1a\n\x16ORDER_STATUS_CANCELLED\x10\x04*s\n\nStepDriver\x12\x1b\n\x17STEP_DRIVER_UNSPECIFIED\x10\x00\x12\x17\n\x13STEP_DRIVER_REQUEST\x10\x01\x12\x18\n\x14STEP_DRIVER_RECOVERY\x10\x02\x12\x15\n\x11STEP_DRIVER_EVENT\x10\x03*s\n\x0bStepOutcome\x12\x1c\n\x18STEP_OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_OUTCOME_OK\x10\x01\x12\x17\n\x13STEP_OUTCOME_FAILED\x10\x02\x12\x18\n\x14STEP_OUTCOME_UNKNOWN\x10\x03\x32\xe8\n\n\x0cOrderService\x12`\n\x0b\x43reateOrder\x12\'.orderflow.orders.v1.CreateOrderRequest\x1a(.orderflow.orders.v1.CreateOrderResponse\x12W\n\x08GetOrder\x12$.orderflow.orders.v1.GetOrderRequest\x1a%.orderflow.orders.v1.GetOrderResponse\x12]\n\nListOrders\x12&.orderflow.orders.v1.ListOrdersRequest\x1a\'.orderflow.orders.v1.ListOrdersResponse\x12r\n\x11\x41\x63quireOrderLease\x12-.orderflow.orders.v1.AcquireOrderLeaseRequest\x1a..orderflow.orders.v1.AcquireOrderLeaseResponse\x12\x63\n\x0c\x43onfirmOrder\x12(.orderflow.orders.v1.ConfirmOrderRequest\x1a).orderflow.orders.v1.ConfirmOrderResponse\x12`\n\x0bRejectOrder\x12\'.orderflow.orders.v1.RejectOrderRequest\x1a(.orderflow.orders.v1.RejectOrderResponse\x12u\n\x12RequestOrderCancel\x12..orderflow.orders.v1.RequestOrderCancelRequest\x1a/.orderflow.orders.v1.RequestOrderCancelResponse\x12x\n\x13WithdrawOrderCancel\x12/.orderflow.orders.v1.WithdrawOrderCancelRequest\x1a\x30.orderflow.orders.v1.WithdrawOrderCancelResponse\x12`\n\x0b\x43\x61ncelOrder\x12\'.orderflow.orders.v1.CancelOrderRequest\x1a(.orderflow.orders.v1.CancelOrderResponse\x12`\n\x0bSettleOrder\x12\'.orderflow.orders.v1.SettleOrderRequest\x1a(.orderflow.orders.v1.SettleOrderResponse\x12o\n\x10\x43laimStaleOrders\x12,.orderflow.orders.v1.ClaimStaleOrdersRequest\x1a-.orderflow.orders.v1.ClaimStaleOrdersResponse\x12o\n\x10RecordOrderSteps\x12,.orderflow.orders.v1.RecordOrderStepsRequest\x1a-.orderflow.orders.v1.RecordOrderStepsResponse\x12l\n\x0fGetOrderHistory\x12+.orderflow.orders.v1.GetOrderHistoryRequest\x1a,.orderflow.orders.v1.GetOrderHistoryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderflow.orders.v1.orders_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ORDERSTATUS']._serialized_start=2717
-  _globals['_ORDERSTATUS']._serialized_end=2869
-  _globals['_ORDERLINE']._serialized_start=90
-  _globals['_ORDERLINE']._serialized_end=152
-  _globals['_FAILURE']._serialized_start=154
-  _globals['_FAILURE']._serialized_end=194
-  _globals['_ORDER']._serialized_start=197
-  _globals['_ORDER']._serialized_end=760
-  _globals['_CREATEORDERREQUEST']._serialized_start=763
-  _globals['_CREATEORDERREQUEST']._serialized_end=972
-  _globals['_CREATEORDERRESPONSE']._serialized_start=974
-  _globals['_CREATEORDERRESPONSE']._serialized_end=1055
-  _globals['_GETORDERREQUEST']._serialized_start=1057
-  _globals['_GETORDERREQUEST']._serialized_end=1092
-  _globals['_GETORDERRESPONSE']._serialized_start=1094
-  _globals['_GETORDERRESPONSE']._serialized_end=1155
-  _globals['_LISTORDERSREQUEST']._serialized_start=1157
-  _globals['_LISTORDERSREQUEST']._serialized_end=1278
-  _globals['_LISTORDERSRESPONSE']._serialized_start=1280
-  _globals['_LISTORDERSRESPONSE']._serialized_end=1365
-  _globals['_ACQUIREORDERLEASEREQUEST']._serialized_start=1367
-  _globals['_ACQUIREORDERLEASEREQUEST']._serialized_end=1455
-  _globals['_ACQUIREORDERLEASERESPONSE']._serialized_start=1457
-  _globals['_ACQUIREORDERLEASERESPONSE']._serialized_end=1527
-  _globals['_CONFIRMORDERREQUEST']._serialized_start=1530
-  _globals['_CONFIRMORDERREQUEST']._serialized_end=1754
-  _globals['_CONFIRMORDERRESPONSE']._serialized_start=1756
-  _globals['_CONFIRMORDERRESPONSE']._serialized_end=1821
-  _globals['_REJECTORDERREQUEST']._serialized_start=1823
-  _globals['_REJECTORDERREQUEST']._serialized_end=1929
-  _globals['_REJECTORDERRESPONSE']._serialized_start=1931
-  _globals['_REJECTORDERRESPONSE']._serialized_end=1995
-  _globals['_REQUESTORDERCANCELREQUEST']._serialized_start=1997
-  _globals['_REQUESTORDERCANCELREQUEST']._serialized_end=2086
-  _globals['_REQUESTORDERCANCELRESPONSE']._serialized_start=2088
-  _globals['_REQUESTORDERCANCELRESPONSE']._serialized_end=2159
-  _globals['_WITHDRAWORDERCANCELREQUEST']._serialized_start=2161
-  _globals['_WITHDRAWORDERCANCELREQUEST']._serialized_end=2228
-  _globals['_WITHDRAWORDERCANCELRESPONSE']._serialized_start=2230
-  _globals['_WITHDRAWORDERCANCELRESPONSE']._serialized_end=2302
-  _globals['_CANCELORDERREQUEST']._serialized_start=2304
-  _globals['_CANCELORDERREQUEST']._serialized_end=2363
-  _globals['_CANCELORDERRESPONSE']._serialized_start=2365
-  _globals['_CANCELORDERRESPONSE']._serialized_end=2429
-  _globals['_SETTLEORDERREQUEST']._serialized_start=2431
-  _globals['_SETTLEORDERREQUEST']._serialized_end=2490
-  _globals['_SETTLEORDERRESPONSE']._serialized_start=2492
-  _globals['_SETTLEORDERRESPONSE']._serialized_end=2556
-  _globals['_CLAIMSTALEORDERSREQUEST']._serialized_start=2558
-  _globals['_CLAIMSTALEORDERSREQUEST']._serialized_end=2642
-  _globals['_CLAIMSTALEORDERSRESPONSE']._serialized_start=2644
-  _globals['_CLAIMSTALEORDERSRESPONSE']._serialized_end=2714
-  _globals['_ORDERSERVICE']._serialized_start=2872
-  _globals['_ORDERSERVICE']._serialized_end=4033
+  _globals['_ORDERSTATUS']._serialized_start=4004
+  _globals['_ORDERSTATUS']._serialized_end=4156
+  _globals['_STEPDRIVER']._serialized_start=4158
+  _globals['_STEPDRIVER']._serialized_end=4273
+  _globals['_STEPOUTCOME']._serialized_start=4275
+  _globals['_STEPOUTCOME']._serialized_end=4390
+  _globals['_SAGASTEP']._serialized_start=123
+  _globals['_SAGASTEP']._serialized_end=402
+  _globals['_ORDERLINE']._serialized_start=404
+  _globals['_ORDERLINE']._serialized_end=466
+  _globals['_FAILURE']._serialized_start=468
+  _globals['_FAILURE']._serialized_end=508
+  _globals['_ORDER']._serialized_start=511
+  _globals['_ORDER']._serialized_end=1074
+  _globals['_CREATEORDERREQUEST']._serialized_start=1077
+  _globals['_CREATEORDERREQUEST']._serialized_end=1335
+  _globals['_CREATEORDERRESPONSE']._serialized_start=1337
+  _globals['_CREATEORDERRESPONSE']._serialized_end=1418
+  _globals['_GETORDERREQUEST']._serialized_start=1420
+  _globals['_GETORDERREQUEST']._serialized_end=1455
+  _globals['_GETORDERRESPONSE']._serialized_start=1457
+  _globals['_GETORDERRESPONSE']._serialized_end=1518
+  _globals['_LISTORDERSREQUEST']._serialized_start=1520
+  _globals['_LISTORDERSREQUEST']._serialized_end=1641
+  _globals['_LISTORDERSRESPONSE']._serialized_start=1643
+  _globals['_LISTORDERSRESPONSE']._serialized_end=1728
+  _globals['_ACQUIREORDERLEASEREQUEST']._serialized_start=1731
+  _globals['_ACQUIREORDERLEASEREQUEST']._serialized_end=1868
+  _globals['_ACQUIREORDERLEASERESPONSE']._serialized_start=1870
+  _globals['_ACQUIREORDERLEASERESPONSE']._serialized_end=1940
+  _globals['_CONFIRMORDERREQUEST']._serialized_start=1943
+  _globals['_CONFIRMORDERREQUEST']._serialized_end=2262
+  _globals['_CONFIRMORDERRESPONSE']._serialized_start=2264
+  _globals['_CONFIRMORDERRESPONSE']._serialized_end=2329
+  _globals['_REJECTORDERREQUEST']._serialized_start=2332
+  _globals['_REJECTORDERREQUEST']._serialized_end=2533
+  _globals['_REJECTORDERRESPONSE']._serialized_start=2535
+  _globals['_REJECTORDERRESPONSE']._serialized_end=2599
+  _globals['_REQUESTORDERCANCELREQUEST']._serialized_start=2602
+  _globals['_REQUESTORDERCANCELREQUEST']._serialized_end=2786
+  _globals['_REQUESTORDERCANCELRESPONSE']._serialized_start=2788
+  _globals['_REQUESTORDERCANCELRESPONSE']._serialized_end=2859
+  _globals['_WITHDRAWORDERCANCELREQUEST']._serialized_start=2862
+  _globals['_WITHDRAWORDERCANCELREQUEST']._serialized_end=3024
+  _globals['_WITHDRAWORDERCANCELRESPONSE']._serialized_start=3026
+  _globals['_WITHDRAWORDERCANCELRESPONSE']._serialized_end=3098
+  _globals['_CANCELORDERREQUEST']._serialized_start=3101
+  _globals['_CANCELORDERREQUEST']._serialized_end=3255
+  _globals['_CANCELORDERRESPONSE']._serialized_start=3257
+  _globals['_CANCELORDERRESPONSE']._serialized_end=3321
+  _globals['_SETTLEORDERREQUEST']._serialized_start=3324
+  _globals['_SETTLEORDERREQUEST']._serialized_end=3478
+  _globals['_SETTLEORDERRESPONSE']._serialized_start=3480
+  _globals['_SETTLEORDERRESPONSE']._serialized_end=3544
+  _globals['_CLAIMSTALEORDERSREQUEST']._serialized_start=3546
+  _globals['_CLAIMSTALEORDERSREQUEST']._serialized_end=3630
+  _globals['_CLAIMSTALEORDERSRESPONSE']._serialized_start=3632
+  _globals['_CLAIMSTALEORDERSRESPONSE']._serialized_end=3702
+  _globals['_RECORDORDERSTEPSREQUEST']._serialized_start=3704
+  _globals['_RECORDORDERSTEPSREQUEST']._serialized_end=3793
+  _globals['_RECORDORDERSTEPSRESPONSE']._serialized_start=3795
+  _globals['_RECORDORDERSTEPSRESPONSE']._serialized_end=3821
+  _globals['_GETORDERHISTORYREQUEST']._serialized_start=3823
+  _globals['_GETORDERHISTORYREQUEST']._serialized_end=3865
+  _globals['_GETORDERHISTORYRESPONSE']._serialized_start=3868
+  _globals['_GETORDERHISTORYRESPONSE']._serialized_end=4001
+  _globals['_ORDERSERVICE']._serialized_start=4393
+  _globals['_ORDERSERVICE']._serialized_end=5777
 # @@protoc_insertion_point(module_scope)

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -17,11 +18,51 @@ class OrderStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ORDER_STATUS_CONFIRMED: _ClassVar[OrderStatus]
     ORDER_STATUS_REJECTED: _ClassVar[OrderStatus]
     ORDER_STATUS_CANCELLED: _ClassVar[OrderStatus]
+
+class StepDriver(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_DRIVER_UNSPECIFIED: _ClassVar[StepDriver]
+    STEP_DRIVER_REQUEST: _ClassVar[StepDriver]
+    STEP_DRIVER_RECOVERY: _ClassVar[StepDriver]
+    STEP_DRIVER_EVENT: _ClassVar[StepDriver]
+
+class StepOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STEP_OUTCOME_UNSPECIFIED: _ClassVar[StepOutcome]
+    STEP_OUTCOME_OK: _ClassVar[StepOutcome]
+    STEP_OUTCOME_FAILED: _ClassVar[StepOutcome]
+    STEP_OUTCOME_UNKNOWN: _ClassVar[StepOutcome]
 ORDER_STATUS_UNSPECIFIED: OrderStatus
 ORDER_STATUS_PENDING: OrderStatus
 ORDER_STATUS_CONFIRMED: OrderStatus
 ORDER_STATUS_REJECTED: OrderStatus
 ORDER_STATUS_CANCELLED: OrderStatus
+STEP_DRIVER_UNSPECIFIED: StepDriver
+STEP_DRIVER_REQUEST: StepDriver
+STEP_DRIVER_RECOVERY: StepDriver
+STEP_DRIVER_EVENT: StepDriver
+STEP_OUTCOME_UNSPECIFIED: StepOutcome
+STEP_OUTCOME_OK: StepOutcome
+STEP_OUTCOME_FAILED: StepOutcome
+STEP_OUTCOME_UNKNOWN: StepOutcome
+
+class SagaStep(_message.Message):
+    __slots__ = ("step_id", "name", "outcome", "driver", "started_at", "duration", "error")
+    STEP_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    step_id: str
+    name: str
+    outcome: StepOutcome
+    driver: StepDriver
+    started_at: _timestamp_pb2.Timestamp
+    duration: _duration_pb2.Duration
+    error: Failure
+    def __init__(self, step_id: _Optional[str] = ..., name: _Optional[str] = ..., outcome: _Optional[_Union[StepOutcome, str]] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., error: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
 
 class OrderLine(_message.Message):
     __slots__ = ("sku", "quantity", "unit_price")
@@ -84,7 +125,7 @@ class Order(_message.Message):
     def __init__(self, id: _Optional[str] = ..., customer_id: _Optional[str] = ..., status: _Optional[_Union[OrderStatus, str]] = ..., lines: _Optional[_Iterable[_Union[OrderLine, _Mapping]]] = ..., currency: _Optional[str] = ..., subtotal: _Optional[int] = ..., discount: _Optional[int] = ..., redeem_points: _Optional[int] = ..., points_redeemed: _Optional[int] = ..., total: _Optional[int] = ..., points_earned: _Optional[int] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., settled: _Optional[bool] = ..., cancel_requested: _Optional[bool] = ..., lease_owner: _Optional[str] = ..., lease_expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateOrderRequest(_message.Message):
-    __slots__ = ("customer_id", "lines", "redeem_points", "idempotency_key", "request_fingerprint", "lease_owner", "lease_seconds")
+    __slots__ = ("customer_id", "lines", "redeem_points", "idempotency_key", "request_fingerprint", "lease_owner", "lease_seconds", "driver")
     CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
     REDEEM_POINTS_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +133,7 @@ class CreateOrderRequest(_message.Message):
     REQUEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
     customer_id: str
     lines: _containers.RepeatedCompositeFieldContainer[OrderLine]
     redeem_points: int
@@ -99,7 +141,8 @@ class CreateOrderRequest(_message.Message):
     request_fingerprint: str
     lease_owner: str
     lease_seconds: float
-    def __init__(self, customer_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[OrderLine, _Mapping]]] = ..., redeem_points: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., request_fingerprint: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    driver: StepDriver
+    def __init__(self, customer_id: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[OrderLine, _Mapping]]] = ..., redeem_points: _Optional[int] = ..., idempotency_key: _Optional[str] = ..., request_fingerprint: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., driver: _Optional[_Union[StepDriver, str]] = ...) -> None: ...
 
 class CreateOrderResponse(_message.Message):
     __slots__ = ("order", "created")
@@ -142,14 +185,16 @@ class ListOrdersResponse(_message.Message):
     def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...
 
 class AcquireOrderLeaseRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner", "lease_seconds")
+    __slots__ = ("order_id", "lease_owner", "lease_seconds", "driver")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
     lease_seconds: float
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    driver: StepDriver
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., driver: _Optional[_Union[StepDriver, str]] = ...) -> None: ...
 
 class AcquireOrderLeaseResponse(_message.Message):
     __slots__ = ("order",)
@@ -158,7 +203,7 @@ class AcquireOrderLeaseResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class ConfirmOrderRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner", "lines", "currency", "subtotal", "discount", "points_redeemed", "total", "points_earned")
+    __slots__ = ("order_id", "lease_owner", "lines", "currency", "subtotal", "discount", "points_redeemed", "total", "points_earned", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     LINES_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +213,8 @@ class ConfirmOrderRequest(_message.Message):
     POINTS_REDEEMED_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     POINTS_EARNED_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
     lines: _containers.RepeatedCompositeFieldContainer[OrderLine]
@@ -177,7 +224,9 @@ class ConfirmOrderRequest(_message.Message):
     points_redeemed: int
     total: int
     points_earned: int
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[OrderLine, _Mapping]]] = ..., currency: _Optional[str] = ..., subtotal: _Optional[int] = ..., discount: _Optional[int] = ..., points_redeemed: _Optional[int] = ..., total: _Optional[int] = ..., points_earned: _Optional[int] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lines: _Optional[_Iterable[_Union[OrderLine, _Mapping]]] = ..., currency: _Optional[str] = ..., subtotal: _Optional[int] = ..., discount: _Optional[int] = ..., points_redeemed: _Optional[int] = ..., total: _Optional[int] = ..., points_earned: _Optional[int] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class ConfirmOrderResponse(_message.Message):
     __slots__ = ("order",)
@@ -186,14 +235,18 @@ class ConfirmOrderResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class RejectOrderRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner", "failure")
+    __slots__ = ("order_id", "lease_owner", "failure", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
     failure: Failure
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., failure: _Optional[_Union[Failure, _Mapping]] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class RejectOrderResponse(_message.Message):
     __slots__ = ("order",)
@@ -202,14 +255,18 @@ class RejectOrderResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class RequestOrderCancelRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner", "lease_seconds")
+    __slots__ = ("order_id", "lease_owner", "lease_seconds", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
     LEASE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
     lease_seconds: float
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., lease_seconds: _Optional[float] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class RequestOrderCancelResponse(_message.Message):
     __slots__ = ("order",)
@@ -218,12 +275,16 @@ class RequestOrderCancelResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class WithdrawOrderCancelRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner")
+    __slots__ = ("order_id", "lease_owner", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class WithdrawOrderCancelResponse(_message.Message):
     __slots__ = ("order",)
@@ -232,12 +293,16 @@ class WithdrawOrderCancelResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class CancelOrderRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner")
+    __slots__ = ("order_id", "lease_owner", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class CancelOrderResponse(_message.Message):
     __slots__ = ("order",)
@@ -246,12 +311,16 @@ class CancelOrderResponse(_message.Message):
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ...) -> None: ...
 
 class SettleOrderRequest(_message.Message):
-    __slots__ = ("order_id", "lease_owner")
+    __slots__ = ("order_id", "lease_owner", "driver", "steps")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_OWNER_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
     order_id: str
     lease_owner: str
-    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ...) -> None: ...
+    driver: StepDriver
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., lease_owner: _Optional[str] = ..., driver: _Optional[_Union[StepDriver, str]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
 
 class SettleOrderResponse(_message.Message):
     __slots__ = ("order",)
@@ -274,3 +343,31 @@ class ClaimStaleOrdersResponse(_message.Message):
     ORDERS_FIELD_NUMBER: _ClassVar[int]
     orders: _containers.RepeatedCompositeFieldContainer[Order]
     def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ...) -> None: ...
+
+class RecordOrderStepsRequest(_message.Message):
+    __slots__ = ("order_id", "steps")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    def __init__(self, order_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ...) -> None: ...
+
+class RecordOrderStepsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetOrderHistoryRequest(_message.Message):
+    __slots__ = ("order_id",)
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    def __init__(self, order_id: _Optional[str] = ...) -> None: ...
+
+class GetOrderHistoryResponse(_message.Message):
+    __slots__ = ("order", "steps", "truncated")
+    ORDER_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    order: Order
+    steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
+    truncated: bool
+    def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -90,6 +90,16 @@ class OrderServiceStub:
                 request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersRequest.SerializeToString,
                 response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersResponse.FromString,
                 _registered_method=True)
+        self.RecordOrderSteps = channel.unary_unary(
+                '/orderflow.orders.v1.OrderService/RecordOrderSteps',
+                request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsRequest.SerializeToString,
+                response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsResponse.FromString,
+                _registered_method=True)
+        self.GetOrderHistory = channel.unary_unary(
+                '/orderflow.orders.v1.OrderService/GetOrderHistory',
+                request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.SerializeToString,
+                response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -177,6 +187,22 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordOrderSteps(self, request, context):
+        """Records steps a driver ran that no change carried (an undo that could not
+        run yet, a cancel that failed half-way). Idempotent on (order id, step_id).
+        NOT_FOUND if the order is unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrderHistory(self, request, context):
+        """Reads an order with its saga's steps in time order. NOT_FOUND if unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +260,16 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ClaimStaleOrders,
                     request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersRequest.FromString,
                     response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersResponse.SerializeToString,
+            ),
+            'RecordOrderSteps': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordOrderSteps,
+                    request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsRequest.FromString,
+                    response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsResponse.SerializeToString,
+            ),
+            'GetOrderHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrderHistory,
+                    request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.FromString,
+                    response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +570,60 @@ class OrderService:
             '/orderflow.orders.v1.OrderService/ClaimStaleOrders',
             orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersRequest.SerializeToString,
             orderflow_dot_orders_dot_v1_dot_orders__pb2.ClaimStaleOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordOrderSteps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.orders.v1.OrderService/RecordOrderSteps',
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsRequest.SerializeToString,
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.RecordOrderStepsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrderHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.orders.v1.OrderService/GetOrderHistory',
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.SerializeToString,
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,
