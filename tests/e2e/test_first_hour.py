@@ -50,7 +50,9 @@ def assert_short_failure(result: tuple[int, str, float], *names: str) -> None:
     assert 1 <= len(lines) <= 3, stderr
     for name in names:
         assert name in stderr, stderr
-    assert took < 5.0, f"took {took:.1f} s: {stderr}"
+    # At once, not after a wait: a database is otherwise waited for 60 s. (A quiet machine
+    # answers in 1-2 s; the bound leaves room for a loaded CI machine.)
+    assert took < 15.0, f"took {took:.1f} s: {stderr}"
 
 
 @pytest.fixture
