@@ -103,6 +103,27 @@ async def test_failure_at_each_step_undoes_exactly_the_steps_before_it_in_revers
     assert loyalty.points["c-1"] == 500
 
 
+async def test_recovery_rejecting_an_order_undoes_what_the_driver_before_it_did() -> None:
+    """A gateway died after apply_discount (its confirm and reject never reached orders);
+    recovery drives the order again and reserve fails this time: the first driver's
+    discount is voided and its points come back (found by the chaos soak on PostgreSQL)."""
+    saga, calls, orders, inventory, loyalty = make()
+    calls.fail("orders.confirm", ServiceUnavailableError("gateway died"))
+    calls.fail("orders.reject", ServiceUnavailableError("gateway died"))
+    order = (await saga.place(new_order())).order
+    assert order.status == PENDING
+    assert loyalty.points["c-1"] == 400  # redeemed by the first driver
+    calls.heal()
+    calls.fail("inventory.reserve", ServiceUnavailableError("inventory slow"))
+    (claimed,) = await orders.claim_stale("recovery", 10, 10)
+    resumed = await saga.resume(claimed, "recovery")
+    assert resumed.status == REJECTED and resumed.settled
+    assert inventory.items["MUG-1"]["reserved"] == 0
+    assert inventory.items["MUG-1"]["available"] == 10
+    assert loyalty.applications[order.id][0] == "CANCELLED", loyalty.applications[order.id]
+    assert loyalty.points["c-1"] == 500
+
+
 async def test_orders_unreachable_at_confirm_leaves_the_order_to_recovery() -> None:
     saga, calls, orders, inventory, loyalty = make()
     calls.fail("orders.confirm", ServiceUnavailableError("down"))

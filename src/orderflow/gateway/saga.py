@@ -81,6 +81,9 @@ OUTCOME_UNFINISHED = "unfinished"
 RECOVERY_EVENTS_LOST = "events_lost"
 # A step's name in the order's history where it differs from its name in the metrics.
 HISTORY_NAME = {"cancel_order": "cancel"}
+# The forward steps that have an undo, in the order they run.
+ALL_UNDOABLE = ("reserve", "apply_discount")
+
 # The most steps orders takes in one report (SagaStep lists in orders.proto).
 MAX_REPORT = 64
 
@@ -272,9 +275,11 @@ class OrderSaga:
         async with self._run(order.id, new.lease_owner, REQUEST) as run:
             return Placed(await self.drive(order, run), created=True)
 
-    async def drive(self, order: Order, run: Run) -> Order:
+    async def drive(self, order: Order, run: Run, *, resumed: bool = False) -> Order:
         """Run a PENDING order forward to CONFIRMED (its events finish it); on failure reject
-        it and undo what was done."""
+        it and undo what was done. A `resumed` order (recovery) may hold what an earlier
+        driver did before it died, so a rejection then undoes every step: each undo is
+        idempotent and leaves a tombstone."""
         done: list[str] = []  # undoable steps that went through, in order
         step = "reserve"
         try:
@@ -314,6 +319,8 @@ class OrderSaga:
             if isinstance(exc, DependencyError) and step != "confirm":
                 # No clear answer: the step may have acted, so it is undone too.
                 done.append(step)
+            if resumed:
+                done = list(ALL_UNDOABLE)
             return await self._reject(order, run, done, Failure(exc.code, exc.message))
         self.observer.outcome(OUTCOME_CONFIRMED, "")
         return confirmed
@@ -434,7 +441,7 @@ class OrderSaga:
     async def _resume(self, order: Order, run: Run) -> Order:
         if order.status == PENDING:
             self.observer.recovery("drive_pending")
-            return await self.drive(order, run)
+            return await self.drive(order, run, resumed=True)
         if order.status == CONFIRMED and order.cancel_requested:
             self.observer.recovery("finish_cancel")
             try:
@@ -451,7 +458,7 @@ class OrderSaga:
             self.observer.recovery("compensate_rejected")
             # The step log is for people, not read here: every undo is idempotent and
             # tombstones, so run all.
-            return await self.compensate(order, run, ["reserve", "apply_discount"])
+            return await self.compensate(order, run, list(ALL_UNDOABLE))
         self.observer.recovery("settle")
         return await self._settle(order, run)
 
