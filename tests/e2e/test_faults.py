@@ -27,7 +27,7 @@ from tests.e2e.conftest import (
     unique,
 )
 from tests.e2e.nats import NatsServer
-from tests.system import System, per_service
+from tests.system import System, per_service, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -77,16 +77,6 @@ async def orders_in_database(system: System, at_least: int, timeout: float) -> N
         await wait_until(enough, timeout, f"{at_least} orders in the orders database", every=0.02)
     finally:
         await engine.dispose()
-
-
-async def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.2) -> float:
-    """Poll an async predicate; return the seconds it took."""
-    start_at = time.monotonic()
-    while time.monotonic() - start_at < timeout:
-        if await predicate():
-            return time.monotonic() - start_at
-        await asyncio.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 async def _settled(history: Any) -> bool:
