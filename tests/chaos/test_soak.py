@@ -51,7 +51,7 @@ SOAK_SECONDS = float(os.environ.get("ORDERFLOW_CHAOS_SECONDS", "120"))
 CLIENTS = int(os.environ.get("ORDERFLOW_CHAOS_CLIENTS", "40"))
 SEED = os.environ.get("ORDERFLOW_CHAOS_SEED", "")
 SKUS, CUSTOMERS = 8, 30
-START_STOCK, START_POINTS = 150, 300
+START_STOCK, START_POINTS = 300, 300
 CONVERGE_SECONDS = 120.0
 LOST = ("connection error", "timeout")
 # Replies a correct system may give here: success, a refusal (out of stock, not enough
@@ -238,7 +238,7 @@ async def admin(api: httpx.AsyncClient, rec: Record, skus: list[str], customers:
         rec.item_names.add(name)
         patch: dict[str, Any] = {"name": name}
         if kind == "restock":
-            call = AdminCall(sku, rng.randint(1, 20), name)
+            call = AdminCall(sku, rng.randint(5, 40), name)
             rec.restocks.append(call)
             patch["restock"] = call.amount
         else:
@@ -458,11 +458,30 @@ def client_violations(
     return out
 
 
-def tracebacks(soak: Soak) -> list[str]:
+def known_traceback(line: str) -> bool:
+    """SQLAlchemy's pool logging (with a traceback) that closing an asyncpg connection was
+    cancelled: a gRPC call whose deadline passed is cancelled while its unit of work gives
+    its connection back (sqlalchemy#8145, asyncpg#1156). Tolerated, and counted, until the
+    services shield that close; see the chaos soak's report on issue 12."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return (
+        isinstance(record, dict)
+        and record.get("logger", "").startswith("sqlalchemy.pool")
+        and record.get("event", "").startswith("Exception closing connection")
+        and record.get("exception", "").rstrip().endswith("CancelledError")
+    )
+
+
+def tracebacks(soak: Soak, tolerated: Counter[str]) -> list[str]:
     out = []
     for name, path in soak.log_paths.items():
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         hits = [line for line in lines if "Traceback" in line]
+        tolerated[name] += sum(1 for line in hits if known_traceback(line))
+        hits = [line for line in hits if not known_traceback(line)]
         if hits:
             out.append(f"{len(hits)} Traceback(s) in the {name} log, first: {hits[0][:1500]}")
     return out
@@ -534,8 +553,11 @@ async def test_chaos_soak_keeps_every_invariant(
     if not any(n > 0 for n in rec.gateway_kills):
         found.append(f"the gateway was never killed with orders in flight: {rec.gateway_kills}")
     found += [f"{name} exited by itself" for name in rec.crashed]
-    found += tracebacks(soak)
+    tolerated: Counter[str] = Counter()
+    found += tracebacks(soak, tolerated)
     report = figures(rec, snapshot, soak, took)
+    if tolerated:
+        report += f"\n  tolerated tracebacks (pool close cancelled): {dict(tolerated)}"
     with capsys.disabled():
         print("\n" + report)
     listed = "\n".join(found[:60])
