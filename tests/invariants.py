@@ -26,21 +26,24 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.system import System
+
 TERMINAL = {"CONFIRMED", "REJECTED", "CANCELLED"}
 _QUERIES = {
     "orders": {
         "orders": "SELECT id, customer_id, status, settled, idempotency_key, lines,"
-        " discount, points_redeemed, points_earned, total FROM orders",
+        " discount, points_redeemed, points_earned, total, failure_code, lease_owner,"
+        " cancel_requested, version, created_us, updated_us FROM orders",
     },
     "inventory": {
         "items": "SELECT sku, available, reserved, sold, received FROM items",
-        "reservations": "SELECT order_id, state, lines FROM reservations",
+        "reservations": "SELECT order_id, state, lines, created_us, updated_us FROM reservations",
     },
     "loyalty": {
         "accounts": "SELECT customer_id, points FROM accounts",
-        "ledger": "SELECT customer_id, order_id, kind, delta, reason FROM ledger",
+        "ledger": "SELECT customer_id, order_id, kind, delta, reason, created_us FROM ledger",
         "applications": "SELECT order_id, customer_id, state, discount, points_redeemed,"
-        " total, points_earned FROM applications",
+        " total, points_earned, created_us, updated_us FROM applications",
     },
 }
 _EVENT_QUERIES = {
@@ -59,6 +62,14 @@ class Snapshot:
 
     def __getitem__(self, table: str) -> list[dict[str, Any]]:
         return self.rows[table]
+
+
+def database_urls(system: System) -> dict[str, str]:
+    """service -> database URL of a per-service system, as its processes were given them."""
+    return {
+        name: system.processes[name].env[f"ORDERFLOW_{name.upper()}_DATABASE_URL"]
+        for name in _QUERIES
+    }
 
 
 def _json(value: Any) -> Any:
@@ -91,6 +102,22 @@ async def read_databases(urls: dict[str, str]) -> Snapshot:
 
 def _lines(lines: list[dict[str, Any]]) -> list[tuple[str, int, int]]:
     return sorted((x["sku"], int(x["quantity"]), int(x["unit_price"])) for x in lines)
+
+
+def describe(snapshot: Snapshot, order_id: str) -> str:
+    """Every row about one order, in each service's database (to see how it came to be)."""
+    found = [
+        f"  {table}: {row}"
+        for table, key in [
+            ("orders", "id"),
+            ("reservations", "order_id"),
+            ("applications", "order_id"),
+            ("ledger", "order_id"),
+        ]
+        for row in snapshot[table]
+        if row[key] == order_id
+    ]
+    return f"order {order_id}:\n" + "\n".join(found)
 
 
 def unfinished(snapshot: Snapshot) -> list[str]:

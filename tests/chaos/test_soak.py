@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import time
 import uuid
@@ -42,7 +43,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from orderflow.registry import SERVICE_NAMES
 from tests.conftest import pg_databases_sync
 from tests.e2e.nats import NatsServer
-from tests.invariants import read_databases, unfinished, violations
+from tests.invariants import describe, read_databases, unfinished, violations
 from tests.system import System, per_service, start_ready
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -52,11 +53,12 @@ CLIENTS = int(os.environ.get("ORDERFLOW_CHAOS_CLIENTS", "40"))
 SEED = os.environ.get("ORDERFLOW_CHAOS_SEED", "")
 SKUS, CUSTOMERS = 8, 30
 START_STOCK, START_POINTS = 300, 300
-CONVERGE_SECONDS = 120.0
+CONVERGE_SECONDS = 60.0
 LOST = ("connection error", "timeout")
 # Replies a correct system may give here: success, a refusal (out of stock, not enough
 # points, an order another request holds), and 503 while a service is down or frozen.
 ALLOWED_STATUSES = {200, 201, 409, 503, *LOST}
+ORDER_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 # Set when a request of this client (each is its own task) got no reply.
 LOST_REPLY: ContextVar[bool] = ContextVar("LOST_REPLY", default=False)
 
@@ -561,4 +563,8 @@ async def test_chaos_soak_keeps_every_invariant(
     with capsys.disabled():
         print("\n" + report)
     listed = "\n".join(found[:60])
-    assert not found, f"{len(found)} invariant violation(s):\n{listed}\n{soak.system.logs()}"
+    # The rows of the first orders named, in every service: how they came to be.
+    named = list(dict.fromkeys(re.findall(ORDER_ID, listed)))[:5]
+    rows = "\n".join(describe(snapshot, order_id) for order_id in named)
+    logs = soak.system.logs()
+    assert not found, f"{len(found)} invariant violation(s):\n{listed}\n{rows}\n{logs}"
