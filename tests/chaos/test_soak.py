@@ -119,7 +119,8 @@ def soak(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Soak]:
         try:
             yield Soak(request.param, start_ready(system), nats, urls)
         finally:
-            for proc in system.processes.values():  # a failed soak may leave one frozen
+            frozen: list[Target] = [*system.processes.values(), nats]  # after a failed soak
+            for proc in frozen:
                 if proc.running and proc.popen is not None:
                     os.kill(proc.popen.pid, signal.SIGCONT)
             system.stop()
@@ -558,8 +559,8 @@ async def test_chaos_soak_keeps_every_invariant(
     tolerated: Counter[str] = Counter()
     found += tracebacks(soak, tolerated)
     report = figures(rec, snapshot, soak, took)
-    if tolerated:
-        report += f"\n  tolerated tracebacks (pool close cancelled): {dict(tolerated)}"
+    if +tolerated:
+        report += f"\n  tolerated tracebacks (pool close cancelled): {dict(+tolerated)}"
     with capsys.disabled():
         print("\n" + report)
     listed = "\n".join(found[:60])
