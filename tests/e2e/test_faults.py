@@ -27,6 +27,7 @@ from tests.e2e.conftest import (
     unique,
 )
 from tests.e2e.nats import NatsServer
+from tests.invariants import database_urls, read_databases, unfinished, violations
 from tests.system import System, per_service, wait_until
 
 pytestmark = pytest.mark.postgres
@@ -285,3 +286,12 @@ async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
         expected = 1000 - sum(o["points_redeemed"] for o in mine)
         expected += sum(o["points_earned"] for o in mine)
         assert await points(api, customer) == expected
+
+    # And every invariant of the design, read from the databases themselves.
+    urls = database_urls(faulty)
+
+    async def converged() -> bool:
+        return not unfinished(await read_databases(urls))
+
+    await wait_until(converged, timeout=30, what="every order finished in the databases")
+    assert violations(await read_databases(urls)) == []
