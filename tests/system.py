@@ -7,12 +7,14 @@ bring things back — exactly what an operator would do.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +118,31 @@ class System:
             for p in self.processes.values()
             if p.log_path.exists()
         )
+
+
+def start_ready(system: System) -> System:
+    """Start every process of system and wait until its gateway is ready; on failure print
+    the logs and stop what was started."""
+    try:
+        system.start()
+        system.wait_ready()
+    except Exception:
+        print(system.logs())
+        system.stop()
+        raise
+    return system
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]], timeout: float, what: str, every: float = 0.2
+) -> float:
+    """Poll an async predicate until it is true; return the seconds it took."""
+    start_at = time.monotonic()
+    while time.monotonic() - start_at < timeout:
+        if await predicate():
+            return time.monotonic() - start_at
+        await asyncio.sleep(every)
+    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 def _base_env(extra: dict[str, str]) -> dict[str, str]:

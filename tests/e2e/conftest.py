@@ -14,9 +14,11 @@ import pytest
 from orderflow.registry import SERVICE_NAMES
 from tests.conftest import pg_databases_sync
 from tests.e2e.nats import NatsServer
-from tests.system import System, one_process, per_service
+from tests.system import System, one_process, per_service, start_ready
 
 SERVICES = list(SERVICE_NAMES)
+# Start a system and wait until it is ready (tests import it from here).
+start = start_ready
 
 
 @pytest.hookimpl(wrapper=True)
@@ -30,17 +32,6 @@ def pytest_runtest_makereport(
             if isinstance(value, System):
                 report.sections.append((f"{value.mode} system logs", value.logs()))
     return report
-
-
-def start(system: System) -> System:
-    try:
-        system.start()
-        system.wait_ready()
-    except Exception:
-        print(system.logs())
-        system.stop()
-        raise
-    return system
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from orderflow.events.v1 import events_pb2
 from tests.conftest import pg_databases_sync
 from tests.e2e.conftest import SERVICES, item, new_customer, new_item, points, start
 from tests.e2e.nats import NatsServer
-from tests.system import Process, System, free_port, per_service
+from tests.system import Process, System, free_port, per_service, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -126,15 +126,6 @@ async def api(events: Events) -> AsyncIterator[httpx.AsyncClient]:
         base_url=events.system.base_url, timeout=30, limits=limits
     ) as client:
         yield client
-
-
-async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if await check():
-            return time.monotonic() - started
-        await asyncio.sleep(0.25)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 async def stream_events(url: str) -> list[tuple[Event, dict[str, str]]]:

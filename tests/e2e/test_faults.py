@@ -27,7 +27,8 @@ from tests.e2e.conftest import (
     unique,
 )
 from tests.e2e.nats import NatsServer
-from tests.system import System, per_service
+from tests.invariants import database_urls, read_databases, unfinished, violations
+from tests.system import System, per_service, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -77,16 +78,6 @@ async def orders_in_database(system: System, at_least: int, timeout: float) -> N
         await wait_until(enough, timeout, f"{at_least} orders in the orders database", every=0.02)
     finally:
         await engine.dispose()
-
-
-async def wait_until(predicate: Any, timeout: float, what: str, every: float = 0.2) -> float:
-    """Poll an async predicate; return the seconds it took."""
-    start_at = time.monotonic()
-    while time.monotonic() - start_at < timeout:
-        if await predicate():
-            return time.monotonic() - start_at
-        await asyncio.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {what}")
 
 
 async def _settled(history: Any) -> bool:
@@ -295,3 +286,12 @@ async def test_gateway_killed_with_200_orders_in_flight_recovers_everything(
         expected = 1000 - sum(o["points_redeemed"] for o in mine)
         expected += sum(o["points_earned"] for o in mine)
         assert await points(api, customer) == expected
+
+    # And every invariant of the design, read from the databases themselves.
+    urls = database_urls(faulty)
+
+    async def converged() -> bool:
+        return not unfinished(await read_databases(urls))
+
+    await wait_until(converged, timeout=30, what="every order finished in the databases")
+    assert violations(await read_databases(urls)) == []
