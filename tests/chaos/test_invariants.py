@@ -4,7 +4,6 @@ of breaking an invariant is named (fast: no processes, no databases)."""
 from __future__ import annotations
 
 import copy
-import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,6 @@ from tests.chaos.test_soak import (
     Placement,
     Record,
     client_violations,
-    known_traceback,
 )
 from tests.invariants import Snapshot, violations
 
@@ -204,16 +202,3 @@ def test_a_500_a_201_for_a_rejected_order_and_an_unasked_cancel_are_named() -> N
     found = client_violations(rec, client_snapshot(), [{"name": "r1"}], [SKU])
     for expected in ("HTTP 500", "201 for order o-no", "o-cx CANCELLED, but no client asked"):
         assert any(expected in v for v in found), (expected, found)
-
-
-def test_only_the_known_pool_close_traceback_is_tolerated() -> None:
-    known = {
-        "event": "Exception closing connection <AdaptedConnection>",
-        "logger": "sqlalchemy.pool.impl.AsyncAdaptedQueuePool",
-        "exception": "Traceback (most recent call last):\n ...\nasyncio.exceptions.CancelledError",
-    }
-    other = {**known, "exception": "Traceback (most recent call last):\n ...\nKeyError: 'x'"}
-    assert known_traceback(json.dumps(known))
-    assert not known_traceback(json.dumps(other))
-    assert not known_traceback(json.dumps({**known, "logger": "orderflow.orders"}))
-    assert not known_traceback("Traceback (most recent call last):")

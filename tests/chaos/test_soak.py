@@ -464,30 +464,11 @@ def client_violations(
     return out
 
 
-def known_traceback(line: str) -> bool:
-    """SQLAlchemy's pool logging (with a traceback) that closing an asyncpg connection was
-    cancelled: a gRPC call whose deadline passed is cancelled while its unit of work gives
-    its connection back (sqlalchemy#8145, asyncpg#1156). Tolerated, and counted, until the
-    services shield that close; see the chaos soak's report on issue 12."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return False
-    return (
-        isinstance(record, dict)
-        and record.get("logger", "").startswith("sqlalchemy.pool")
-        and record.get("event", "").startswith("Exception closing connection")
-        and record.get("exception", "").rstrip().endswith("CancelledError")
-    )
-
-
-def tracebacks(soak: Soak, tolerated: Counter[str]) -> list[str]:
+def tracebacks(soak: Soak) -> list[str]:
     out = []
     for name, path in soak.log_paths.items():
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         hits = [line for line in lines if "Traceback" in line]
-        tolerated[name] += sum(1 for line in hits if known_traceback(line))
-        hits = [line for line in hits if not known_traceback(line)]
         if hits:
             out.append(f"{len(hits)} Traceback(s) in the {name} log, first: {hits[0][:1500]}")
     return out
@@ -560,11 +541,8 @@ async def test_chaos_soak_keeps_every_invariant(
     if not any(n > 0 for n in rec.gateway_kills):
         found.append(f"the gateway was never killed with orders in flight: {rec.gateway_kills}")
     found += [f"{name} exited by itself" for name in rec.crashed]
-    tolerated: Counter[str] = Counter()
-    found += tracebacks(soak, tolerated)
+    found += tracebacks(soak)
     report = figures(rec, snapshot, soak, took, seed)
-    if +tolerated:
-        report += f"\n  tolerated tracebacks (pool close cancelled): {dict(+tolerated)}"
     with capsys.disabled():
         print("\n" + report)
     listed = "\n".join(found[:60])
