@@ -19,7 +19,7 @@ run: $(STAMP)  ## one process, demo data: gateway on :8080, gRPC on :50051
 	$(BIN)/orderflow run --demo
 
 test: $(STAMP)  ## every test: unit, integration (SQLite + PostgreSQL), end-to-end; coverage report
-	$(BIN)/pytest -q --cov=orderflow --cov-report=term:skip-covered
+	$(BIN)/pytest -q --durations=25 --cov=orderflow --cov-report=term:skip-covered
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -q tests/unit
