@@ -24,6 +24,7 @@ from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.http_limits import REPLIED_STATUS
 from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.operations import validation_error
 from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.recovery import RecoveryWorker
@@ -158,9 +159,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
             for e in exc.errors()
         ]
-        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
-        return error_response("VALIDATION_ERROR", f"{where}: {first['msg']}", {"errors": problems})
+        return from_exception(validation_error(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
