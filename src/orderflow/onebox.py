@@ -134,7 +134,8 @@ async def run_onebox(
         endpoint = metrics_endpoint(gateway, metrics.registry)
         if endpoint is not None:
             stack.callback(endpoint.close)
-        app = create_app(wired, common, auth=auth, metrics=metrics)
+        # The services' bus: its order events wake the gRPC API's WatchOrder streams.
+        app = create_app(wired, common, auth=auth, metrics=metrics, events=bus)
         await serve_both(
             app,
             gateway,

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderflow.errors import OrderflowError
+from orderflow.events.bus import EventTap
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
@@ -31,6 +32,7 @@ from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
 from orderflow.gateway.rpc import Channels
 from orderflow.gateway.saga import OrderSaga
+from orderflow.gateway.watch import OrderWatch
 from orderflow.platform.telemetry import instrument_gateway
 from orderflow.platform.tls import channel_credentials
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
@@ -58,10 +60,12 @@ def create_app(
     recovery: bool = True,
     metrics: GatewayMetrics | None = None,
     auth: AuthSettings | None = None,
+    events: EventTap | None = None,
 ) -> FastAPI:
     """Build the gateway. Without `services`, gRPC clients are made from settings at start-up.
 
     metrics: where to count (default: fresh metrics; one-process mode adds the services').
+    events: the bus whose order events wake WatchOrder streams (gateway.watch).
     """
     if metrics is None:
         metrics = GatewayMetrics()
@@ -90,6 +94,9 @@ def create_app(
             lease_seconds=settings.lease_seconds,
             observer=metrics,
         )
+        watch = OrderWatch(events)
+        await watch.start()
+        metrics.watch_streams.set_function(lambda: watch.watchers)
         app.state.gateway = Gateway(
             settings=settings,
             common=common,
@@ -99,6 +106,7 @@ def create_app(
             readiness=ready or Readiness({}),
             auth=Authenticator(auth if auth is not None else AuthSettings()),
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            watch=watch,
         )
         worker = RecoveryWorker(
             saga,
@@ -115,6 +123,7 @@ def create_app(
             yield
         finally:
             await worker.stop()
+            await watch.stop()
             await channels.close()
 
     app = FastAPI(

@@ -15,6 +15,7 @@ from orderflow.gateway.ports import InventoryPort, LoyaltyPort, OrdersPort
 from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.saga import OrderSaga
+from orderflow.gateway.watch import OrderWatch
 from orderflow.settings import CommonSettings, GatewaySettings
 
 
@@ -37,6 +38,7 @@ class Gateway:
     readiness: Readiness
     auth: Authenticator
     limiter: RateLimiter
+    watch: OrderWatch
 
 
 async def get_gateway(request: Request) -> Gateway:

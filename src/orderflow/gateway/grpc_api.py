@@ -12,8 +12,10 @@ rate-limited; its status code comes from the table in gateway.errors.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -37,6 +39,8 @@ from orderflow.platform.logging import REQUEST_ID_KEY
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["OrderingService"].full_name
 DOMAIN = "orderflow"
+# How often a WatchOrder stream reads its order when no order events arrive (no bus).
+RESYNC_SECONDS = 1.0
 T = TypeVar("T")
 
 log = structlog.get_logger("orderflow.gateway.grpc")
@@ -133,6 +137,10 @@ def _status_name(value: int) -> str | None:
         return str(value)  # refused by the operation's own check
 
 
+async def _same(principal: Principal) -> Principal:
+    return principal
+
+
 def _text(value: str) -> str | None:
     """proto3 has no None: an empty string is an absent value."""
     return value or None
@@ -199,10 +207,14 @@ class OrderingServicer(pb_grpc.OrderingServiceServicer):
         self,
         context: grpc.aio.ServicerContext[Any, Any],
         operation: Callable[[Gateway, Principal], Awaitable[T]],
+        *,
+        first: bool = True,
     ) -> T:
+        """Authenticate, then run operation within the budget; first: the call's first run
+        (which sends the request id back, as REST's X-Request-ID)."""
         gateway = self._gateway()
         request_id = structlog.contextvars.get_contextvars().get("request_id")
-        if request_id:
+        if first and request_id:
             await context.send_initial_metadata(((REQUEST_ID_KEY, str(request_id)),))
         seconds = gateway.settings.request_timeout_seconds
         left = context.time_remaining()
@@ -288,8 +300,35 @@ class OrderingServicer(pb_grpc.OrderingServiceServicer):
 
     async def WatchOrder(
         self, request: pb.WatchOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[pb.WatchOrderResponse]:
-        raise NotImplementedError  # pragma: no cover - replaced below
+    ) -> None:
+        """The order now, then each change, until it is settled; the client's deadline (or
+        the server's shutdown) ends it. Woken by the order's events (gateway.watch), each
+        wake-up reads the order once; a stream costs no task of its own."""
+        gateway = self._gateway()
+        watch = gateway.watch
+        currency = gateway.common.currency
+        principal = await self._run(context, lambda _gw, who: _same(who))
+        with watch.watching(request.order_id) as changed:
+            # Watching before the first read: a change between the two is not lost.
+            order = await self._run(
+                context,
+                lambda gw, _who: ops.get_order(gw, principal, request.order_id),
+                first=False,
+            )
+            await context.write(pb.WatchOrderResponse(order=order_message(order, currency)))
+            while not order.settled:
+                resync = None if watch.live else RESYNC_SECONDS
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), resync)
+                changed.clear()
+                now = await self._run(
+                    context,
+                    lambda gw, _who: ops.get_order(gw, principal, request.order_id),
+                    first=False,
+                )
+                if now != order:
+                    await context.write(pb.WatchOrderResponse(order=order_message(now, currency)))
+                order = now
 
     async def GetItem(
         self, request: pb.GetItemRequest, context: grpc.aio.ServicerContext[Any, Any]

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from orderflow.errors import ERRORS_BY_CODE, InvalidArgumentError, OrderflowError
+from orderflow.errors import ERRORS_BY_CODE, OrderflowError, RequestInvalidError
 from orderflow.gateway.auth import Principal, as_if_missing
 from orderflow.gateway.deps import Gateway
 from orderflow.gateway.ports import (
@@ -45,12 +45,6 @@ ITEMS_PAGE = (1, 100, 50)
 M = TypeVar("M", bound=BaseModel)
 
 
-class RequestValidationFailed(InvalidArgumentError):
-    """A request body or parameter broke a rule: VALIDATION_ERROR, as REST answers it."""
-
-    code = "VALIDATION_ERROR"
-
-
 def validated(model: type[M], data: dict[str, Any]) -> M:
     """data as model, or VALIDATION_ERROR with the first problem, worded as REST words it."""
     try:
@@ -63,10 +57,10 @@ def validated(model: type[M], data: dict[str, Any]) -> M:
         raise validation_error(problems) from None
 
 
-def validation_error(problems: list[dict[str, Any]]) -> RequestValidationFailed:
+def validation_error(problems: list[dict[str, Any]]) -> RequestInvalidError:
     first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
     where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
-    return RequestValidationFailed(f"{where}: {first['msg']}", errors=problems)
+    return RequestInvalidError(f"{where}: {first['msg']}", errors=problems)
 
 
 def _check_text(name: str, value: str, maximum: int) -> None:
@@ -171,6 +165,7 @@ async def place_order(
         request=body.model_dump_json(),
     )
     placed = await gateway.saga.place(new)
+    gateway.watch.notify(placed.order.id)
     return Placement(placed.order, placed.created, placement_error(placed.order, placed.created))
 
 
@@ -222,7 +217,10 @@ async def cancel_order(gateway: Gateway, principal: Principal, order_id: str) ->
         if not principal.is_admin:
             mine = await gateway.services.orders.get_order(order_id)
             principal.check_owner(mine.customer_id, "order")
-        return await gateway.saga.cancel_order(order_id)
+        try:
+            return await gateway.saga.cancel_order(order_id)
+        finally:
+            gateway.watch.notify(order_id)  # its streams see the change, or the attempt
 
 
 # -- items ------------------------------------------------------------------------------

@@ -152,11 +152,18 @@ async def serve_gateway(
     settings: GatewaySettings, common: CommonSettings, auth: AuthSettings | None = None
 ) -> None:
     """Run the gateway (REST and gRPC APIs) until SIGTERM/SIGINT (per-service mode)."""
+    from orderflow.events.settings import EventsSettings
+
     metrics = GatewayMetrics()
-    app = create_app(settings, common, auth=auth, metrics=metrics)
+    # Order events wake WatchOrder streams: an ephemeral consumer of the services' stream.
+    events = EventsSettings()
+    bus = events.create_bus() if events.nats_url else None
+    app = create_app(settings, common, auth=auth, metrics=metrics, events=bus)
     endpoint = metrics_endpoint(settings, metrics.registry)
     try:
         await serve_both(app, settings, metrics)
     finally:
         if endpoint is not None:
             endpoint.close()
+        if bus is not None:
+            await bus.close()
