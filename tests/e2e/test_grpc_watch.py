@@ -146,3 +146,39 @@ async def test_a_deadline_ends_the_stream_and_leaves_nothing_behind(
         while (left := await open_streams(system.base_url)) != 0:
             assert time.monotonic() < deadline, f"{left} WatchOrder streams still open"
             await asyncio.sleep(0.1)
+
+
+async def test_a_graceful_stop_ends_the_open_streams(
+    stalled: tuple[System, NatsServer],
+) -> None:
+    """SIGTERM: a stream still watching an order that cannot settle ends within the grace,
+    and the process exits cleanly (runs last: it stops the module's system)."""
+    system, nats = stalled
+    if nats.running:
+        nats.stop()
+    async with (
+        httpx.AsyncClient(base_url=system.base_url, timeout=30) as api,
+        grpc.aio.insecure_channel(system.grpc_target) as channel,
+    ):
+        stub = pb_grpc.OrderingServiceStub(channel)
+        sku = await new_item(api, price=100, stock=5)
+        customer = await new_customer(api)
+        placed = await stub.PlaceOrder(
+            pb.PlaceOrderRequest(
+                customer_id=customer, items=[pb.PlaceOrderRequest.Line(sku=sku, quantity=1)]
+            ),
+            timeout=10,
+        )
+        stream = stub.WatchOrder(pb.WatchOrderRequest(order_id=placed.order.id), timeout=60)
+        first = await stream.read()
+        assert isinstance(first, pb.WatchOrderResponse) and not first.order.settled
+        started = time.monotonic()
+        process = system.processes["onebox"]
+        assert process.popen is not None
+        process.popen.terminate()
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while await stream.read() is not grpc.aio.EOF:
+                pass
+        assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+        assert time.monotonic() - started < 8
+        assert await asyncio.to_thread(process.popen.wait, 15) == 0

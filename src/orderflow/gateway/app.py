@@ -122,6 +122,9 @@ def create_app(
         try:
             yield
         finally:
+            # The gRPC API first (its streams end while the clients still work).
+            for hook in app.state.before_shutdown:
+                await hook()
             await worker.stop()
             await watch.stop()
             await channels.close()
@@ -135,6 +138,8 @@ def create_app(
         docs_url=None,  # served by install_docs, from a package instead of a CDN
     )
     install_docs(app)
+    # What must stop before the gateway's clients close (gateway.server: the gRPC API).
+    app.state.before_shutdown = []
     app.include_router(orders.router)
     app.include_router(items.router)
     app.include_router(loyalty.router)

@@ -140,12 +140,22 @@ async def serve_both(
         raise
     if rpc_metrics is None:  # the API's RPC counts on the gateway's /metrics, beside HTTP's
         metrics.registry.register(RegistryCollector(grpc_api.metrics.registry))
+    stopped = False
+
+    async def stop_grpc_api() -> None:
+        nonlocal stopped
+        if not stopped:
+            stopped = True
+            await grpc_api.stop(GRPC_GRACE_SECONDS)
+
+    # On SIGTERM the app's shutdown stops the gRPC API before it closes its clients.
+    app.state.before_shutdown.append(stop_grpc_api)
     try:
         if started is not None:
             started(grpc_api)
         await serving
     finally:
-        await grpc_api.stop(GRPC_GRACE_SECONDS)
+        await stop_grpc_api()
 
 
 async def serve_gateway(
