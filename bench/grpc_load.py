@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import math
 import time
 
 import grpc
@@ -25,7 +26,7 @@ def nearest_rank(values: list[int], q: float) -> int:
     if not values:
         return 0
     ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 async def load(target: str, concurrency: int, seconds: float, skus: int, customers: int) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -181,4 +182,7 @@ async def test_a_graceful_stop_ends_the_open_streams(
                 pass
         assert ended.value.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert time.monotonic() - started < 8
-        assert await asyncio.to_thread(process.popen.wait, 15) == 0
+        # uvicorn re-raises the SIGTERM it handled once everything is shut down.
+        code = await asyncio.to_thread(process.popen.wait, 15)
+        assert code in (0, -signal.SIGTERM), code
+        assert "Traceback" not in process.log_path.read_text()
