@@ -185,10 +185,17 @@ def test_grpcurl_reads_an_item_at_the_port_the_readme_gives(
     assert json.loads(run(get_item, system))["item"]["sku"] == "MUG-1"
 
 
+def _snake(message: dict[str, Any]) -> dict[str, Any]:
+    """grpcurl's JSON with proto field names, whichever spelling this grpcurl uses."""
+    return {
+        re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k): v for k, v in message.items()
+    }
+
+
 def test_grpcurl_places_an_order_on_the_gateways_grpc_api(demo: System) -> None:
     (place,) = [c for c in commands("grpcurl") if "OrderingService/PlaceOrder" in c]
-    first = json.loads(run(place, demo))["order"]
-    assert (first["customerId"], first["status"]) == ("c-2", "ORDER_STATUS_CONFIRMED")
+    first = _snake(json.loads(run(place, demo))["order"])
+    assert (first["customer_id"], first["status"]) == ("c-2", "ORDER_STATUS_CONFIRMED")
     assert (first["subtotal"], first["discount"], first["total"]) == ("2000", "100", "1900")
     again = json.loads(run(place, demo))["order"]  # request_id: the same order again
     assert again["id"] == first["id"]
