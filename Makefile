@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast lint format protos check-protos check clean bench \
+.PHONY: install run test test-fast lint format protos check-protos breaking release-protos check clean bench \
         deploy-check container-test audit
 
 $(STAMP): pyproject.toml
@@ -25,7 +25,7 @@ test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -q tests/unit
 
 # .pre-commit-config.yaml runs the same checks on each commit (`.venv/bin/pre-commit install`).
-lint: $(STAMP) check-protos  ## ruff, formatting, mypy (strict on src/, relaxed on tests/), buf lint
+lint: $(STAMP) check-protos breaking  ## ruff, formatting, mypy (strict on src/, relaxed on tests/), buf lint and breaking
 	$(BIN)/ruff check src tests scripts bench
 	$(BIN)/ruff format --check src tests scripts bench
 	$(BIN)/mypy
@@ -40,6 +40,14 @@ protos: $(STAMP)  ## regenerate the gRPC stubs from proto/
 
 check-protos: $(STAMP)  ## fail when the committed stubs are stale
 	$(BIN)/python scripts/gen_protos.py --check
+
+# proto/released.binpb is the protos as last released (an image from `buf build`, committed,
+# so a clean clone checks without git history or a registry); refresh it at each release.
+breaking: $(STAMP)  ## buf breaking: every package against the last released protos
+	$(BIN)/buf breaking --against proto/released.binpb
+
+release-protos: $(STAMP)  ## at a release: make the current protos the ones `breaking` keeps
+	$(BIN)/buf build -o proto/released.binpb
 
 audit: $(STAMP)  ## known vulnerabilities in the installed dependencies (pip-audit; ADR 15)
 	$(BIN)/python scripts/audit.py

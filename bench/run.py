@@ -1,4 +1,5 @@
-"""Benchmark POST /api/v1/orders against the floor, in the same run, on this machine.
+"""Benchmark POST /api/v1/orders against the floor, in the same run, on this machine; and
+PlaceOrder over the gateway's gRPC API beside it (bench/grpc_load.py).
 
 For each mode it starts orderflow as real processes, loads a catalog that never runs
 out, drives orders with wrk at fixed concurrencies for a fixed time, samples the
@@ -284,6 +285,31 @@ def run_wrk(url: str, concurrency: int, seconds: float) -> dict[str, int]:
     return parse_wrk(out.stdout + out.stderr)
 
 
+def run_grpc_load(target: str, concurrency: int, seconds: float) -> dict[str, int]:
+    """PlaceOrder over the gateway's gRPC API (bench/grpc_load.py, a process of its own)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.grpc_load",
+            target,
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+            "--skus",
+            str(SKUS),
+            "--customers",
+            str(CUSTOMERS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+        cwd=HERE.parent,
+    )
+    return parse_wrk(out.stdout + out.stderr)
+
+
 def seed(base_url: str) -> None:
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for n in range(SKUS):
@@ -407,10 +433,18 @@ def drive(
     seconds: float,
     say: Callable[[str], None],
     outboxes: dict[str, str] | None = None,
+    grpc: bool = False,
 ) -> list[Measurement]:
+    """Drive POST /api/v1/orders with wrk; grpc: PlaceOrder on the gRPC API instead."""
     url = f"{system.base_url}/api/v1/orders"
+
+    def load(concurrency: int, seconds: float) -> dict[str, int]:
+        if grpc:
+            return run_grpc_load(system.grpc_target, concurrency, seconds)
+        return run_wrk(url, concurrency, seconds)
+
     say(f"  {name}: warming up")
-    run_wrk(url, 8, 2)
+    load(8, 2)
     results = []
     for concurrency in levels:
         say(f"  {name}: {concurrency} concurrent clients for {seconds:g}s ...")
@@ -418,7 +452,7 @@ def drive(
         before = cpu_seconds(pids)
         since_us = time.time_ns() // 1000
         with RssSampler(pids) as sampler:
-            fields = run_wrk(url, concurrency, seconds)
+            fields = load(concurrency, seconds)
         until_us = time.time_ns() // 1000
         # CPU until the last reply: the events' follow-up after it is not in orders/s.
         after = cpu_seconds(pids)
@@ -479,6 +513,10 @@ def bench_mode(
                 seed(system.base_url)
                 outboxes = outbox_urls(mode, workdir, urls)
                 ours = drive(system, "orderflow", mode, levels, seconds, say, outboxes)
+                # The same orders through the gateway's gRPC API, same system, same run.
+                over_grpc = drive(
+                    system, "orderflow gRPC", mode, levels, seconds, say, outboxes, grpc=True
+                )
             finally:
                 system.stop()
         with databases(mode, workdir / "floor", ["orders", "inventory", "loyalty"]) as urls:
@@ -496,6 +534,7 @@ def bench_mode(
         "ready_s": ready_s,
         "idle_rss_mb": idle,
         "orderflow": ours,
+        "grpc": over_grpc,
         "floor": theirs,
     }
 
@@ -560,8 +599,29 @@ def report(runs: list[dict], seconds: float) -> str:
                 f"| {_ms(ours.outbox_lag_p99_ms)} | {_ms(ours.settle_lag_ms)} | {rss} |"
             )
         lines += ["", cpu_breakdown(run), ""]
+        if run.get("grpc"):
+            lines += grpc_rows(run)
     lines += targets(runs)
     return "\n".join(lines)
+
+
+def grpc_rows(run: dict) -> list[str]:
+    """PlaceOrder over the gateway's gRPC API beside POST /api/v1/orders, same run."""
+    lines = [
+        "PlaceOrder over the gateway's gRPC API (bench/grpc_load.py, Python grpc.aio "
+        "clients in a process of their own) beside REST (wrk):",
+        "",
+        "| clients | gRPC orders/s | REST orders/s | gRPC p50 / p99 ms | REST p50 / p99 ms "
+        "| errors (gRPC / REST) | CPU ms/order (gRPC / REST) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for rpc, rest in zip(run["grpc"], run["orderflow"], strict=True):
+        lines.append(
+            f"| {rpc.concurrency} | {rpc.rps:.1f} | {rest.rps:.1f} "
+            f"| {rpc.p50_ms:.1f} / {rpc.p99_ms:.1f} | {rest.p50_ms:.1f} / {rest.p99_ms:.1f} "
+            f"| {rpc.errors} / {rest.errors} | {_cpu(rpc)} / {_cpu(rest)} |"
+        )
+    return [*lines, ""]
 
 
 def share_of_floor(ours: Measurement, floor: Measurement) -> float:
@@ -624,6 +684,13 @@ def targets(runs: list[dict]) -> list[str]:
             f"{ours.concurrency / (TARGET_P99_MS / 1000):.0f} orders/s.",
             f"- errors: {ours.errors}: {verdict(ours.errors == 0)}.",
         ]
+        if main.get("grpc"):
+            rpc = max(main["grpc"], key=lambda m: m.concurrency)
+            lines.append(
+                f"- over gRPC (PlaceOrder), {rpc.concurrency} clients: {rpc.rps:.1f} orders/s, "
+                f"p99 {rpc.p99_ms:.0f} ms, {rpc.errors} errors; over REST "
+                f"{ours.rps:.1f} orders/s, p99 {ours.p99_ms:.0f} ms."
+            )
         services = {n: mb for n, mb in main["idle_rss_mb"].items() if n != "gateway"}
         worst = max(services.values()) if services else 0.0
         lines.append(
@@ -672,6 +739,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 **r,
                 "orderflow": [Measurement(**m) for m in r["orderflow"]],
+                "grpc": [Measurement(**m) for m in r.get("grpc", [])],
                 "floor": [Measurement(**m) for m in r["floor"]],
             }
             for r in json.loads(args.from_json.read_text())
@@ -698,6 +766,7 @@ def main(argv: list[str] | None = None) -> int:
                     {
                         **r,
                         "orderflow": [dataclasses.asdict(m) for m in r["orderflow"]],
+                        "grpc": [dataclasses.asdict(m) for m in r.get("grpc", [])],
                         "floor": [dataclasses.asdict(m) for m in r["floor"]],
                     }
                     for r in runs
@@ -706,7 +775,9 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     # A floor with errors makes its ratio meaningless, so it fails the run as well.
-    failed = [m for r in runs for m in (*r["orderflow"], *r["floor"]) if m.failed]
+    failed = [
+        m for r in runs for m in (*r["orderflow"], *r.get("grpc", []), *r["floor"]) if m.failed
+    ]
     for m in failed:
         print(
             f"FAILED: {m.system} {m.mode} c={m.concurrency}: {m.errors} errors of {m.requests}",

@@ -14,17 +14,25 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
 SRC = ROOT / "src"
-# Each proto package under proto/orderflow/, and whether it declares gRPC services (events
-# only defines messages, so it gets no _pb2_grpc.py).
-PACKAGES = {"orders": True, "inventory": True, "loyalty": True, "events": False}
+# Each proto package under proto/orderflow/: its file, and whether it declares gRPC
+# services (events only defines messages, so it gets no _pb2_grpc.py). proto/google/ holds
+# copies of the googleapis files the public API imports (for buf); their Python modules
+# come from googleapis-common-protos, so nothing is generated for them.
+PACKAGES = {
+    "orders": ("orders", True),
+    "inventory": ("inventory", True),
+    "loyalty": ("loyalty", True),
+    "events": ("events", False),
+    "api": ("ordering", True),
+}
 
 
 def generate(out: Path) -> list[Path]:
     """Run protoc for every package's proto into out; return the generated files (relative)."""
     include = Path(protoc.__file__).parent / "_proto"
     produced: list[Path] = []
-    for package, has_services in PACKAGES.items():
-        proto = PROTO / "orderflow" / package / "v1" / f"{package}.proto"
+    for package, (name, has_services) in PACKAGES.items():
+        proto = PROTO / "orderflow" / package / "v1" / f"{name}.proto"
         (out / "orderflow" / package / "v1").mkdir(parents=True, exist_ok=True)
         suffixes = ["_pb2.py", "_pb2.pyi"]
         args = [
@@ -41,7 +49,7 @@ def generate(out: Path) -> list[Path]:
         if rc != 0:
             raise SystemExit(f"protoc failed for {proto}")
         for suffix in suffixes:
-            produced.append(Path("orderflow") / package / "v1" / f"{package}{suffix}")
+            produced.append(Path("orderflow") / package / "v1" / f"{name}{suffix}")
     return produced
 
 

@@ -85,6 +85,8 @@ class System:
     mode: str
     base_url: str
     processes: dict[str, Process] = field(default_factory=dict)
+    # The gateway's public gRPC API (host:port).
+    grpc_target: str = ""
 
     def start(self, name: str | None = None) -> None:
         for proc in [self.processes[name]] if name else self.processes.values():
@@ -105,12 +107,17 @@ class System:
             try:
                 response = httpx.get(f"{self.base_url}/readyz", timeout=2)
                 if response.status_code == 200:
-                    return
+                    break
                 last = response.text
             except httpx.HTTPError as exc:
                 last = str(exc)
             time.sleep(0.1)
-        raise TimeoutError(f"{self.mode} system not ready: {last}")
+        else:
+            raise TimeoutError(f"{self.mode} system not ready: {last}")
+        if self.grpc_target:  # served once the REST app has started
+            wait_for_port(
+                int(self.grpc_target.rpartition(":")[2]), max(1.0, deadline - time.monotonic())
+            )
 
     def logs(self) -> str:
         return "\n".join(
@@ -161,14 +168,17 @@ def _base_env(extra: dict[str, str]) -> dict[str, str]:
 
 
 def one_process(workdir: Path, extra_env: dict[str, str] | None = None) -> System:
-    http, grpc_port = free_port(), free_port()
+    http, grpc_port, api_port = free_port(), free_port(), free_port()
     argv = [
         sys.executable, "-m", "orderflow", "run",
         "--port", str(http), "--grpc-port", str(grpc_port),
+        "--grpc-api-port", str(api_port),
         "--data-dir", str(workdir / "data"),
     ]  # fmt: skip
     proc = Process("onebox", argv, _base_env(extra_env or {}), http, workdir / "onebox.log")
-    return System("one-process", f"http://127.0.0.1:{http}", {"onebox": proc})
+    return System(
+        "one-process", f"http://127.0.0.1:{http}", {"onebox": proc}, f"127.0.0.1:{api_port}"
+    )
 
 
 def per_service(
@@ -181,7 +191,11 @@ def per_service(
         env[f"ORDERFLOW_{name.upper()}_DATABASE_URL"] = database_urls[name]
         env[f"ORDERFLOW_GATEWAY_{name.upper()}_TARGET"] = f"127.0.0.1:{ports[name]}"
     env["ORDERFLOW_GATEWAY_PORT"] = str(ports["gateway"])
-    system = System("per-service", f"http://127.0.0.1:{ports['gateway']}")
+    api_port = free_port()
+    env["ORDERFLOW_GATEWAY_GRPC_PORT"] = str(api_port)
+    system = System(
+        "per-service", f"http://127.0.0.1:{ports['gateway']}", grpc_target=f"127.0.0.1:{api_port}"
+    )
     for name in COMPONENT_NAMES:
         argv = [sys.executable, "-m", "orderflow", "serve", name]
         system.processes[name] = Process(name, argv, env, ports[name], workdir / f"{name}.log")

@@ -226,6 +226,11 @@ def serve(component: str, migrate: bool = True, insecure_grpc: bool = False) -> 
 
         gateway_settings = load_settings(GatewaySettings)
         check_port(gateway_settings.host, gateway_settings.port, *env_names(gateway_settings))
+        check_port(
+            gateway_settings.host,
+            gateway_settings.grpc_port,
+            *env_names(gateway_settings, "grpc_port"),
+        )
         auth = auth_for(gateway_settings.host)
         from orderflow.gateway.server import serve_gateway
 

@@ -77,6 +77,15 @@ def run(
     grpc_port: Annotated[
         int, typer.Option(metavar="PORT", min=0, max=65535, help="gRPC port of the three services")
     ] = 50051,
+    grpc_api_port: Annotated[
+        int,
+        typer.Option(
+            metavar="PORT",
+            min=0,
+            max=65535,
+            help="port of the gateway's public gRPC API (on --host)",
+        ),
+    ] = 8081,
     data_dir: Annotated[
         Path,
         typer.Option(
@@ -105,11 +114,12 @@ def run(
     common = boot.load_settings(CommonSettings)
     gateway = boot.load_settings(GatewaySettings)
     events = boot.load_settings(EventsSettings)  # ORDERFLOW_NATS_URL, ORDERFLOW_EVENTS_*
-    gateway = gateway.model_copy(update={"host": host, "port": port})
+    gateway = gateway.model_copy(update={"host": host, "port": port, "grpc_port": grpc_api_port})
     services = boot.one_process_settings(data_dir)
     boot.guard_grpc_bind(grpc_host, common, insecure_grpc, "gRPC")
     boot.check_port(host, port, "--port", "--host")
     boot.check_port(grpc_host, grpc_port, "--grpc-port", "--grpc-host")
+    boot.check_port(host, grpc_api_port, "--grpc-api-port", "--host")
     configure_logging(common.log_level, common.log_format, component="orderflow")
     auth = boot.auth_for(host)
     from orderflow.onebox import run_onebox

@@ -2,7 +2,8 @@
 
     OrderflowError                    INTERNAL          a failure nobody named (a bug)
     ├── InvalidArgumentError          INVALID_ARGUMENT  malformed or out-of-range input
-    │   └── UnknownSkuError           UNKNOWN_SKU       an order line names no catalog item
+    │   ├── UnknownSkuError           UNKNOWN_SKU       an order line names no catalog item
+    │   └── RequestInvalidError       VALIDATION_ERROR  a public API request broke a rule
     ├── NotFoundError                 NOT_FOUND         the thing asked for does not exist
     ├── AlreadyExistsError            ALREADY_EXISTS    a create collided with an existing key
     │   └── IdempotencyKeyReusedError IDEMPOTENCY_KEY_REUSED  same key, different request
@@ -53,6 +54,12 @@ class InvalidArgumentError(OrderflowError):
 
 class UnknownSkuError(InvalidArgumentError):
     code = "UNKNOWN_SKU"
+
+
+class RequestInvalidError(InvalidArgumentError):
+    """Raised by the gateway's application layer, for REST and gRPC alike."""
+
+    code = "VALIDATION_ERROR"
 
 
 class NotFoundError(OrderflowError):

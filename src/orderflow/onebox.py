@@ -8,7 +8,6 @@ is missing, so restarts keep the data as it is).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sys
@@ -25,7 +24,7 @@ from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.rpc import Channels
-from orderflow.gateway.server import metrics_endpoint, uvicorn_server
+from orderflow.gateway.server import metrics_endpoint, serve_both
 from orderflow.platform.component import Component, start_events
 from orderflow.platform.grpc_bind import dial_host
 from orderflow.platform.grpc_server import create_server
@@ -135,15 +134,17 @@ async def run_onebox(
         endpoint = metrics_endpoint(gateway, metrics.registry)
         if endpoint is not None:
             stack.callback(endpoint.close)
-        app = create_app(wired, common, auth=auth, metrics=metrics)
-        server = uvicorn_server(app, gateway, metrics)
-        serving = asyncio.create_task(server.serve())
-        # uvicorn has no start event to await; poll its flag until it listens or fails.
-        while not server.started and not serving.done():  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        if server.started:
-            announce(common, gateway, f"{grpc_host}:{running.port}", services, demo)
-        await serving
+        # The services' bus: its order events wake the gRPC API's WatchOrder streams.
+        app = create_app(wired, common, auth=auth, metrics=metrics, events=bus)
+        await serve_both(
+            app,
+            gateway,
+            metrics,
+            lambda api: announce(
+                common, gateway, f"{grpc_host}:{running.port}", services, demo, api.port
+            ),
+            rpc_metrics=running.metrics,
+        )
     finally:
         stack.close()
         await running.stop(1.0)
@@ -161,14 +162,26 @@ def announce(
     target: str,
     services: dict[str, Any],
     demo: bool,
+    api_port: int | None = None,
 ) -> None:
     """Say where everything is: a banner on a terminal, one log event when logging JSON."""
     http = f"http://{gateway.host}:{gateway.port}"
+    api = f"{gateway.host}:{api_port if api_port is not None else gateway.grpc_port}"
     stores = {name: storage(cfg) for name, cfg in services.items()}
     if wants_json(common.log_format):
-        log.info("orderflow_running", http=http, grpc=target, docs=f"{http}/docs", storage=stores)
+        log.info(
+            "orderflow_running",
+            http=http,
+            grpc_api=api,
+            grpc=target,
+            docs=f"{http}/docs",
+            storage=stores,
+        )
         return
-    lines = [f"orderflow is running: {http} (gRPC on {target})", f"  API docs:  {http}/docs"]
+    lines = [
+        f"orderflow is running: {http} (gRPC API on {api}; services' gRPC on {target})",
+        f"  API docs:  {http}/docs",
+    ]
     lines += [f"  {name + ':':<10} {where}" for name, where in stores.items()]
     if demo:
         lines += ["  place an order:", f"    {demo_curl(gateway.port)}"]

@@ -177,6 +177,8 @@ class GatewaySettings(_Base):
 
     host: str = "127.0.0.1"
     port: Port = 8080
+    # The public gRPC API (orderflow.api.v1.OrderingService) on host; 0 picks a free port.
+    grpc_port: Port = 8081
     orders_target: str = "127.0.0.1:50051"
     inventory_target: str = "127.0.0.1:50052"
     loyalty_target: str = "127.0.0.1:50053"

@@ -213,15 +213,28 @@ class Deployment:
     http_port: int
     secret: str
     env: dict[str, str] = field(default_factory=dict)
+    # Where the gateway's gRPC API is published on this host (0: a free port, picked here).
+    grpc_api_port: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.grpc_api_port:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                self.grpc_api_port = int(sock.getsockname()[1])
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
+    @property
+    def grpc_api(self) -> str:
+        return f"127.0.0.1:{self.grpc_api_port}"
+
     def compose(self, *args: str, timeout: float = 300) -> Result:
         env = {
             "ORDERFLOW_AUTH_JWT_SECRET": self.secret,
             "ORDERFLOW_HTTP_PUBLISH": f"127.0.0.1:{self.http_port}",
+            "ORDERFLOW_GRPC_API_PUBLISH": self.grpc_api,
             **self.env,
         }
         assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())

@@ -171,7 +171,10 @@ def test_the_grpc_services_cannot_be_reached_from_outside(multi: Deployment) -> 
         bindings[name] = ports
     published = {name for name, ports in bindings.items() if ports}
     assert published == {f"{PROJECT}_gateway_1"}, bindings
-    assert bindings[f"{PROJECT}_gateway_1"].endswith(f"127.0.0.1:{multi.http_port}")
+    # REST and the gateway's gRPC API, nothing else.
+    assert sorted(
+        line.rsplit(" ", 1)[-1] for line in bindings[f"{PROJECT}_gateway_1"].splitlines()
+    ) == sorted([f"127.0.0.1:{multi.http_port}", multi.grpc_api]), bindings
     # A direct call from this host to the services' ports is refused (unless something
     # else of this machine happens to listen there, which is then not one of ours).
     for name, port in GRPC_PORTS.items():
@@ -251,7 +254,54 @@ def test_an_order_placed_through_the_gateway_shows_as_its_events_on_the_broker(
     assert (item["available"], item["reserved"], item["sold"]) == (3, 0, 2), item
 
 
-def test_only_the_services_reach_the_broker(multi: Deployment) -> None:
+def test_the_published_grpc_api_places_an_order(multi: Deployment) -> None:
+    """Reflection lists the API; PlaceOrder confirms; the watch ends settled (events)."""
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from orderflow.api.v1 import ordering_pb2 as pb
+    from orderflow.api.v1 import ordering_pb2_grpc as pb_grpc
+
+    admin = multi.token(admin=True)
+    customer = "c-deploy-grpc"
+    with grpc.insecure_channel(multi.grpc_api) as channel:
+        listed = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        names = {s.name for reply in listed for s in reply.list_services_response.service}
+        assert "orderflow.api.v1.OrderingService" in names, names
+        stub = pb_grpc.OrderingServiceStub(channel)
+        as_admin = (("authorization", f"Bearer {admin}"),)
+        sku = f"GRPC-{secrets.token_hex(4)}"
+        stub.CreateItem(
+            pb.CreateItemRequest(sku=sku, name="Pen", price=500, stock=5),
+            metadata=as_admin,
+            timeout=10,
+        )
+        as_customer = (("authorization", f"Bearer {multi.token(customer=customer)}"),)
+        placed = stub.PlaceOrder(
+            pb.PlaceOrderRequest(
+                customer_id=customer,
+                items=[pb.PlaceOrderRequest.Line(sku=sku, quantity=2)],
+                request_id=f"deploy-{secrets.token_hex(4)}",
+            ),
+            metadata=as_customer,
+            timeout=15,
+        )
+        assert placed.order.status == pb.ORDER_STATUS_CONFIRMED
+        assert placed.order.total == 1000
+        updates = list(
+            stub.WatchOrder(
+                pb.WatchOrderRequest(order_id=placed.order.id), metadata=as_customer, timeout=30
+            )
+        )
+        assert updates[-1].order.settled
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetItem(pb.GetItemRequest(sku=sku), timeout=10)  # no token
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_only_the_services_and_the_gateway_reach_the_broker(multi: Deployment) -> None:
     session = multi.session
     probe = "import socket,sys; socket.create_connection((sys.argv[1], 4222), timeout=5).close()"
     (nats,) = multi.containers("nats")
@@ -260,10 +310,10 @@ def test_only_the_services_reach_the_broker(multi: Deployment) -> None:
         container = multi.containers(name)[0]
         reply = session.podman("exec", container, "python3", "-c", probe, "nats")
         assert reply.returncode == 0, f"{name} cannot reach nats: {reply.output}"
-    gateway = multi.containers("gateway")[0]
+    gateway = multi.containers("gateway")[0]  # its WatchOrder streams read the order events
     reply = session.podman("exec", gateway, "python3", "-c", probe, "nats", timeout=60)
-    assert reply.returncode != 0, "the gateway reaches the broker"
-    # Nor by its address from the gateway's public network.
+    assert reply.returncode == 0, f"the gateway cannot reach nats: {reply.output}"
+    # Not by its address from the gateway's public network.
     address = json.loads(
         session.podman("inspect", "--format", "{{json .NetworkSettings.Networks}}", nats)
         .check()
@@ -454,8 +504,9 @@ def test_single_container_places_an_order(session: PodmanSession, secret: str) -
             order = reply.json()
             assert order["status"] == "CONFIRMED"
             assert order["discount"] == 250  # c-1 is gold in the demo data
-        # The one-process gRPC server is published as well.
+        # The one-process gRPC server is published as well, and the gateway's gRPC API.
         assert _grpc_health(f"127.0.0.1:{grpc_port}") == "SERVING"
+        assert _grpc_health(single.grpc_api) == "SERVING"
     finally:
         left = single.down()
         assert not left, f"left behind: {left}"

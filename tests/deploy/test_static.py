@@ -108,14 +108,17 @@ def test_multi_publishes_only_the_gateway_and_keeps_the_rest_internal() -> None:
     assert set(services) == {"postgres", "nats", "orders", "inventory", "loyalty", "gateway"}
     published = {name for name, svc in services.items() if svc.get("ports")}
     assert published == {"gateway"}
-    assert [p.rsplit(":", 1)[1] for p in services["gateway"]["ports"]] == ["8080"]
+    # REST and the gateway's public gRPC API.
+    assert [p.rsplit(":", 1)[1] for p in services["gateway"]["ports"]] == ["8080", "8081"]
     internal = {name for name, net in networks.items() if (net or {}).get("internal")}
     for name in ("orders", "inventory", "loyalty", "postgres", "nats"):
         joined = set(services[name]["networks"])
         assert joined <= internal, f"{name} is on a network that is not internal: {joined}"
-    # The gateway talks to the services but not to the database nor to the broker.
+    # The gateway talks to the services and reads the broker's order events (WatchOrder),
+    # but does not reach the database.
     assert not set(services["gateway"]["networks"]) & set(services["postgres"]["networks"])
-    assert not set(services["gateway"]["networks"]) & set(services["nats"]["networks"])
+    assert set(services["gateway"]["networks"]) & set(services["nats"]["networks"])
+    assert services["gateway"]["environment"]["ORDERFLOW_NATS_URL"] == "nats://nats:4222"
 
 
 def test_multi_has_a_jetstream_broker_with_a_volume_for_every_service() -> None:
@@ -134,13 +137,13 @@ def test_multi_has_a_jetstream_broker_with_a_volume_for_every_service() -> None:
         assert svc["environment"]["ORDERFLOW_NATS_URL"] == "nats://nats:4222"
         assert set(svc["networks"]) & set(nats["networks"]), f"{name} cannot reach nats"
         assert "nats" in svc["depends_on"]
-    # Nothing but the three services shares a network with the broker.
+    # Nothing but the three services and the gateway shares a network with the broker.
     sharing = {
         name
         for name, svc in services.items()
         if name != "nats" and set(svc["networks"]) & set(nats["networks"])
     }
-    assert sharing == set(SERVICES)
+    assert sharing == {*SERVICES, "gateway"}
 
 
 def test_nats_image_serves_jetstream_as_non_root() -> None:
@@ -186,7 +189,7 @@ def test_multi_has_health_checks_and_waits_for_healthy_dependencies() -> None:
 
 def test_single_publishes_http_and_grpc() -> None:
     (svc,) = _services("single.yaml").values()
-    assert sorted(p.rsplit(":", 1)[1] for p in svc["ports"]) == ["50051", "8080"]
+    assert sorted(p.rsplit(":", 1)[1] for p in svc["ports"]) == ["50051", "8080", "8081"]
     assert svc["command"][:1] == ["run"] and "0.0.0.0" in svc["command"]
     assert "ORDERFLOW_AUTH_JWT_SECRET" in svc["environment"]
 
@@ -308,7 +311,9 @@ def test_only_the_gateway_reaches_a_grpc_port(rendered: tuple[str, list[dict[str
         assert not cluster.can_connect(gateway, cluster.pod(f"Deployment/{name}"), 5432)
 
 
-def test_only_the_services_reach_the_broker(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+def test_only_the_services_and_the_gateway_reach_the_broker(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
     _, docs = rendered
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
     nats = by_name[("StatefulSet", "nats")]["spec"]
@@ -324,10 +329,9 @@ def test_only_the_services_reach_the_broker(rendered: tuple[str, list[dict[str, 
         assert env["ORDERFLOW_NATS_URL"] == "nats://nats:4222", name
     cluster = Cluster.from_manifests(docs)
     broker = cluster.pod("StatefulSet/nats")
-    servers = {f"Deployment/{name}" for name in SERVICES}
+    servers = {f"Deployment/{name}" for name in SERVICES} | {"Deployment/gateway"}
     assert cluster.who_can_reach(broker, 4222) == servers
     assert cluster.admitted_by(broker, 4222) == servers
-    assert not cluster.can_connect(cluster.pod("Deployment/gateway"), broker, 4222)
     assert not cluster.can_connect(None, broker, 4222)
     # The broker itself opens no connection (no egress rule besides DNS).
     for name in SERVICES:
@@ -341,7 +345,12 @@ def test_the_gateway_is_reachable_from_outside(
     cluster = Cluster.from_manifests(docs)
     gateway = cluster.pod("Deployment/gateway")
     assert EXTERNAL in cluster.who_can_reach(gateway, 8080)
+    assert EXTERNAL in cluster.who_can_reach(gateway, 8081)  # its public gRPC API
+    assert gateway.ports["grpc"] == 8081
     assert not cluster.can_connect(gateway, gateway, 5432)
+    by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    ports = {p["name"]: p for p in by_name[("Service", "gateway")]["spec"]["ports"]}
+    assert (ports["grpc"]["port"], ports["grpc"]["appProtocol"]) == (8081, "grpc")
 
 
 def test_only_its_own_service_reaches_a_database() -> None:

@@ -97,7 +97,7 @@ def test_run_on_every_interface_keeps_grpc_on_loopback(
 ) -> None:
     http, grpc_port = free_port(), free_port()
     args = ["run", "--host", "0.0.0.0", "--port", str(http), "--grpc-port", str(grpc_port)]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args += ["--grpc-api-port", "0", "--data-dir", str(tmp_path / "data")]
     proc = _start(started, args, _env(ORDERFLOW_AUTH_JWT_SECRET=SECRET), tmp_path)
     bound = _wait_listening(proc, {http, grpc_port})
     assert ("0.0.0.0", http) in bound
@@ -119,7 +119,9 @@ def test_plaintext_grpc_beyond_loopback_refuses_to_start(
     tmp_path: Path, args: list[str], env: dict[str, str]
 ) -> None:
     ports = (
-        ["--port", str(free_port()), "--grpc-port", str(free_port())] if args[0] == "run" else []
+        ["--port", str(free_port()), "--grpc-port", str(free_port()), "--grpc-api-port", "0"]
+        if args[0] == "run"
+        else []
     )
     done = subprocess.run(
         [sys.executable, "-m", "orderflow", *args, *ports],

@@ -46,10 +46,11 @@ def commands(prefix: str) -> list[str]:
 
 def grpc_ports(system: System) -> dict[int, int]:
     """README port -> the port the test system really uses."""
+    api = {8081: int(system.grpc_target.rpartition(":")[2])}  # the gateway's gRPC API
     if "onebox" in system.processes:
         argv = system.processes["onebox"].argv
-        return {50051: int(argv[argv.index("--grpc-port") + 1])}
-    return {DEFAULT_GRPC_PORTS[name]: system.processes[name].port for name in SERVICE_NAMES}
+        return {50051: int(argv[argv.index("--grpc-port") + 1]), **api}
+    return {DEFAULT_GRPC_PORTS[name]: system.processes[name].port for name in SERVICE_NAMES} | api
 
 
 def localise(command: str, system: System) -> list[str]:
@@ -182,3 +183,22 @@ def test_grpcurl_reads_an_item_at_the_port_the_readme_gives(
     system = request.getfixturevalue("onebox_demo" if mode == "one-process" else "per_service_demo")
     (get_item,) = [c for c in commands("grpcurl") if "GetItem" in c and f":{port} " in c]
     assert json.loads(run(get_item, system))["item"]["sku"] == "MUG-1"
+
+
+def _snake(message: dict[str, Any]) -> dict[str, Any]:
+    """grpcurl's JSON with proto field names, whichever spelling this grpcurl uses."""
+    return {
+        re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), k): v for k, v in message.items()
+    }
+
+
+def test_grpcurl_places_an_order_on_the_gateways_grpc_api(demo: System) -> None:
+    (place,) = [c for c in commands("grpcurl") if "OrderingService/PlaceOrder" in c]
+    first = _snake(json.loads(run(place, demo))["order"])
+    assert (first["customer_id"], first["status"]) == ("c-2", "ORDER_STATUS_CONFIRMED")
+    assert (first["subtotal"], first["discount"], first["total"]) == ("2000", "100", "1900")
+    again = json.loads(run(place, demo))["order"]  # request_id: the same order again
+    assert again["id"] == first["id"]
+    (watch,) = [c for c in commands("grpcurl") if "OrderingService/WatchOrder" in c]
+    out = run(watch.replace("ORDER_ID", first["id"]), demo)
+    assert '"settled": true' in out, out

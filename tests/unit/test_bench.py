@@ -203,3 +203,39 @@ def test_report_shows_the_event_lags_per_level() -> None:
     text = report([run], 10)
     row = next(line for line in text.splitlines() if line.startswith("| 8 |"))
     assert [c.strip() for c in row.strip("|").split("|")][9] == "-"
+
+
+def test_report_puts_grpc_beside_rest_and_in_the_closing_note() -> None:
+    def at(rps: int, p99_us: int, errors: int = 0) -> dict[str, int]:
+        return parse_wrk(
+            f"RESULT requests={rps} duration_us=1000000 p50_us=1000 p99_us={p99_us} "
+            f"non2xx={errors} connect=0 read=0 write=0 timeout=0"
+        )
+
+    rest = measurement("orderflow", "per-service-sqlite", 64, at(300, 90_000), {})
+    rpc = measurement("orderflow gRPC", "per-service-sqlite", 64, at(420, 70_000, 1), {})
+    floor = measurement("floor", "per-service-sqlite", 64, at(400, 50_000), {})
+    run = {
+        "mode": "per-service-sqlite",
+        "ready_s": 1.0,
+        "idle_rss_mb": {"orders": 70.0},
+        "orderflow": [rest],
+        "grpc": [rpc],
+        "floor": [floor],
+    }
+    text = report([run], 10)
+    row = next(line for line in text.splitlines() if line.startswith("| 64 | 420.0 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:6] == ["64", "420.0", "300.0", "1.0 / 70.0", "1.0 / 90.0", "1 / 0"]
+    assert "over gRPC (PlaceOrder), 64 clients: 420.0 orders/s, p99 70 ms, 1 errors" in text
+    assert rpc.failed  # a gRPC error fails the run as a REST one does
+    del run["grpc"]  # an older run's JSON has no gRPC rows: the report still renders
+    assert "over gRPC" not in report([run], 10)
+
+
+def test_grpc_load_percentiles_are_nearest_rank() -> None:
+    from bench.grpc_load import nearest_rank
+
+    values = list(range(1, 101))
+    assert (nearest_rank(values, 50), nearest_rank(values, 99)) == (50, 99)
+    assert nearest_rank([], 99) == 0

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -85,6 +85,20 @@ class EventBus(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+Tap = Callable[[Mapping[str, str]], None]
+Untap = Callable[[], Awaitable[None]]
+
+
+class EventTap(Protocol):
+    """What both buses offer a listener that is not a consumer."""
+
+    async def tap(self, types: Sequence[EventType], seen: Tap) -> Untap:
+        """Call seen(headers) for each event of these types published from now on, until
+        the returned function is awaited: ephemeral, never acknowledged, never holding a
+        publish back (the gateway's WatchOrder streams; ADR 27)."""
+        ...
 
 
 # -- in-process ---------------------------------------------------------------------------
@@ -160,6 +174,7 @@ class InProcessBus:
         # republish within the window is not delivered again, as with Nats-Msg-Id; it
         # waits for the first copy's acks instead.
         self._recent: dict[str, tuple[float, list[asyncio.Future[None]]]] = {}
+        self._taps: dict[int, tuple[set[str], Tap]] = {}
 
     async def publish(self, messages: Sequence[WireMessage], wait: float) -> int:
         loop = asyncio.get_running_loop()
@@ -172,6 +187,9 @@ class InProcessBus:
                 pending.append(seen[1])
                 continue
             subject = message.type.subject(self.subject_prefix)
+            for subjects, seen_by in list(self._taps.values()):
+                if subject in subjects:
+                    seen_by(message.headers)
             waits: list[asyncio.Future[None]] = []
             for queue in self._consumers.values():
                 if subject in queue.subjects:
@@ -205,6 +223,16 @@ class InProcessBus:
             queue.subjects = subjects
         return _InProcessSubscription(queue)
 
+    async def tap(self, types: Sequence[EventType], seen: Tap) -> Untap:
+        key = id(seen)
+        self._taps[key] = ({t.subject(self.subject_prefix) for t in types}, seen)
+
+        async def untap() -> None:
+            self._taps.pop(key, None)
+
+        return untap
+
     async def close(self) -> None:
         self._consumers.clear()
         self._recent.clear()
+        self._taps.clear()

@@ -29,7 +29,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from orderflow.events.bus import Delivery, PublishError, Subscription
+from orderflow.events.bus import Delivery, PublishError, Subscription, Tap, Untap
 from orderflow.events.envelope import WireMessage
 from orderflow.events.registry import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX, EventType
 
@@ -211,6 +211,34 @@ class JetStreamBus:
             await js.add_consumer(self.stream, config)
         sub = await js.pull_subscribe_bind(durable=consumer, stream=self.stream)
         return _JetStreamSubscription(sub)
+
+    async def tap(self, types: Sequence[EventType], seen: Tap) -> Untap:
+        """An ordered consumer: ephemeral (the server drops it when it is unsubscribed, or
+        inactive after a crash), without acks, starting at new messages."""
+        js = await self.jetstream()
+        subjects = {t.subject(self.subject_prefix) for t in types}
+
+        async def deliver(msg: Msg) -> None:
+            if msg.subject in subjects:
+                seen(dict(msg.headers or {}))
+
+        prefixes = {s.rsplit(".", 1)[0] for s in subjects}
+        filter_subject = f"{prefixes.pop()}.>" if len(prefixes) == 1 else f"{self.subject_prefix}.>"
+        sub = await js.subscribe(
+            filter_subject,
+            stream=self.stream,
+            cb=deliver,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+            headers_only=True,  # the order id is in ce-subject; the body is not needed
+            inactive_threshold=60.0,
+        )
+
+        async def untap() -> None:
+            with contextlib.suppress(NatsError, TimeoutError):
+                await sub.unsubscribe()
+
+        return untap
 
     async def delete_stream(self) -> None:
         """Remove the stream and everything in it (tests, and tearing a system down)."""

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orderflow.events.bus import EventBus, InProcessBus
+from orderflow.events.bus import InProcessBus
 from orderflow.events.jetstream import JetStreamBus
 from orderflow.events.registry import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
 
@@ -58,7 +58,7 @@ class EventsSettings(BaseSettings):
             )
         return value
 
-    def create_bus(self) -> EventBus:
+    def create_bus(self) -> JetStreamBus | InProcessBus:
         """JetStream when ORDERFLOW_NATS_URL is set, else the in-process bus (connects
         lazily: nothing is contacted here)."""
         if self.nats_url:

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orderflow.errors import OrderflowError
+from orderflow.events.bus import EventTap
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
@@ -24,12 +25,14 @@ from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.http_limits import REPLIED_STATUS
 from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.operations import validation_error
 from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.recovery import RecoveryWorker
 from orderflow.gateway.routes import health, items, loyalty, orders
 from orderflow.gateway.rpc import Channels
 from orderflow.gateway.saga import OrderSaga
+from orderflow.gateway.watch import OrderWatch
 from orderflow.platform.telemetry import instrument_gateway
 from orderflow.platform.tls import channel_credentials
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings
@@ -57,10 +60,12 @@ def create_app(
     recovery: bool = True,
     metrics: GatewayMetrics | None = None,
     auth: AuthSettings | None = None,
+    events: EventTap | None = None,
 ) -> FastAPI:
     """Build the gateway. Without `services`, gRPC clients are made from settings at start-up.
 
     metrics: where to count (default: fresh metrics; one-process mode adds the services').
+    events: the bus whose order events wake WatchOrder streams (gateway.watch).
     """
     if metrics is None:
         metrics = GatewayMetrics()
@@ -89,6 +94,9 @@ def create_app(
             lease_seconds=settings.lease_seconds,
             observer=metrics,
         )
+        watch = OrderWatch(events)
+        await watch.start()
+        metrics.watch_streams.set_function(lambda: watch.watchers)
         app.state.gateway = Gateway(
             settings=settings,
             common=common,
@@ -98,6 +106,7 @@ def create_app(
             readiness=ready or Readiness({}),
             auth=Authenticator(auth if auth is not None else AuthSettings()),
             limiter=RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst),
+            watch=watch,
         )
         worker = RecoveryWorker(
             saga,
@@ -113,7 +122,11 @@ def create_app(
         try:
             yield
         finally:
+            # The gRPC API first (its streams end while the clients still work).
+            for hook in app.state.before_shutdown:
+                await hook()
             await worker.stop()
+            await watch.stop()
             await channels.close()
 
     app = FastAPI(
@@ -125,6 +138,8 @@ def create_app(
         docs_url=None,  # served by install_docs, from a package instead of a CDN
     )
     install_docs(app)
+    # What must stop before the gateway's clients close (gateway.server: the gRPC API).
+    app.state.before_shutdown = []
     app.include_router(orders.router)
     app.include_router(items.router)
     app.include_router(loyalty.router)
@@ -158,9 +173,7 @@ def _install_error_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
             for e in exc.errors()
         ]
-        first = problems[0] if problems else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body") or "request"
-        return error_response("VALIDATION_ERROR", f"{where}: {first['msg']}", {"errors": problems})
+        return from_exception(validation_error(problems))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -13,10 +11,11 @@ from fastapi import Depends, Header, Request
 from orderflow.gateway.auth import Authenticator, Principal
 from orderflow.gateway.budget import budget
 from orderflow.gateway.metrics import GatewayMetrics
-from orderflow.gateway.ports import Idempotency, InventoryPort, LoyaltyPort, OrdersPort
+from orderflow.gateway.ports import InventoryPort, LoyaltyPort, OrdersPort
 from orderflow.gateway.ratelimit import RateLimiter
 from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.saga import OrderSaga
+from orderflow.gateway.watch import OrderWatch
 from orderflow.settings import CommonSettings, GatewaySettings
 
 
@@ -39,6 +38,7 @@ class Gateway:
     readiness: Readiness
     auth: Authenticator
     limiter: RateLimiter
+    watch: OrderWatch
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -78,14 +78,6 @@ async def get_principal(
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def rate_key(gateway: Gateway, principal: Principal, request: Request) -> str:
-    """Whose bucket a request spends: the caller's kind and subject with auth, else the
-    client's address (every caller is the same local admin then)."""
-    if gateway.auth.enabled:
-        return principal.key
-    return f"address:{client_address(request)}"
-
-
 IDEMPOTENCY_KEY_DESCRIPTION = (
     "Makes retries safe: the same key and body give the same reply, with one effect; "
     "another body with the key is refused (422 IDEMPOTENCY_KEY_REUSED), and a repeat "
@@ -94,21 +86,12 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
 )
 
 
-async def get_idempotency(
-    principal: PrincipalDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(min_length=1, max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION),
-    ] = None,
-) -> Idempotency:
-    """The key of an admin change (ADR 0023): the client's, or one of the gateway's own for
-    this request alone, so that the gateway's own retries never double the effect."""
-    scope = principal.key
-    if len(scope) > 128:  # a subject can be long; the service keeps 128 characters
-        scope = "sha256:" + hashlib.sha256(scope.encode()).hexdigest()
-    if idempotency_key is None:
-        return Idempotency.generated(scope)
-    return Idempotency(idempotency_key, scope, f"gw-{uuid.uuid4().hex}")
-
-
-IdempotencyDep = Annotated[Idempotency, Depends(get_idempotency)]
+# The admin Idempotency-Key header (ADR 0023); operations.admin_idempotency makes the key.
+IdempotencyKeyDep = Annotated[
+    str | None,
+    Header(
+        min_length=1,
+        max_length=255,
+        description=IDEMPOTENCY_KEY_DESCRIPTION,
+    ),
+]

@@ -1,4 +1,5 @@
-"""The one table mapping error codes to HTTP statuses, and the JSON error shape of every reply.
+"""The one table mapping error codes to HTTP statuses, and the JSON error shape of every reply;
+and the one table taking an HTTP status to the public gRPC API's status code (ADR 27).
 
 Every code of orderflow.errors has a line (tests/unit/test_errors.py checks it), and so
 do the codes only the HTTP edge gives (VALIDATION_ERROR, MALFORMED_REQUEST, ...). An
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 from fastapi.responses import JSONResponse
 
 from orderflow.errors import OrderflowError, RateLimitedError, UnauthenticatedError
@@ -52,6 +54,45 @@ HTTP_STATUS_BY_CODE: dict[str, int] = {
 
 def http_status(code: str) -> int:
     return HTTP_STATUS_BY_CODE.get(code, 500)
+
+
+# The public gRPC API answers an error with the status code matching its HTTP status.
+GRPC_STATUS_BY_HTTP_STATUS: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.FAILED_PRECONDITION,  # valid, but refused (out of stock, ...)
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    414: grpc.StatusCode.INVALID_ARGUMENT,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    431: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+# ...except these 409s, where gRPC tells more: a retry of the same call may succeed (a
+# request in flight, a lease held, a record changed), or the thing exists already.
+GRPC_STATUS_BY_CODE: dict[str, grpc.StatusCode] = {
+    "REQUEST_IN_PROGRESS": grpc.StatusCode.ABORTED,
+    "LEASE_HELD": grpc.StatusCode.ABORTED,
+    "CONCURRENT_CHANGE": grpc.StatusCode.ABORTED,
+    "CONFLICT": grpc.StatusCode.ABORTED,
+    "ALREADY_COMPENSATED": grpc.StatusCode.ABORTED,
+    "ALREADY_EXISTS": grpc.StatusCode.ALREADY_EXISTS,
+}
+
+
+def grpc_status(code: str) -> grpc.StatusCode:
+    """The gRPC status of an error code: its own line, else its HTTP status's."""
+    if code in GRPC_STATUS_BY_CODE:
+        return GRPC_STATUS_BY_CODE[code]
+    status = http_status(code)
+    return GRPC_STATUS_BY_HTTP_STATUS.get(status, grpc.StatusCode.INTERNAL)
 
 
 def error_response(

@@ -1,8 +1,9 @@
-"""Prometheus metrics of the gateway: HTTP traffic, saga outcomes and steps, recovery actions."""
+"""Prometheus metrics of the gateway: HTTP traffic, saga outcomes and steps, recovery actions,
+open WatchOrder streams."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from orderflow.gateway.saga import SagaObserver
 
@@ -38,6 +39,11 @@ class GatewayMetrics(SagaObserver):
             "Saga step latency by step and result.",
             ["step", "ok"],
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.watch_streams = Gauge(
+            "orderflow_grpc_watch_streams",
+            "WatchOrder streams open on the gateway's gRPC API.",
             registry=self.registry,
         )
         self.recovery_actions = Counter(

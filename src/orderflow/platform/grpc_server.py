@@ -183,14 +183,17 @@ async def create_server(
     max_concurrent_rpcs: int | None = None,
     health_interval: float = 2.0,
     credentials: grpc.ServerCredentials | None = None,
+    metrics: ServiceMetrics | None = None,
 ) -> RunningServer:
     """Build, bind and start a server hosting specs plus health and reflection.
 
     With credentials (mutual TLS, see platform.tls) the port accepts only TLS clients
     whose certificate the configured CA signed, and the services answer only the client
     identities the credentials allow (platform.grpc_identity).
+    metrics: where calls are counted (default: fresh metrics of this server's own).
     """
-    metrics = ServiceMetrics()
+    if metrics is None:
+        metrics = ServiceMetrics()
     server = grpc.aio.server(
         # Tracing (when on) wraps the call, so the call's log lines fall inside its span.
         interceptors=server_interceptors(),

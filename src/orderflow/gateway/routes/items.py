@@ -1,4 +1,4 @@
-"""Catalog items: list, read, create, update (rename, reprice, restock)."""
+"""Catalog items: list, read, create, update (rename, reprice, restock); REST over operations."""
 
 from __future__ import annotations
 
@@ -6,23 +6,25 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query
 
-from orderflow.gateway.deps import GatewayDep, IdempotencyDep, PrincipalDep
+from orderflow.gateway import operations as ops
+from orderflow.gateway.deps import GatewayDep, IdempotencyKeyDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import ItemIn, ItemListOut, ItemOut, ItemPatchIn
 
 router = APIRouter(prefix="/api/v1/items", tags=["items"])
 
-SkuPath = Annotated[str, Path(min_length=1, max_length=64)]
+SkuPath = Annotated[str, Path(min_length=1, max_length=ops.ID_MAX)]
+low, high, default = ops.ITEMS_PAGE
 
 
 @router.get("", response_model=ItemListOut, responses=error_responses((401, 422)))
 async def list_items(
     gateway: GatewayDep,
-    _principal: PrincipalDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 50,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=low, le=high)] = default,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=ops.CURSOR_MAX)] = None,
 ) -> dict[str, Any]:
-    page = await gateway.services.inventory.list_items(limit, cursor or "")
+    page = await ops.list_items(gateway, principal, limit, cursor)
     return {
         "items": [ItemOut.of(i).model_dump() for i in page.entries],
         "next_cursor": page.next_cursor,
@@ -30,21 +32,20 @@ async def list_items(
 
 
 @router.get("/{sku}", response_model=ItemOut, responses=error_responses((401, 404)))
-async def get_item(sku: SkuPath, gateway: GatewayDep, _principal: PrincipalDep) -> ItemOut:
-    return ItemOut.of(await gateway.services.inventory.get_item(sku))
+async def get_item(sku: SkuPath, gateway: GatewayDep, principal: PrincipalDep) -> ItemOut:
+    return ItemOut.of(await ops.get_item(gateway, principal, sku))
 
 
 @router.post(
     "", status_code=201, response_model=ItemOut, responses=error_responses((401, 403, 409, 422))
 )
 async def create_item(
-    body: ItemIn, gateway: GatewayDep, principal: PrincipalDep, idem: IdempotencyDep
+    body: ItemIn,
+    gateway: GatewayDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> ItemOut:
-    principal.require_admin()
-    item = await gateway.services.inventory.create_item(
-        body.sku, body.name, body.price, body.stock, idem
-    )
-    return ItemOut.of(item)
+    return ItemOut.of(await ops.create_item(gateway, principal, body, idempotency_key))
 
 
 @router.patch(
@@ -55,10 +56,6 @@ async def update_item(
     body: ItemPatchIn,
     gateway: GatewayDep,
     principal: PrincipalDep,
-    idem: IdempotencyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> ItemOut:
-    principal.require_admin()
-    item = await gateway.services.inventory.update_item(
-        sku, body.name, body.price, body.restock, idem
-    )
-    return ItemOut.of(item)
+    return ItemOut.of(await ops.update_item(gateway, principal, sku, body, idempotency_key))

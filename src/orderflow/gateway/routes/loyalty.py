@@ -1,4 +1,4 @@
-"""Loyalty accounts: read, set the tier, adjust points."""
+"""Loyalty accounts: read, set the tier, adjust points; REST over operations."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from orderflow.gateway.deps import GatewayDep, IdempotencyDep, PrincipalDep
+from orderflow.gateway import operations as ops
+from orderflow.gateway.deps import GatewayDep, IdempotencyKeyDep, PrincipalDep
 from orderflow.gateway.errors import error_responses
 from orderflow.gateway.schemas import AccountOut, PointsIn, TierIn
 
 router = APIRouter(prefix="/api/v1/customers", tags=["loyalty"])
 
-CustomerPath = Annotated[str, Path(min_length=1, max_length=64)]
+CustomerPath = Annotated[str, Path(min_length=1, max_length=ops.ID_MAX)]
 
 
 @router.get(
@@ -21,8 +22,7 @@ CustomerPath = Annotated[str, Path(min_length=1, max_length=64)]
 async def get_account(
     customer_id: CustomerPath, gateway: GatewayDep, principal: PrincipalDep
 ) -> AccountOut:
-    principal.check_owner(customer_id, "loyalty account")
-    return AccountOut.of(await gateway.services.loyalty.get_account(customer_id))
+    return AccountOut.of(await ops.get_account(gateway, principal, customer_id))
 
 
 @router.put(
@@ -35,10 +35,10 @@ async def set_tier(
     body: TierIn,
     gateway: GatewayDep,
     principal: PrincipalDep,
-    idem: IdempotencyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> AccountOut:
-    principal.require_admin()
-    return AccountOut.of(await gateway.services.loyalty.set_tier(customer_id, body.tier, idem))
+    account = await ops.set_tier(gateway, principal, customer_id, body, idempotency_key)
+    return AccountOut.of(account)
 
 
 @router.post(
@@ -51,10 +51,7 @@ async def adjust_points(
     body: PointsIn,
     gateway: GatewayDep,
     principal: PrincipalDep,
-    idem: IdempotencyDep,
+    idempotency_key: IdempotencyKeyDep = None,
 ) -> AccountOut:
-    principal.require_admin()
-    account = await gateway.services.loyalty.adjust_points(
-        customer_id, body.delta, body.reason, idem
-    )
+    account = await ops.adjust_points(gateway, principal, customer_id, body, idempotency_key)
     return AccountOut.of(account)

@@ -1,4 +1,4 @@
-"""Orders: place (the saga), read, list, cancel."""
+"""Orders: place (the saga), read, list, cancel; REST over gateway.operations."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from orderflow.gateway.auth import as_if_missing
-from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep, rate_key
+from orderflow.gateway import operations as ops
+from orderflow.gateway.deps import Gateway, GatewayDep, PrincipalDep, client_address
 from orderflow.gateway.errors import error_responses, http_status
-from orderflow.gateway.ports import CANCELLED, CONFIRMED, PENDING, Line, Order
+from orderflow.gateway.ports import Order
 from orderflow.gateway.schemas import (
     OrderHistoryOut,
     OrderListOut,
@@ -21,37 +21,24 @@ from orderflow.gateway.schemas import (
 
 router = APIRouter(prefix="/api/v1/orders", tags=["orders"])
 
-OrderId = Annotated[str, Path(min_length=1, max_length=64)]
+OrderId = Annotated[str, Path(min_length=1, max_length=ops.ID_MAX)]
 
 
 def _order_json(gateway: Gateway, order: Order) -> dict[str, Any]:
     return OrderOut.of(order, gateway.common.currency).model_dump(mode="json")
 
 
-def placed_response(gateway: Gateway, order: Order, created: bool) -> JSONResponse:
+def placed_response(gateway: Gateway, placement: ops.Placement) -> JSONResponse:
     """The reply for an order as it stands: the same order always gives the same reply."""
-    body = _order_json(gateway, order)
-    if order.status in (CONFIRMED, CANCELLED):
+    body = _order_json(gateway, placement.order)
+    error = placement.error
+    if error is None:
         return JSONResponse(body, status_code=201)
-    if order.status == PENDING:
-        code, message = (
-            ("SERVICE_UNAVAILABLE", "the order could not be completed now; it will be finished")
-            if created
-            else ("REQUEST_IN_PROGRESS", "a request with this Idempotency-Key is still running")
-        )
-    else:
-        failure = order.failure
-        code = failure.code if failure else "REJECTED"
-        message = failure.message if failure else "the order was rejected"
-    error = {
-        "code": code,
-        "message": message,
-        "details": {"order_id": order.id, "status": order.status},
-    }
-    status = http_status(code)
+    status = http_status(error.code)
     if status < 400:  # a failure code with no HTTP meaning of its own
         status = 409
-    return JSONResponse({"error": error, "order": body}, status_code=status)
+    shape = {"code": error.code, "message": error.message, "details": error.details}
+    return JSONResponse({"error": shape, "order": body}, status_code=status)
 
 
 @router.post(
@@ -75,27 +62,17 @@ async def place_order(
         ),
     ] = None,
 ) -> JSONResponse:
-    principal.require_customer(body.customer_id)
-    gateway.limiter.take(rate_key(gateway, principal, request))
-    new = gateway.saga.new_order(
-        body.customer_id,
-        [Line(x.sku, x.quantity) for x in body.items],
-        body.redeem_points,
-        idempotency_key=idempotency_key,
-        request=body.model_dump_json(),
+    placement = await ops.place_order(
+        gateway, principal, body, idempotency_key, client_address(request)
     )
-    placed = await gateway.saga.place(new)
-    return placed_response(gateway, placed.order, placed.created)
+    return placed_response(gateway, placement)
 
 
 @router.get("/{order_id}", response_model=OrderOut, responses=error_responses((401, 404)))
 async def get_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    with as_if_missing("order"):
-        order = await gateway.services.orders.get_order(order_id)
-    principal.check_owner(order.customer_id, "order")
-    return _order_json(gateway, order)
+    return _order_json(gateway, await ops.get_order(gateway, principal, order_id))
 
 
 @router.get(
@@ -107,9 +84,7 @@ async def get_order(
 async def get_order_history(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    with as_if_missing("order"):
-        history = await gateway.services.orders.order_history(order_id)
-    principal.check_owner(history.order.customer_id, "order")
+    history = await ops.order_history(gateway, principal, order_id)
     return OrderHistoryOut.of(history).model_dump(mode="json")
 
 
@@ -117,18 +92,12 @@ async def get_order_history(
 async def list_orders(
     gateway: GatewayDep,
     principal: PrincipalDep,
-    customer_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
+    customer_id: Annotated[str | None, Query(min_length=1, max_length=ops.ID_MAX)] = None,
     status: Status | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=512)] = None,
+    limit: Annotated[int, Query(ge=ops.ORDERS_PAGE[0], le=ops.ORDERS_PAGE[1])] = 20,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=ops.CURSOR_MAX)] = None,
 ) -> dict[str, Any]:
-    if not principal.is_admin:
-        # A customer lists its own orders: the filter defaults to, and must be, itself.
-        principal.require_customer(customer_id or principal.subject)
-        customer_id = principal.subject
-    page = await gateway.services.orders.list_orders(
-        customer_id or "", status or "", limit, cursor or ""
-    )
+    page = await ops.list_orders(gateway, principal, customer_id, status, limit, cursor)
     return {
         "orders": [_order_json(gateway, o) for o in page.entries],
         "next_cursor": page.next_cursor,
@@ -144,9 +113,4 @@ async def list_orders(
 async def cancel_order(
     order_id: OrderId, gateway: GatewayDep, principal: PrincipalDep
 ) -> dict[str, Any]:
-    with as_if_missing("order"):
-        if not principal.is_admin:
-            mine = await gateway.services.orders.get_order(order_id)
-            principal.check_owner(mine.customer_id, "order")
-        order = await gateway.saga.cancel_order(order_id)
-    return _order_json(gateway, order)
+    return _order_json(gateway, await ops.cancel_order(gateway, principal, order_id))

@@ -1,0 +1,1 @@
+"""The gateway's public gRPC API (orderflow.api.v1.OrderingService)."""
