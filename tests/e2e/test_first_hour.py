@@ -55,6 +55,15 @@ def assert_short_failure(result: tuple[int, str, float], *names: str) -> None:
     assert took < 15.0, f"took {took:.1f} s: {stderr}"
 
 
+def run_args(data_dir: Path, **ports: int) -> list[str]:
+    """`orderflow run` with free ports (or those given: port, grpc_port, grpc_api_port)."""
+    chosen = {"port": free_port(), "grpc_port": free_port(), "grpc_api_port": 0, **ports}
+    args = ["run", "--data-dir", str(data_dir)]
+    for name, value in chosen.items():
+        args += [f"--{name.replace('_', '-')}", str(value)]
+    return args
+
+
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
     """A clean environment whose databases are SQLite files under tmp_path."""
@@ -80,16 +89,7 @@ def test_a_busy_grpc_port_is_named_before_any_migration(
     env["ORDERFLOW_ORDERS_PORT"] = str(busy_port)
     assert_short_failure(run_cli(["serve", "orders"], env), "ORDERFLOW_ORDERS_PORT", str(busy_port))
     assert not (tmp_path / "orders.db").exists()  # the port was checked first
-    args = [
-        "run",
-        "--port",
-        str(free_port()),
-        "--grpc-port",
-        str(busy_port),
-        "--grpc-api-port",
-        "0",
-    ]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data", grpc_port=busy_port)
     assert_short_failure(run_cli(args, env), "--grpc-port", str(busy_port))
     assert not (tmp_path / "data").exists()
 
@@ -99,16 +99,7 @@ def test_a_busy_http_port_is_named(env: dict[str, str], busy_port: int, tmp_path
     assert_short_failure(
         run_cli(["serve", "gateway"], env), "ORDERFLOW_GATEWAY_PORT", str(busy_port)
     )
-    args = [
-        "run",
-        "--port",
-        str(busy_port),
-        "--grpc-port",
-        str(free_port()),
-        "--grpc-api-port",
-        "0",
-    ]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data", port=busy_port)
     assert_short_failure(run_cli(args, env), "--port", str(busy_port))
     assert not (tmp_path / "data").exists()
 
@@ -118,8 +109,7 @@ def test_a_busy_grpc_api_port_is_named(env: dict[str, str], busy_port: int, tmp_
     assert_short_failure(
         run_cli(["serve", "gateway"], env), "ORDERFLOW_GATEWAY_GRPC_PORT", str(busy_port)
     )
-    args = ["run", "--port", str(free_port()), "--grpc-port", str(free_port())]
-    args += ["--grpc-api-port", str(busy_port), "--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data", grpc_api_port=busy_port)
     assert_short_failure(run_cli(args, env), "--grpc-api-port", str(busy_port))
     assert not (tmp_path / "data").exists()
 
@@ -127,31 +117,13 @@ def test_a_busy_grpc_api_port_is_named(env: dict[str, str], busy_port: int, tmp_
 def test_a_setting_that_is_not_json_is_named(env: dict[str, str], tmp_path: Path) -> None:
     env["ORDERFLOW_LOYALTY_TIERS"] = "notjson"
     assert_short_failure(run_cli(["serve", "loyalty"], env), "ORDERFLOW_LOYALTY_TIERS", "JSON")
-    args = [
-        "run",
-        "--port",
-        str(free_port()),
-        "--grpc-port",
-        str(free_port()),
-        "--grpc-api-port",
-        "0",
-    ]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data")
     assert_short_failure(run_cli(args, env), "ORDERFLOW_LOYALTY_TIERS", "JSON")
 
 
 def test_an_unsupported_database_url_is_named(env: dict[str, str], tmp_path: Path) -> None:
     env["ORDERFLOW_ORDERS_DATABASE_URL"] = "mysql://root@127.0.0.1/orders"
-    args = [
-        "run",
-        "--port",
-        str(free_port()),
-        "--grpc-port",
-        str(free_port()),
-        "--grpc-api-port",
-        "0",
-    ]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data")
     assert_short_failure(run_cli(args, env), "ORDERFLOW_ORDERS_DATABASE_URL", "mysql://")
     assert_short_failure(
         run_cli(["serve", "orders"], env), "ORDERFLOW_ORDERS_DATABASE_URL", "mysql://"
@@ -160,16 +132,7 @@ def test_an_unsupported_database_url_is_named(env: dict[str, str], tmp_path: Pat
 
 def test_a_broker_address_that_is_not_one_is_named(env: dict[str, str], tmp_path: Path) -> None:
     env["ORDERFLOW_NATS_URL"] = "localhost:4222"  # the scheme forgotten
-    args = [
-        "run",
-        "--port",
-        str(free_port()),
-        "--grpc-port",
-        str(free_port()),
-        "--grpc-api-port",
-        "0",
-    ]
-    args += ["--data-dir", str(tmp_path / "data")]
+    args = run_args(tmp_path / "data")
     assert_short_failure(run_cli(args, env), "ORDERFLOW_NATS_URL", "nats://HOST:PORT")
     serve = ["serve", "orders", "--no-migrate"]
     assert_short_failure(run_cli(serve, env), "ORDERFLOW_NATS_URL", "localhost:4222")
@@ -177,8 +140,7 @@ def test_a_broker_address_that_is_not_one_is_named(env: dict[str, str], tmp_path
 
 def test_an_address_not_on_this_machine_is_named(env: dict[str, str], tmp_path: Path) -> None:
     env["ORDERFLOW_AUTH_JWT_SECRET"] = SECRET  # so that a non-loopback address is allowed
-    args = ["run", "--host", "192.0.2.1", "--port", str(free_port()), "--grpc-api-port", "0"]
-    args += ["--grpc-port", str(free_port()), "--data-dir", str(tmp_path / "data")]
+    args = [*run_args(tmp_path / "data"), "--host", "192.0.2.1"]
     assert_short_failure(run_cli(args, env), "--host", "192.0.2.1")
 
 
