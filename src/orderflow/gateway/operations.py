@@ -11,7 +11,6 @@ nowhere else (ADR 27).
 from __future__ import annotations
 
 import hashlib
-import uuid
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -106,9 +105,7 @@ def admin_idempotency(principal: Principal, key: str | None) -> Idempotency:
     scope = principal.key
     if len(scope) > 128:  # a subject can be long; the service keeps 128 characters
         scope = "sha256:" + hashlib.sha256(scope.encode()).hexdigest()
-    if key is None:
-        return Idempotency.generated(scope)
-    return Idempotency(key, scope, f"gw-{uuid.uuid4().hex}")
+    return Idempotency.generated(scope, key)
 
 
 # -- orders -----------------------------------------------------------------------------

@@ -154,9 +154,12 @@ class Idempotency:
     owner: str
 
     @classmethod
-    def generated(cls, scope: str = "") -> Idempotency:
-        """A key of the gateway's own, for one request whose client sent none."""
-        return cls(f"gw-{uuid.uuid4().hex}", scope, f"gw-{uuid.uuid4().hex}")
+    def generated(cls, scope: str = "", key: str | None = None) -> Idempotency:
+        """This request's claim on `key`, or on a key of the gateway's own when the client
+        sent none."""
+        return cls(
+            key if key is not None else f"gw-{uuid.uuid4().hex}", scope, f"gw-{uuid.uuid4().hex}"
+        )
 
 
 @dataclass(frozen=True)
