@@ -7,6 +7,7 @@ the outbox, the metrics."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import Counter
@@ -34,24 +35,27 @@ pytestmark = pytest.mark.postgres
 STREAM = "ORDERFLOW_EVENTS"
 
 
-async def parked_events(url: str, service: str) -> list[ParkedEvent]:
-    """What `orderflow events parked` lists for the service (the same functions)."""
+@contextlib.asynccontextmanager
+async def events_database(url: str, service: str) -> AsyncIterator[EventsDatabase]:
+    """A service's database as `orderflow events` opens it."""
     db = EventsDatabase(ServiceDatabase(service, url))
     await db.open()
     try:
-        return [found.parked for found in await all_parked([db])]
+        yield db
     finally:
         await db.close()
+
+
+async def parked_events(url: str, service: str) -> list[ParkedEvent]:
+    """What `orderflow events parked` lists for the service (the same functions)."""
+    async with events_database(url, service) as db:
+        return [found.parked for found in await all_parked([db])]
 
 
 async def redrive(url: str, service: str, event_id: str) -> int:
     """What `orderflow events redrive ID` does for the service: how many rows it marked."""
-    db = EventsDatabase(ServiceDatabase(service, url))
-    await db.open()
-    try:
+    async with events_database(url, service) as db:
         return len(await request_redrive([db], event_id))
-    finally:
-        await db.close()
 
 
 FAST = {
