@@ -114,6 +114,8 @@ class OrdersSettings(ServiceSettings):
     # How long a CONFIRMED order waits for its follow-ups' events (stock.committed,
     # loyalty.committed) before the recovery worker finishes it by calls (ADR 18).
     events_grace_seconds: PositiveSeconds = 60.0
+    # How often the stuck-orders gauge (orderflow_orders_stuck) is counted.
+    stuck_metrics_interval_seconds: PositiveSeconds = 10.0
 
 
 class InventorySettings(ServiceSettings):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -923,7 +924,9 @@ async def test_migrations_match_the_models(orders: Orders) -> None:
 
 NOW_US = 2_000_000_000
 # (lease_owner, lease_expires_us) around NOW_US, seen by OWNER: held by OWNER, held by
-# OTHER, ran out exactly now, long gone, none, none with a leftover expiry.
+# OTHER, ran out exactly now, long gone, none, none with a leftover expiry, held by a
+# recovery worker, one whose lease ran out.
+RECOVERY = f"{domain.RECOVERY_OWNER_PREFIX}r1"
 LEASES = [
     (OWNER, NOW_US + 1),
     (OTHER, NOW_US + 1),
@@ -931,6 +934,8 @@ LEASES = [
     (OTHER, 1),
     ("", 0),
     ("", NOW_US + 1),
+    (RECOVERY, NOW_US + 1),
+    (RECOVERY, 1),
 ]
 
 
@@ -1025,6 +1030,28 @@ async def test_the_stale_query_agrees_with_domain_is_stale(
     assert any(domain.is_stale(o, NOW_US, GRACE_US) for o in confirmed)
     assert any(
         domain.is_stale(o, NOW_US) and not domain.is_stale(o, NOW_US, GRACE_US) for o in confirmed
+    )
+
+
+async def test_the_stuck_count_agrees_with_domain_is_stuck(
+    seeded: tuple[Callable[..., SqlOrdersUnitOfWork], list[domain.Order]],
+) -> None:
+    """SqlOrderRepository.count_stuck restates domain.is_stuck: it must count exactly those,
+    by status."""
+    uow, made = seeded
+    async with uow(readonly=True) as work:
+        counted = await work.orders.count_stuck(NOW_US, GRACE_US)
+    expected = collections.Counter(o.status for o in made if domain.is_stuck(o, NOW_US, GRACE_US))
+    assert counted == dict(expected)
+    # Both ways for some orders: a live lease held by a recovery worker counts, by anyone
+    # else it does not; and the grace decides for some CONFIRMED ones.
+    held = [o for o in made if not o.settled and o.lease_expires_us > NOW_US]
+    assert any(domain.is_stuck(o, NOW_US, GRACE_US) for o in held)
+    assert not all(domain.is_stuck(o, NOW_US, GRACE_US) for o in held)
+    assert any(
+        domain.is_stuck(o, NOW_US) and not domain.is_stuck(o, NOW_US, GRACE_US)
+        for o in made
+        if o.lease_owner != RECOVERY
     )
 
 

@@ -28,7 +28,7 @@ from orderflow.inventory.domain import (
 )
 from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
 from orderflow.orders import domain as orders_domain
-from orderflow.orders.domain import Order, Step
+from orderflow.orders.domain import Order, OrderStatus, Step
 from orderflow.platform.idempotency import KeyRecord
 
 
@@ -440,6 +440,13 @@ class FakeOrderRepository(FakeRepository):
     async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
         found = [o for o in self.rows.values() if orders_domain.is_stale(o, now, events_grace_us)]
         return sorted(found, key=lambda o: o.updated_us)[:limit]
+
+    async def count_stuck(self, now: int, events_grace_us: int) -> dict[OrderStatus, int]:
+        counted: dict[OrderStatus, int] = {}
+        for order in self.rows.values():
+            if orders_domain.is_stuck(order, now, events_grace_us):
+                counted[order.status] = counted.get(order.status, 0) + 1
+        return counted
 
 
 class FakeStepRepository(FakeRepository):

@@ -253,3 +253,35 @@ async def test_claim_stale_takes_unsettled_orders_whose_lease_ran_out() -> None:
     clock.now += 10 * SECOND  # young's ran out too; old is leased to OTHER for 30 s
     assert [o.id for o in await service.claim_stale(OTHER, 30, 10)] == [young.id]
     assert await service.claim_stale(OTHER, 30, 10) == []
+
+
+async def test_count_stuck_follows_an_order_past_its_lease_until_it_is_settled() -> None:
+    """orderflow_orders_stuck's count: an order is stuck from when its driver's lease runs
+    out, stays stuck while a recovery worker holds it, and is not once it is settled."""
+    service, _, clock = make()
+    none = {status: 0 for status in OrderStatus}
+    order = await create(service)  # leased to its request for 10 s
+    assert await service.count_stuck() == none
+
+    clock.now += 11 * SECOND  # the request's lease ran out with the order PENDING
+    assert await service.count_stuck() == {**none, OrderStatus.PENDING: 1}
+
+    recovery = "recovery:a1"
+    (claimed,) = await service.claim_stale(recovery, 30, 10)
+    assert claimed.lease_owner == recovery
+    assert await service.count_stuck() == {**none, OrderStatus.PENDING: 1}
+
+    await service.reject_order(order.id, recovery, Failure("SERVICE_UNAVAILABLE", "down"))
+    assert await service.count_stuck() == {**none, OrderStatus.REJECTED: 1}
+    await service.settle_order(order.id, recovery)
+    assert await service.count_stuck() == none
+
+
+async def test_count_stuck_gives_a_confirmed_order_its_events_grace() -> None:
+    service, _, clock, order = await confirmed()  # the lease is dropped at confirmation
+    none = {status: 0 for status in OrderStatus}
+    clock.now += 59 * SECOND  # its events have 60 s to settle it
+    assert await service.count_stuck() == none
+    clock.now += 1 * SECOND
+    assert (order.status, order.lease_owner) == (OrderStatus.CONFIRMED, "")
+    assert await service.count_stuck() == {**none, OrderStatus.CONFIRMED: 1}

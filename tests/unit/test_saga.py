@@ -257,3 +257,14 @@ async def test_same_key_with_another_request_is_refused() -> None:
     with pytest.raises(IdempotencyKeyReusedError):
         await saga.place(saga.new_order("c-1", lines, 0, idempotency_key="k", request="two"))
     assert inventory.items["MUG-1"]["reserved"] == 1
+
+
+def test_the_recovery_worker_leases_as_the_orders_service_counts_recovery() -> None:
+    """orderflow_orders_stuck counts an order leased to a recovery worker by its owner's
+    prefix (orders.domain.RECOVERY_OWNER_PREFIX, ADR 1): the gateway's worker must use it."""
+    from orderflow.gateway.recovery import RecoveryWorker
+    from orderflow.orders.domain import RECOVERY_OWNER_PREFIX
+
+    saga, _, orders, _, _ = make()
+    worker = RecoveryWorker(saga, orders, interval=1, batch=1, lease_seconds=10, step_seconds=1)
+    assert worker.owner.startswith(RECOVERY_OWNER_PREFIX)

@@ -3,6 +3,7 @@ its events (the outbox relay, and the consumer that settles orders, ADR 18)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 from orderflow.events.bus import EventBus
@@ -13,6 +14,7 @@ from orderflow.events.service import service_events
 from orderflow.events.v1 import events_pb2
 from orderflow.orders.domain import FollowUp
 from orderflow.orders.grpc_api import service_spec
+from orderflow.orders.metrics import StuckOrderGauges
 from orderflow.orders.service import OrdersService
 from orderflow.orders.storage import SqlOrdersUnitOfWork, outbox_tables
 from orderflow.platform.component import Component, open_database
@@ -51,5 +53,7 @@ async def build(
     outbox = Outbox(outbox_tables)
     uow = functools.partial(SqlOrdersUnitOfWork, database, outbox)
     service = OrdersService(uow, events_grace_seconds=settings.events_grace_seconds)
+    gauges = StuckOrderGauges(service, interval=settings.stuck_metrics_interval_seconds)
+    spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
-    return Component(service_spec(service, database), database, events)
+    return Component(spec, database, events)

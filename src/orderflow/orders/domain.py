@@ -353,6 +353,23 @@ def is_stale(order: Order, now: int, events_grace_us: int = 0) -> bool:
     return True
 
 
+# A recovery worker's lease owner starts with this (ADR 1: `recovery:<random>`).
+RECOVERY_OWNER_PREFIX = "recovery:"
+
+
+def is_stuck(order: Order, now: int, events_grace_us: int = 0) -> bool:
+    """The saga outlived its driver: the order is stale (is_stale), or a recovery worker
+    holds it because it was. Counted by orderflow_orders_stuck, an operator's signal.
+
+    SqlOrderRepository.count_stuck restates this rule in SQL (tests check that they agree).
+    """
+    if order.settled:
+        return False
+    return order.lease_owner.startswith(RECOVERY_OWNER_PREFIX) or is_stale(
+        order, now, events_grace_us
+    )
+
+
 def claim(order: Order, owner: str, lease: int, now: int, events_grace_us: int = 0) -> Order:
     """Lease a stale order to owner, a recovery worker that will finish its saga."""
     if not is_stale(order, now, events_grace_us):

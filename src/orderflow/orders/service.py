@@ -66,6 +66,10 @@ class OrderRepository(Protocol):
         """Newest first, strictly older than `before` = (created_us, id)."""
         ...
 
+    async def count_stuck(self, now: int, events_grace_us: int) -> dict[OrderStatus, int]:
+        """How many orders domain.is_stuck holds for, by status (statuses with none left out)."""
+        ...
+
     async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
         """Up to limit orders for which domain.is_stale holds, oldest first, locked."""
         ...
@@ -408,6 +412,16 @@ class OrdersService:
             return claimed
 
         return await transact(self.uow, work)
+
+    async def count_stuck(self) -> dict[OrderStatus, int]:
+        """Orders whose saga outlived its driver (domain.is_stuck), by status, every status
+        present: what orderflow_orders_stuck shows."""
+
+        async def work(uow: OrdersUnitOfWork) -> dict[OrderStatus, int]:
+            return await uow.orders.count_stuck(self.now(), self.events_grace_us)
+
+        counted = await transact(self._reader, work)
+        return {status: counted.get(status, 0) for status in OrderStatus}
 
     async def record_follow_up(
         self, uow: OrdersUnitOfWork, order_id: str, follow_up: FollowUp

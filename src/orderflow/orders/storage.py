@@ -29,17 +29,20 @@ from sqlalchemy import (
     bindparam,
     desc,
     false,
+    func,
     not_,
     or_,
     select,
     update,
 )
 from sqlalchemy.engine import Row
+from sqlalchemy.sql.elements import ColumnElement
 
 from orderflow.errors import ConcurrentChangeError
 from orderflow.events.outbox import OutboxUnitOfWork
 from orderflow.events.tables import event_tables
 from orderflow.orders.domain import (
+    RECOVERY_OWNER_PREFIX,
     Driver,
     Failure,
     Order,
@@ -243,22 +246,45 @@ class SqlOrderRepository(SqlRepository):
         """
         query = (
             select(orders)
-            .where(
-                orders.c.settled.is_(False),
-                or_(orders.c.lease_expires_us <= now, orders.c.lease_owner == ""),
-                not_(
-                    and_(
-                        orders.c.status == OrderStatus.CONFIRMED.value,
-                        orders.c.cancel_requested.is_(False),
-                        orders.c.updated_us > now - events_grace_us,
-                    )
-                ),
-            )
+            .where(orders.c.settled.is_(False), _lease_gone(now, events_grace_us))
             .order_by(orders.c.updated_us)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
         return [_order(row) for row in await self.connection.execute(query)]
+
+    async def count_stuck(self, now: int, events_grace_us: int) -> dict[OrderStatus, int]:
+        """How many orders domain.is_stuck holds for, by status (read only; this restates
+        the rule in SQL: change both together, tests/integration/test_orders.py checks that
+        they agree in every case)."""
+        query = (
+            select(orders.c.status, func.count().label("n"))
+            .where(
+                orders.c.settled.is_(False),
+                or_(
+                    orders.c.lease_owner.startswith(RECOVERY_OWNER_PREFIX, autoescape=True),
+                    _lease_gone(now, events_grace_us),
+                ),
+            )
+            .group_by(orders.c.status)
+        )
+        rows = await self.connection.execute(query)
+        return {OrderStatus(row.status): int(row.n) for row in rows}
+
+
+def _lease_gone(now: int, events_grace_us: int) -> ColumnElement[bool]:
+    """domain.is_stale of an unsettled order: no live lease, and a CONFIRMED one only once
+    its events had events_grace_us to settle it."""
+    return and_(
+        or_(orders.c.lease_expires_us <= now, orders.c.lease_owner == ""),
+        not_(
+            and_(
+                orders.c.status == OrderStatus.CONFIRMED.value,
+                orders.c.cancel_requested.is_(False),
+                orders.c.updated_us > now - events_grace_us,
+            )
+        ),
+    )
 
 
 def _step_row(order_id: str, step: Step) -> dict[str, Any]:
