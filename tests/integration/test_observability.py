@@ -30,6 +30,8 @@ from orderflow.gateway.app import create_app
 from orderflow.gateway.clients import GrpcOrders
 from orderflow.inventory.v1 import inventory_pb2 as inv_pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as inv_grpc
+from orderflow.orders.v1 import orders_pb2 as ord_pb
+from orderflow.orders.v1 import orders_pb2_grpc as ord_grpc
 from orderflow.platform import telemetry
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import RunningServer, create_server
@@ -136,6 +138,80 @@ async def test_service_metrics_count_rpcs_by_method_and_code_and_show_stock(host
     assert {"orderflow_rpc_requests", "orderflow_rpc_duration_seconds", "orderflow_stock"} <= set(
         families
     )
+
+
+async def wait_for_sample(
+    registry: CollectorRegistry, name: str, labels: dict[str, str], value: float
+) -> None:
+    for _ in range(250):
+        if registry.get_sample_value(name, labels) == value:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(
+        f"{name}{labels} is {registry.get_sample_value(name, labels)}, not {value}"
+    )
+
+
+async def test_inventory_counts_the_items_at_or_below_its_low_stock_threshold(host: Host) -> None:
+    inventory = await host("inventory", stock_metrics_interval_seconds=0.05, low_stock_threshold=3)
+    registry = inventory.server.metrics.registry
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{inventory.server.port}") as channel:
+        stub = inv_grpc.InventoryServiceStub(channel)
+        await wait_for_sample(registry, "orderflow_stock_low_items", {}, 0)
+        assert registry.get_sample_value("orderflow_stock_low_threshold") == 3
+        for sku, stock in [("MUG-1", 10), ("TEE-1", 3), ("CAP-1", 4)]:
+            request = inv_pb.CreateItemRequest(sku=sku, name=sku, price=100, stock=stock)
+            await stub.CreateItem(request)
+        await wait_for_sample(registry, "orderflow_stock_low_items", {}, 1)  # TEE-1: 3 <= 3
+        reserve = inv_pb.ReserveStockRequest(
+            order_id="o-1", lines=[inv_pb.StockLine(sku="MUG-1", quantity=8)]
+        )
+        await stub.ReserveStock(reserve)
+        await wait_for_sample(registry, "orderflow_stock_low_items", {}, 2)  # and MUG-1: 2
+        restock = inv_pb.UpdateItemRequest(sku="TEE-1", restock=10)
+        await stub.UpdateItem(restock)
+        await wait_for_sample(registry, "orderflow_stock_low_items", {}, 1)
+    assert registry.get_sample_value("orderflow_stock", {"sku": "MUG-1", "state": "available"}) == 2
+
+
+async def test_orders_counts_an_order_stuck_from_its_lease_to_its_settlement(host: Host) -> None:
+    orders = await host("orders", stuck_metrics_interval_seconds=0.05)
+    registry = orders.server.metrics.registry
+
+    async def stuck(status: str, value: float) -> None:
+        await wait_for_sample(registry, "orderflow_orders_stuck", {"status": status}, value)
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{orders.server.port}") as channel:
+        stub = ord_grpc.OrderServiceStub(channel)
+        for status in ("PENDING", "CONFIRMED", "REJECTED", "CANCELLED"):
+            await stuck(status, 0)
+        created = await stub.CreateOrder(
+            ord_pb.CreateOrderRequest(
+                customer_id="c-1",
+                lines=[ord_pb.OrderLine(sku="MUG-1", quantity=1)],
+                request_fingerprint="fp",
+                lease_owner="gateway:a",
+                lease_seconds=0.3,
+            )
+        )
+        order_id = created.order.id
+        await stuck("PENDING", 1)  # its request's lease ran out
+        claimed = await stub.ClaimStaleOrders(
+            ord_pb.ClaimStaleOrdersRequest(lease_owner="recovery:r", lease_seconds=30, limit=10)
+        )
+        assert [o.id for o in claimed.orders] == [order_id]
+        rejected = ord_pb.RejectOrderRequest(
+            order_id=order_id,
+            lease_owner="recovery:r",
+            failure=ord_pb.Failure(code="SERVICE_UNAVAILABLE", message="down"),
+        )
+        await stub.RejectOrder(rejected)
+        await stuck("REJECTED", 1)  # held by the recovery worker, its undo steps to run
+        await stuck("PENDING", 0)
+        await stub.SettleOrder(
+            ord_pb.SettleOrderRequest(order_id=order_id, lease_owner="recovery:r")
+        )
+        await stuck("REJECTED", 0)
 
 
 @pytest.fixture

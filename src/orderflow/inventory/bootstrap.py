@@ -54,7 +54,11 @@ async def build(
         idempotency_lease_seconds=settings.idempotency_lease_seconds,
         idempotency_retention_seconds=settings.idempotency_retention_seconds,
     )
-    gauges = StockGauges(database, interval=settings.stock_metrics_interval_seconds)
+    gauges = StockGauges(
+        database,
+        interval=settings.stock_metrics_interval_seconds,
+        low_stock_threshold=settings.low_stock_threshold,
+    )
     spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
     events.relay.housekeeping.append(service.purge_idempotency_keys)

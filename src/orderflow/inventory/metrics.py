@@ -1,9 +1,12 @@
-"""Stock levels as Prometheus gauges: orderflow_stock{sku, state=available|reserved|sold}.
+"""Stock levels as Prometheus gauges: orderflow_stock{sku, state=available|reserved|sold},
+and low stock: orderflow_stock_low_items (how many items, of all of them, have available at
+or below the low-stock threshold) beside orderflow_stock_low_threshold (that threshold, so
+rules and dashboards compare with the value the service applies, not a copy of it).
 
 A small task reads the items table every few seconds (the first MAX_SKUS skus in sku
-order, one short read-only query) and keeps the result as an immutable snapshot; a
-scrape only reads the snapshot, so it never touches the database and is safe from the
-metrics server's thread.
+order, one short read-only query, and one count) and keeps the result as an immutable
+snapshot; a scrape only reads the snapshot, so it never touches the database and is safe
+from the metrics server's thread.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from orderflow.inventory.service import DEFAULT_LOW_STOCK_THRESHOLD
 from orderflow.inventory.storage import SqlInventoryUnitOfWork
 from orderflow.platform.db import Database
 
@@ -29,19 +33,28 @@ Levels = tuple[tuple[str, int, int, int], ...]  # (sku, available, reserved, sol
 
 class StockGauges(Collector):
     def __init__(
-        self, database: Database, *, interval: float = 10.0, max_skus: int = MAX_SKUS
+        self,
+        database: Database,
+        *,
+        interval: float = 10.0,
+        max_skus: int = MAX_SKUS,
+        low_stock_threshold: int = DEFAULT_LOW_STOCK_THRESHOLD,
     ) -> None:
         self.database = database
         self.interval = interval
         self.max_skus = max_skus
+        self.low_stock_threshold = low_stock_threshold
         self._levels: Levels = ()
         self._truncated = False
+        self._low = 0
         self._refreshed = False
 
     async def refresh(self) -> None:
-        """Read the stock of the first max_skus items (one more, to tell if there are more)."""
+        """Read the stock of the first max_skus items (one more, to tell if there are more)
+        and count the items at or below the low-stock threshold."""
         async with SqlInventoryUnitOfWork(self.database, readonly=True) as uow:
             found = await uow.items.page("", self.max_skus + 1)
+            self._low = await uow.items.count_low(self.low_stock_threshold)
         self._truncated = len(found) > self.max_skus
         self._levels = tuple(
             (i.sku, i.available, i.reserved, i.sold) for i in found[: self.max_skus]
@@ -78,4 +91,14 @@ class StockGauges(Collector):
             f"1 when the catalog has more than {self.max_skus} skus (the rest have no gauges).",
             value=1 if self._truncated else 0,
         )
-        return [stock, truncated]
+        low = GaugeMetricFamily(
+            "orderflow_stock_low_items",
+            "Items whose available stock is at or below the low-stock threshold (all items).",
+            value=self._low,
+        )
+        threshold = GaugeMetricFamily(
+            "orderflow_stock_low_threshold",
+            "The low-stock threshold: an item is low when available is at or below it.",
+            value=self.low_stock_threshold,
+        )
+        return [stock, truncated, low, threshold]

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     bindparam,
     false,
+    func,
     select,
     true,
     update,
@@ -252,6 +253,11 @@ class SqlItemRepository(SqlRepository):
                     f"stock of {line.sku} does not hold the {line.quantity} {source} units "
                     "of a reservation: the counters were changed outside orderflow"
                 )
+
+    async def count_low(self, threshold: int) -> int:
+        """How many items have available <= threshold (every item, not a page)."""
+        query = select(func.count()).select_from(items).where(items.c.available <= threshold)
+        return int((await self.connection.execute(query)).scalar_one())
 
 
 class SqlReservationRepository(SqlRepository):
