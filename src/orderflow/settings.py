@@ -196,6 +196,8 @@ class GatewaySettings(_Base):
     # How often the recovery worker looks for abandoned orders.
     recovery_interval_seconds: PositiveSeconds = 2.0
     recovery_batch: Annotated[int, Field(ge=1, le=100)] = 50
+    # How often the gateway asks each service's health (orderflow_service_serving).
+    service_health_interval_seconds: PositiveSeconds = 5.0
     max_body_bytes: Annotated[int, Field(ge=1024, le=10 * 1024 * 1024)] = 64 * 1024
     # Larger request heads (request line and headers) get 431 before they are parsed.
     max_header_bytes: Annotated[int, Field(ge=8 * 1024, le=1024 * 1024)] = 64 * 1024

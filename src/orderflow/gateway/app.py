@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -119,12 +120,21 @@ def create_app(
         app.state.recovery = worker
         if recovery:
             worker.start()
+        health = asyncio.create_task(
+            app.state.gateway.readiness.watch(
+                metrics.serving, settings.service_health_interval_seconds
+            ),
+            name="orderflow-service-health",
+        )
         try:
             yield
         finally:
             # The gRPC API first (its streams end while the clients still work).
             for hook in app.state.before_shutdown:
                 await hook()
+            health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await health
             await worker.stop()
             await watch.stop()
             await channels.close()

@@ -1,7 +1,9 @@
 """Prometheus metrics of the gateway: HTTP traffic, saga outcomes and steps, recovery actions,
-open WatchOrder streams."""
+open WatchOrder streams, and whether each service answers SERVING."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -53,6 +55,13 @@ class GatewayMetrics(SagaObserver):
             registry=self.registry,
         )
 
+        self.service_serving = Gauge(
+            "orderflow_service_serving",
+            "1 while the service's gRPC health check answers SERVING to this gateway, else 0.",
+            ["service"],
+            registry=self.registry,
+        )
+
     def outcome(self, outcome: str, reason: str) -> None:
         self.saga_outcomes.labels(outcome, reason or "none").inc()
 
@@ -61,3 +70,8 @@ class GatewayMetrics(SagaObserver):
 
     def recovery(self, action: str) -> None:
         self.recovery_actions.labels(action).inc()
+
+    def serving(self, states: Mapping[str, str]) -> None:
+        """Record each service's health as the gateway last saw it (readiness.check())."""
+        for service, state in states.items():
+            self.service_serving.labels(service).set(1 if state == "SERVING" else 0)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import grpc
+import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from orderflow.inventory.v1 import inventory_pb2
@@ -19,6 +20,8 @@ SERVICE_NAMES = {
 }
 
 Probe = Callable[[], Awaitable[str]]
+
+log = structlog.get_logger("orderflow.readiness")
 
 
 class Readiness:
@@ -49,3 +52,13 @@ class Readiness:
         names = list(self.probes)
         results = await asyncio.gather(*(self.probes[n]() for n in names))
         return dict(zip(names, results, strict=True))
+
+    async def watch(self, record: Callable[[dict[str, str]], None], interval: float) -> None:
+        """Check every interval seconds and hand each answer to record (the gateway's
+        orderflow_service_serving gauge), until cancelled."""
+        while True:
+            try:
+                record(await self.check())
+            except Exception as exc:  # a probe that raised: try again next round
+                log.warning("service_health_check_failed", error=str(exc))
+            await asyncio.sleep(interval)

@@ -26,6 +26,7 @@ async def healthz() -> dict[str, Any]:
 async def readyz(gateway: GatewayDep) -> JSONResponse:
     """Ready when all three services report SERVING; 503 with each service's status otherwise."""
     statuses = await gateway.readiness.check()
+    gateway.metrics.serving(statuses)
     if all(s == "SERVING" for s in statuses.values()):
         return JSONResponse({"status": "ready", "services": statuses})
     return error_response(
