@@ -7,11 +7,12 @@ import os
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -28,7 +29,7 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.nats import NatsServer
 from tests.invariants import database_urls, read_databases, unfinished, violations
-from tests.system import System, per_service, wait_until
+from tests.system import System, free_port, per_service, wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -39,6 +40,11 @@ FAST_RECOVERY = {
     "ORDERFLOW_GATEWAY_LEASE_SECONDS": "4",
     "ORDERFLOW_GATEWAY_RECOVERY_INTERVAL_SECONDS": "0.5",
 }
+# The gauges the alerts read (deploy/observability/alerts.yaml), refreshed quickly.
+FAST_GAUGES = {
+    "ORDERFLOW_GATEWAY_SERVICE_HEALTH_INTERVAL_SECONDS": "0.2",
+    "ORDERFLOW_ORDERS_STUCK_METRICS_INTERVAL_SECONDS": "0.2",
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +53,13 @@ def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     nats = NatsServer(workdir)
     nats.start()
     urls, drop = pg_databases_sync(SERVICES)
-    system = per_service(workdir, urls, {**FAST_RECOVERY, "ORDERFLOW_NATS_URL": nats.url})
+    env = {
+        **FAST_RECOVERY,
+        **FAST_GAUGES,
+        "ORDERFLOW_NATS_URL": nats.url,
+        "ORDERFLOW_ORDERS_METRICS_PORT": str(free_port()),
+    }
+    system = per_service(workdir, urls, env)
     try:
         yield start(system)
     finally:
@@ -145,6 +157,52 @@ async def test_loyalty_down_gives_503_compensates_and_recovers(
     assert response.json()["status"] == "CONFIRMED"
     earned = response.json()["points_earned"]
     await eventually(lambda: points(api, customer), 100 - 50 + earned)
+
+
+async def test_loyalty_down_shows_in_the_gauges_the_alerts_read(
+    faulty: System, api: httpx.AsyncClient
+) -> None:
+    """With loyalty stopped, the gateway reports it not serving and, once the order's lease
+    has run out, the orders service counts the order stuck; with loyalty back, recovery
+    settles it and both gauges clear (OrderflowServiceNotServing, OrderflowOrdersStuck)."""
+    orders_metrics = int(faulty.processes["orders"].env["ORDERFLOW_ORDERS_METRICS_PORT"])
+
+    async def gauge(url: str, name: str, **labels: str) -> float | None:
+        page = (await api.get(url)).text
+        for family in text_string_to_metric_families(page):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return None
+
+    def serving(service: str) -> Awaitable[float | None]:
+        return gauge("/metrics", "orderflow_service_serving", service=service)
+
+    def stuck() -> Awaitable[float | None]:
+        url = f"http://127.0.0.1:{orders_metrics}/metrics"
+        return gauge(url, "orderflow_orders_stuck", status="REJECTED")
+
+    async def equals(read: Callable[[], Awaitable[float | None]], value: float) -> bool:
+        return await read() == value
+
+    await wait_until(lambda: equals(lambda: serving("loyalty"), 1), 10, "loyalty serving")
+    await wait_until(lambda: equals(stuck, 0), 10, "no stuck order")
+    sku = await new_item(api, price=1000, stock=5)
+    customer = await new_customer(api, tier="gold", points=100)
+    body = {"customer_id": customer, "items": [{"sku": sku, "quantity": 1}], "redeem_points": 10}
+    faulty.stop("loyalty")
+    try:
+        await wait_until(lambda: equals(lambda: serving("loyalty"), 0), 10, "loyalty not serving")
+        assert await serving("inventory") == 1 and await serving("orders") == 1
+        response = await api.post("/api/v1/orders", json=body)
+        assert response.status_code == 503, response.text
+        # Rejected, its discount not yet voided: stuck once its lease (4 s) has run out.
+        await wait_until(lambda: equals(stuck, 1), 15, "the rejected order counted stuck")
+    finally:
+        faulty.start("loyalty")
+    faulty.wait_ready()
+    await wait_until(lambda: equals(lambda: serving("loyalty"), 1), 10, "loyalty serving again")
+    await wait_until(lambda: equals(stuck, 0), 30, "recovery settled the stuck order")
 
 
 async def test_duplicate_while_the_first_is_stuck_gets_409(
