@@ -145,7 +145,8 @@ def create_app(
         summary="Order placement over gRPC services: stock, loyalty, and a saga that undoes.",
         lifespan=lifespan,
         dependencies=[Depends(request_budget)],
-        docs_url=None,  # served by install_docs, from a package instead of a CDN
+        docs_url=None,  # served by install_docs, from files of its own instead of a CDN
+        redoc_url=None,  # ReDoc loads from a CDN: /docs is the one documentation page
     )
     install_docs(app)
     # What must stop before the gateway's clients close (gateway.server: the gRPC API).

@@ -1,11 +1,14 @@
 """The interactive API docs at /docs, served with no request leaving the gateway.
 
 FastAPI's own /docs page loads Swagger UI from a CDN, so it is blank without internet
-access. Here the page references Swagger UI's files from the pinned `swagger-ui-bundle-v2`
-package, which the gateway serves under /docs/assets/.
+access. Here the page references Swagger UI's files vendored in this package
+(static/swagger-ui: pinned, with their license and hashes), which the gateway serves under
+/docs/assets/. FastAPI's ReDoc page would load from a CDN too; the app turns it off.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -13,13 +16,12 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
 ASSETS = "/docs/assets"
+SWAGGER_UI = Path(__file__).resolve().parent / "static" / "swagger-ui"
 
 
 def install_docs(app: FastAPI, path: str = "/docs") -> None:
     """Serve Swagger UI at path (create the app with docs_url=None)."""
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount(ASSETS, StaticFiles(directory=SWAGGER_UI), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
     @app.get(path, include_in_schema=False)
