@@ -23,7 +23,13 @@ from orderflow.settings import CommonSettings, GatewaySettings
 from tests.fakes import Calls, FakeInventory, FakeLoyalty, FakeOrders
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "orderflow"
-CONTENT_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}
+# The type Python's mimetypes gives .js is text/javascript, or application/javascript on 3.11
+# without the system's mime.types: a browser runs both.
+CONTENT_TYPES = {
+    ".js": ("text/javascript", "application/javascript"),
+    ".css": ("text/css",),
+    ".png": ("image/png",),
+}
 # A URL a browser would load from: anything http(s) but an XML namespace (xmlns="…").
 _URL = re.compile(r"""(xmlns(?::[\w-]+)?\s*=\s*["'])?(https?://[^\s"'<>()]+)""")
 
