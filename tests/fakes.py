@@ -34,9 +34,11 @@ from orderflow.gateway.ports import (
     Idempotency,
     Item,
     Line,
+    LowStock,
     NewOrder,
     Order,
     Page,
+    PointsEntry,
     Reservation,
     SagaStep,
 )
@@ -125,6 +127,10 @@ class FakeOrders:
     ) -> Page[Order]:
         found = [o for o in self.orders.values() if not customer_id or o.customer_id == customer_id]
         return Page(found[:limit], None)
+
+    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
+        found = [o for o in self.orders.values() if not o.settled]
+        return found[:limit], len(found) > limit
 
     def _set(self, order: Order, **changes: object) -> Order:
         updated = replace(order, **changes)  # type: ignore[arg-type]
@@ -332,6 +338,11 @@ class FakeInventory:
     async def list_items(self, limit: int, cursor: str) -> Page[Item]:
         return Page([await self.get_item(s) for s in self.items][:limit], None)
 
+    async def list_low_stock(self, limit: int) -> LowStock:
+        found = [await self.get_item(s) for s in self.items]
+        low = sorted((i for i in found if i.available <= 5), key=lambda i: (i.available, i.sku))
+        return LowStock(low[:limit], 5, len(low) > limit)
+
     async def update_item(
         self,
         sku: str,
@@ -403,6 +414,9 @@ class FakeLoyalty:
         if customer_id not in self.points:
             raise NotFoundError("no account")
         return Account(customer_id, "gold", self.percent, self.points[customer_id])
+
+    async def list_entries(self, customer_id: str, limit: int, cursor: str) -> Page[PointsEntry]:
+        return Page([], None)
 
     async def set_tier(
         self, customer_id: str, tier: str, idem: Idempotency | None = None

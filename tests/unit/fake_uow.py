@@ -26,7 +26,7 @@ from orderflow.inventory.domain import (
     ReservationState,
     ReservedLine,
 )
-from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
+from orderflow.loyalty.domain import Application, ApplicationState, BookedEntry, LedgerEntry
 from orderflow.orders import domain as orders_domain
 from orderflow.orders.domain import Order, OrderStatus, Step
 from orderflow.platform.idempotency import KeyRecord
@@ -174,6 +174,10 @@ class FakeItemRepository(FakeRepository):
     async def page(self, after: str, limit: int) -> list[Item]:
         return [self.rows[sku] for sku in sorted(self.rows) if sku > after][:limit]
 
+    async def low_on_stock(self, threshold: int, limit: int) -> list[Item]:
+        found = [i for i in self.rows.values() if i.available <= threshold]
+        return sorted(found, key=lambda i: (i.available, i.sku))[:limit]
+
     async def change(self, change: ItemChange, now: int) -> bool:
         item = self.rows.get(change.sku)
         if item is None:
@@ -289,6 +293,7 @@ class FakeAccountRepository(FakeRepository):
     def __init__(self) -> None:
         self.rows: dict[str, tuple[str, int]] = {}  # customer -> (tier, points)
         self.ledger: list[LedgerEntry] = []
+        self.booked: list[BookedEntry] = []
 
     async def get(self, customer_id: str) -> tuple[str, int] | None:
         return self.rows.get(customer_id)
@@ -319,7 +324,16 @@ class FakeAccountRepository(FakeRepository):
                 raise DuplicateKeyError(entry)
         self.rows[entry.customer_id] = (found[0], found[1] + entry.delta)
         self.ledger.append(entry)
+        self.booked.append(BookedEntry(len(self.booked) + 1, entry, now))
         return found[1] + entry.delta
+
+    async def entries(self, customer_id: str, before: int | None, limit: int) -> list[BookedEntry]:
+        mine = [
+            b
+            for b in reversed(self.booked)
+            if b.entry.customer_id == customer_id and (before is None or b.id < before)
+        ]
+        return mine[:limit]
 
 
 class FakeApplicationRepository(FakeRepository):
@@ -447,6 +461,10 @@ class FakeOrderRepository(FakeRepository):
             if orders_domain.is_stuck(order, now, events_grace_us):
                 counted[order.status] = counted.get(order.status, 0) + 1
         return counted
+
+    async def unsettled(self, limit: int) -> list[Order]:
+        found = [o for o in self.rows.values() if not o.settled]
+        return sorted(found, key=lambda o: (o.created_us, o.id))[:limit]
 
 
 class FakeStepRepository(FakeRepository):

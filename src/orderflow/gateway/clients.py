@@ -31,9 +31,11 @@ from orderflow.gateway.ports import (
     Idempotency,
     Item,
     Line,
+    LowStock,
     NewOrder,
     Order,
     Page,
+    PointsEntry,
     Reservation,
     SagaStep,
 )
@@ -288,6 +290,11 @@ class GrpcOrders:
             truncated=response.truncated,
         )
 
+    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
+        request = orders_pb2.ListUnsettledOrdersRequest(limit=limit)
+        response = await self.call(self.stub.ListUnsettledOrders, request, safe=True)
+        return [order_from_pb(o) for o in response.orders], response.truncated
+
 
 def item_from_pb(msg: inventory_pb2.Item) -> Item:
     return Item(
@@ -353,6 +360,13 @@ class GrpcInventory:
         request = inventory_pb2.ListItemsRequest(limit=limit, cursor=cursor)
         response = await self.call(self.stub.ListItems, request, safe=True)
         return Page([item_from_pb(i) for i in response.items], response.next_cursor or None)
+
+    async def list_low_stock(self, limit: int) -> LowStock:
+        request = inventory_pb2.ListLowStockItemsRequest(limit=limit)
+        response = await self.call(self.stub.ListLowStockItems, request, safe=True)
+        return LowStock(
+            [item_from_pb(i) for i in response.items], response.threshold, response.truncated
+        )
 
     async def update_item(
         self,
@@ -424,6 +438,17 @@ class GrpcLoyalty:
     async def get_account(self, customer_id: str) -> Account:
         request = loyalty_pb2.GetAccountRequest(customer_id=customer_id)
         return account_from_pb((await self.call(self.stub.GetAccount, request, safe=True)).account)
+
+    async def list_entries(self, customer_id: str, limit: int, cursor: str) -> Page[PointsEntry]:
+        request = loyalty_pb2.ListPointsEntriesRequest(
+            customer_id=customer_id, limit=limit, cursor=cursor
+        )
+        response = await self.call(self.stub.ListPointsEntries, request, safe=True)
+        entries = [
+            PointsEntry(x.kind, x.delta, x.reason, x.order_id, _dt(x.created_at))
+            for x in response.entries
+        ]
+        return Page(entries, response.next_cursor or None)
 
     async def set_tier(
         self, customer_id: str, tier: str, idem: Idempotency | None = None

@@ -145,6 +145,26 @@ class Account:
 
 
 @dataclass(frozen=True)
+class LowStock:
+    """The items at or below inventory's low-stock threshold, fewest available first."""
+
+    items: list[Item]
+    threshold: int
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
+class PointsEntry:
+    """One entry of a customer's points ledger."""
+
+    kind: str
+    delta: int
+    reason: str
+    order_id: str
+    created_at: datetime | None
+
+
+@dataclass(frozen=True)
 class Idempotency:
     """What makes an admin change safe to repeat (ADR 0023): its key, whose key it is
     (the caller), and the request claiming it (its retries may take its claim over)."""
@@ -223,6 +243,7 @@ class OrdersPort(Protocol):
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]: ...
     async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None: ...
     async def order_history(self, order_id: str) -> History: ...
+    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]: ...
 
 
 class InventoryPort(Protocol):
@@ -235,6 +256,7 @@ class InventoryPort(Protocol):
     ) -> Item: ...
     async def get_item(self, sku: str) -> Item: ...
     async def list_items(self, limit: int, cursor: str) -> Page[Item]: ...
+    async def list_low_stock(self, limit: int) -> LowStock: ...
     async def update_item(
         self,
         sku: str,
@@ -253,6 +275,9 @@ class LoyaltyPort(Protocol):
     async def commit_discount(self, order_id: str) -> None: ...
     async def refund_discount(self, order_id: str) -> None: ...
     async def get_account(self, customer_id: str) -> Account: ...
+    async def list_entries(
+        self, customer_id: str, limit: int, cursor: str
+    ) -> Page[PointsEntry]: ...
     async def set_tier(
         self, customer_id: str, tier: str, idem: Idempotency | None = None
     ) -> Account: ...

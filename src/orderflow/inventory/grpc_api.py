@@ -66,6 +66,16 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         found, cursor = await self.service.list_items(request.limit, request.cursor)
         return pb.ListItemsResponse(items=[item_pb(i) for i in found], next_cursor=cursor)
 
+    async def ListLowStockItems(
+        self, request: pb.ListLowStockItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListLowStockItemsResponse:
+        found, truncated = await self.service.list_low_stock(request.limit)
+        return pb.ListLowStockItemsResponse(
+            items=[item_pb(i) for i in found],
+            threshold=self.service.low_stock_threshold,
+            truncated=truncated,
+        )
+
     async def UpdateItem(
         self, request: pb.UpdateItemRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpdateItemResponse:

@@ -52,6 +52,10 @@ class ItemRepository(Protocol):
         """Up to limit items in sku order, strictly after `after`."""
         ...
 
+    async def low_on_stock(self, threshold: int, limit: int) -> list[Item]:
+        """Up to limit items with available <= threshold, fewest available first."""
+        ...
+
     async def change(self, change: domain.ItemChange, now: int) -> bool:
         """Apply change; False if there is no such item."""
         ...
@@ -194,6 +198,17 @@ class InventoryService:
             more = len(found) > limit
             page = found[:limit]
             return page, encode_cursor(page[-1].sku) if more else ""
+
+        return await transact(self._reader, work)
+
+    async def list_low_stock(self, limit: int) -> tuple[list[Item], bool]:
+        """Items at or below the low-stock threshold, fewest available first; and whether
+        there are more than limit."""
+        limit = check_limit(limit, default=DEFAULT_PAGE)
+
+        async def work(uow: InventoryUnitOfWork) -> tuple[list[Item], bool]:
+            found = await uow.items.low_on_stock(self.low_stock_threshold, limit + 1)
+            return found[:limit], len(found) > limit
 
         return await transact(self._reader, work)
 

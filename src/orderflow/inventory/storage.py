@@ -199,6 +199,16 @@ class SqlItemRepository(SqlRepository):
             query = query.where(items.c.sku > after)
         return [_item(row) for row in await self.connection.execute(query)]
 
+    async def low_on_stock(self, threshold: int, limit: int) -> list[Item]:
+        """Items with available <= threshold, fewest available first, then by sku."""
+        query = (
+            select(*_ITEM_COLUMNS)
+            .where(items.c.available <= threshold)
+            .order_by(items.c.available, items.c.sku)
+            .limit(limit)
+        )
+        return [_item(row) for row in await self.connection.execute(query)]
+
     async def change(self, change: ItemChange, now: int) -> bool:
         """Apply change; False if there is no such item."""
         values: dict[str, object] = {"updated_us": now}

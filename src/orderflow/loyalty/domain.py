@@ -111,6 +111,15 @@ class LedgerEntry:
     idempotency_key: str | None = None
 
 
+@dataclass(frozen=True)
+class BookedEntry:
+    """A ledger entry as booked: its position in the ledger (ids only grow) and time."""
+
+    id: int
+    entry: LedgerEntry
+    created_us: int
+
+
 def order_entry(application: Application, kind: EntryKind) -> LedgerEntry:
     """The ledger entry of kind that an order's application books (negative: points taken)."""
     if kind is EntryKind.REDEEM:

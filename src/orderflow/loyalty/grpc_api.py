@@ -6,7 +6,7 @@ import functools
 
 import grpc
 
-from orderflow.loyalty.domain import Account, ApplicationState
+from orderflow.loyalty.domain import Account, ApplicationState, BookedEntry
 from orderflow.loyalty.migrations import HEAD
 from orderflow.loyalty.service import LoyaltyService
 from orderflow.loyalty.v1 import loyalty_pb2 as pb
@@ -33,9 +33,30 @@ def account_pb(account: Account) -> pb.Account:
     )
 
 
+def entry_pb(booked: BookedEntry) -> pb.PointsEntry:
+    msg = pb.PointsEntry(
+        kind=booked.entry.kind.value.lower(),
+        delta=booked.entry.delta,
+        reason=booked.entry.reason,
+        order_id=booked.entry.order_id or "",
+    )
+    msg.created_at.FromMicroseconds(booked.created_us)
+    return msg
+
+
 class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
     def __init__(self, service: LoyaltyService) -> None:
         self.service = service
+
+    async def ListPointsEntries(
+        self, request: pb.ListPointsEntriesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPointsEntriesResponse:
+        entries, cursor = await self.service.list_entries(
+            request.customer_id, request.limit, request.cursor
+        )
+        return pb.ListPointsEntriesResponse(
+            entries=[entry_pb(x) for x in entries], next_cursor=cursor
+        )
 
     async def GetAccount(
         self, request: pb.GetAccountRequest, context: grpc.aio.ServicerContext

@@ -16,6 +16,7 @@ import structlog
 from orderflow.errors import (
     CompensatedError,
     InsufficientPointsError,
+    InvalidArgumentError,
     NegativeBalanceError,
     NotCancellableError,
     NotFoundError,
@@ -27,6 +28,7 @@ from orderflow.loyalty.domain import (
     Account,
     Application,
     ApplicationState,
+    BookedEntry,
     Entries,
     EntryKind,
     LedgerEntry,
@@ -41,11 +43,13 @@ from orderflow.platform.idempotency import (
     keyed,
 )
 from orderflow.platform.transitions import StateRecords, Transition, TransitionRunner
-from orderflow.validation import check_id
+from orderflow.validation import check_id, check_limit, decode_cursor, encode_cursor
 
 T = TypeVar("T")
 
 log = structlog.get_logger("orderflow.loyalty")
+
+DEFAULT_ENTRIES_PAGE = 20
 
 
 class AccountRepository(Protocol):
@@ -59,6 +63,10 @@ class AccountRepository(Protocol):
         ...
 
     async def set_tier(self, customer_id: str, tier: str, now: int) -> None: ...
+
+    async def entries(self, customer_id: str, before: int | None, limit: int) -> list[BookedEntry]:
+        """The customer's ledger entries newest first, with an id below `before` if given."""
+        ...
 
     async def add_points(self, entry: LedgerEntry, now: int) -> int | None:
         """Change the balance by entry.delta and book the entry: the balance after, or None
@@ -143,6 +151,27 @@ class LoyaltyService:
     async def get_account(self, customer_id: str) -> Account:
         customer_id = check_id("customer_id", customer_id)
         return await transact(self._reader, lambda uow: self._account(uow, customer_id))
+
+    async def list_entries(
+        self, customer_id: str, limit: int, cursor: str
+    ) -> tuple[list[BookedEntry], str]:
+        """The customer's ledger newest first, paged by cursor (none for an unknown one)."""
+        customer_id = check_id("customer_id", customer_id)
+        limit = check_limit(limit, default=DEFAULT_ENTRIES_PAGE)
+        before = None
+        if cursor:
+            position = decode_cursor(cursor)
+            if not (position.isascii() and position.isdigit() and len(position) <= 18):
+                raise InvalidArgumentError("cursor is not valid", field="cursor")
+            before = int(position)
+
+        async def work(uow: LoyaltyUnitOfWork) -> tuple[list[BookedEntry], str]:
+            found = await uow.accounts.entries(customer_id, before, limit + 1)
+            page = found[:limit]
+            more = len(found) > limit
+            return page, encode_cursor(str(page[-1].id)) if more else ""
+
+        return await transact(self._reader, work)
 
     async def set_tier(
         self,

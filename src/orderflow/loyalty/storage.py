@@ -26,7 +26,13 @@ from sqlalchemy.engine import Row
 
 from orderflow.events.outbox import OutboxUnitOfWork
 from orderflow.events.tables import event_tables
-from orderflow.loyalty.domain import Application, ApplicationState, LedgerEntry
+from orderflow.loyalty.domain import (
+    Application,
+    ApplicationState,
+    BookedEntry,
+    EntryKind,
+    LedgerEntry,
+)
 from orderflow.platform.db import SqlRepository
 from orderflow.platform.idempotency_store import SqlIdempotencyRecords, idempotency_table
 
@@ -184,6 +190,31 @@ class SqlAccountRepository(SqlRepository):
             },
         )
         return int(balance)
+
+    async def entries(self, customer_id: str, before: int | None, limit: int) -> list[BookedEntry]:
+        """The customer's ledger entries newest first, with an id below `before` if given."""
+        query = (
+            select(ledger)
+            .where(ledger.c.customer_id == customer_id)
+            .order_by(ledger.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(ledger.c.id < before)
+        return [
+            BookedEntry(
+                id=int(row.id),
+                entry=LedgerEntry(
+                    customer_id=row.customer_id,
+                    delta=int(row.delta),
+                    kind=EntryKind(row.kind),
+                    order_id=row.order_id,
+                    reason=row.reason,
+                ),
+                created_us=int(row.created_us),
+            )
+            for row in await self.connection.execute(query)
+        ]
 
 
 class SqlApplicationRepository(SqlRepository):

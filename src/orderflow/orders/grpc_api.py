@@ -272,6 +272,14 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
         )
         return pb.ClaimStaleOrdersResponse(orders=[order_pb(o) for o in claimed])
 
+    async def ListUnsettledOrders(
+        self, request: pb.ListUnsettledOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListUnsettledOrdersResponse:
+        found, truncated = await self.service.list_unsettled(request.limit)
+        return pb.ListUnsettledOrdersResponse(
+            orders=[order_pb(o) for o in found], truncated=truncated
+        )
+
     async def RecordOrderSteps(
         self, request: pb.RecordOrderStepsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordOrderStepsResponse:

@@ -74,6 +74,10 @@ class OrderRepository(Protocol):
         """Up to limit orders for which domain.is_stale holds, oldest first, locked."""
         ...
 
+    async def unsettled(self, limit: int) -> list[Order]:
+        """Up to limit unsettled orders, oldest first, read only."""
+        ...
+
 
 class StepRepository(Protocol):
     """The saga's step log: rows written in the transaction of the change they record."""
@@ -392,6 +396,17 @@ class OrdersService:
             order = await self._get(uow, order_id)
             steps, truncated = await uow.steps.of(order_id, MAX_HISTORY)
             return order, steps, truncated
+
+        return await transact(self._reader, work)
+
+    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
+        """Unsettled orders, oldest first, as they are (nothing claimed); and whether there
+        are more than limit. What an operator looks at (the console's attention list)."""
+        limit = check_limit(limit, default=DEFAULT_PAGE)
+
+        async def work(uow: OrdersUnitOfWork) -> tuple[list[Order], bool]:
+            found = await uow.orders.unsettled(limit + 1)
+            return found[:limit], len(found) > limit
 
         return await transact(self._reader, work)
 

@@ -237,6 +237,16 @@ class SqlOrderRepository(SqlRepository):
             )
         return [_order(row) for row in await self.connection.execute(query.limit(limit))]
 
+    async def unsettled(self, limit: int) -> list[Order]:
+        """Unsettled orders, oldest first (read only: nothing is locked)."""
+        query = (
+            select(orders)
+            .where(orders.c.settled.is_(False))
+            .order_by(orders.c.created_us, orders.c.id)
+            .limit(limit)
+        )
+        return [_order(row) for row in await self.connection.execute(query)]
+
     async def stale(self, now: int, limit: int, events_grace_us: int) -> list[Order]:
         """Unsettled orders with no live lease, oldest first, locked (skipping locked ones);
         a CONFIRMED one only once its events had events_grace_us to settle it.

@@ -187,3 +187,19 @@ class ReturnStockResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     state: ReservationState
     def __init__(self, state: _Optional[_Union[ReservationState, str]] = ...) -> None: ...
+
+class ListLowStockItemsRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListLowStockItemsResponse(_message.Message):
+    __slots__ = ("items", "threshold", "truncated")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    threshold: int
+    truncated: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., threshold: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -55,6 +55,11 @@ class InventoryServiceStub:
                 request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemRequest.SerializeToString,
                 response_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemResponse.FromString,
                 _registered_method=True)
+        self.ListLowStockItems = channel.unary_unary(
+                '/orderflow.inventory.v1.InventoryService/ListLowStockItems',
+                request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
+                response_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
+                _registered_method=True)
         self.ReserveStock = channel.unary_unary(
                 '/orderflow.inventory.v1.InventoryService/ReserveStock',
                 request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ReserveStockRequest.SerializeToString,
@@ -105,6 +110,14 @@ class InventoryServiceServicer:
 
     def UpdateItem(self, request, context):
         """Renames, reprices or restocks an item. With an idempotency key, safe to repeat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLowStockItems(self, request, context):
+        """Lists the items whose available stock is at or below the service's low-stock
+        threshold (ORDERFLOW_INVENTORY_LOW_STOCK_THRESHOLD), fewest available first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -161,6 +174,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.UpdateItem,
                     request_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemRequest.FromString,
                     response_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemResponse.SerializeToString,
+            ),
+            'ListLowStockItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLowStockItems,
+                    request_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.FromString,
+                    response_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.SerializeToString,
             ),
             'ReserveStock': grpc.unary_unary_rpc_method_handler(
                     servicer.ReserveStock,
@@ -292,6 +310,33 @@ class InventoryService:
             '/orderflow.inventory.v1.InventoryService/UpdateItem',
             orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemRequest.SerializeToString,
             orderflow_dot_inventory_dot_v1_dot_inventory__pb2.UpdateItemResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLowStockItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.inventory.v1.InventoryService/ListLowStockItems',
+            orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
+            orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,

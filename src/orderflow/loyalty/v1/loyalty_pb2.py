@@ -22,47 +22,54 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"orderflow/loyalty/v1/loyalty.proto\x12\x14orderflow.loyalty.v1\"V\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"D\n\x12GetAccountResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"|\n\x0eSetTierRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x04 \x01(\t\x12\x13\n\x0blease_owner\x18\x05 \x01(\t\"A\n\x0fSetTierResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"\x92\x01\n\x13\x41\x64justPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x05 \x01(\t\x12\x13\n\x0blease_owner\x18\x06 \x01(\t\"F\n\x14\x41\x64justPointsResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"f\n\x14\x41pplyDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x10\n\x08subtotal\x18\x03 \x01(\x03\x12\x15\n\rredeem_points\x18\x04 \x01(\x03\"\xc7\x01\n\x15\x41pplyDiscountResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x02 \x01(\x05\x12\x10\n\x08\x64iscount\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x15\n\rpoints_earned\x18\x06 \x01(\x03\x12\x35\n\x05state\x18\x07 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43\x61ncelDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16\x43\x61ncelDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43ommitDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"f\n\x16\x43ommitDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\x12\x15\n\rpoints_earned\x18\x02 \x01(\x03\")\n\x15RefundDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16RefundDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState*\xb6\x01\n\x10\x41pplicationState\x12!\n\x1d\x41PPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPLICATION_STATE_APPLIED\x10\x01\x12\x1f\n\x1b\x41PPLICATION_STATE_CANCELLED\x10\x02\x12\x1f\n\x1b\x41PPLICATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1a\x41PPLICATION_STATE_REFUNDED\x10\x04\x32\xe1\x05\n\x0eLoyaltyService\x12_\n\nGetAccount\x12\'.orderflow.loyalty.v1.GetAccountRequest\x1a(.orderflow.loyalty.v1.GetAccountResponse\x12V\n\x07SetTier\x12$.orderflow.loyalty.v1.SetTierRequest\x1a%.orderflow.loyalty.v1.SetTierResponse\x12\x65\n\x0c\x41\x64justPoints\x12).orderflow.loyalty.v1.AdjustPointsRequest\x1a*.orderflow.loyalty.v1.AdjustPointsResponse\x12h\n\rApplyDiscount\x12*.orderflow.loyalty.v1.ApplyDiscountRequest\x1a+.orderflow.loyalty.v1.ApplyDiscountResponse\x12k\n\x0e\x43\x61ncelDiscount\x12+.orderflow.loyalty.v1.CancelDiscountRequest\x1a,.orderflow.loyalty.v1.CancelDiscountResponse\x12k\n\x0e\x43ommitDiscount\x12+.orderflow.loyalty.v1.CommitDiscountRequest\x1a,.orderflow.loyalty.v1.CommitDiscountResponse\x12k\n\x0eRefundDiscount\x12+.orderflow.loyalty.v1.RefundDiscountRequest\x1a,.orderflow.loyalty.v1.RefundDiscountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"orderflow/loyalty/v1/loyalty.proto\x12\x14orderflow.loyalty.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"V\n\x07\x41\x63\x63ount\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x03 \x01(\x05\x12\x0e\n\x06points\x18\x04 \x01(\x03\"(\n\x11GetAccountRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\"D\n\x12GetAccountResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"|\n\x0eSetTierRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x04 \x01(\t\x12\x13\n\x0blease_owner\x18\x05 \x01(\t\"A\n\x0fSetTierResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"\x92\x01\n\x13\x41\x64justPointsRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x05 \x01(\t\x12\x13\n\x0blease_owner\x18\x06 \x01(\t\"F\n\x14\x41\x64justPointsResponse\x12.\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1d.orderflow.loyalty.v1.Account\"f\n\x14\x41pplyDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x10\n\x08subtotal\x18\x03 \x01(\x03\x12\x15\n\rredeem_points\x18\x04 \x01(\x03\"\xc7\x01\n\x15\x41pplyDiscountResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x02 \x01(\x05\x12\x10\n\x08\x64iscount\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x15\n\rpoints_earned\x18\x06 \x01(\x03\x12\x35\n\x05state\x18\x07 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43\x61ncelDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16\x43\x61ncelDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\")\n\x15\x43ommitDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"f\n\x16\x43ommitDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\x12\x15\n\rpoints_earned\x18\x02 \x01(\x03\")\n\x15RefundDiscountRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x16RefundDiscountResponse\x12\x35\n\x05state\x18\x01 \x01(\x0e\x32&.orderflow.loyalty.v1.ApplicationState\"|\n\x0bPointsEntry\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"N\n\x18ListPointsEntriesRequest\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t\"d\n\x19ListPointsEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.orderflow.loyalty.v1.PointsEntry\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t*\xb6\x01\n\x10\x41pplicationState\x12!\n\x1d\x41PPLICATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41PPLICATION_STATE_APPLIED\x10\x01\x12\x1f\n\x1b\x41PPLICATION_STATE_CANCELLED\x10\x02\x12\x1f\n\x1b\x41PPLICATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1a\x41PPLICATION_STATE_REFUNDED\x10\x04\x32\xd7\x06\n\x0eLoyaltyService\x12_\n\nGetAccount\x12\'.orderflow.loyalty.v1.GetAccountRequest\x1a(.orderflow.loyalty.v1.GetAccountResponse\x12V\n\x07SetTier\x12$.orderflow.loyalty.v1.SetTierRequest\x1a%.orderflow.loyalty.v1.SetTierResponse\x12\x65\n\x0c\x41\x64justPoints\x12).orderflow.loyalty.v1.AdjustPointsRequest\x1a*.orderflow.loyalty.v1.AdjustPointsResponse\x12h\n\rApplyDiscount\x12*.orderflow.loyalty.v1.ApplyDiscountRequest\x1a+.orderflow.loyalty.v1.ApplyDiscountResponse\x12k\n\x0e\x43\x61ncelDiscount\x12+.orderflow.loyalty.v1.CancelDiscountRequest\x1a,.orderflow.loyalty.v1.CancelDiscountResponse\x12k\n\x0e\x43ommitDiscount\x12+.orderflow.loyalty.v1.CommitDiscountRequest\x1a,.orderflow.loyalty.v1.CommitDiscountResponse\x12k\n\x0eRefundDiscount\x12+.orderflow.loyalty.v1.RefundDiscountRequest\x1a,.orderflow.loyalty.v1.RefundDiscountResponse\x12t\n\x11ListPointsEntries\x12..orderflow.loyalty.v1.ListPointsEntriesRequest\x1a/.orderflow.loyalty.v1.ListPointsEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderflow.loyalty.v1.loyalty_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLICATIONSTATE']._serialized_start=1376
-  _globals['_APPLICATIONSTATE']._serialized_end=1558
-  _globals['_ACCOUNT']._serialized_start=60
-  _globals['_ACCOUNT']._serialized_end=146
-  _globals['_GETACCOUNTREQUEST']._serialized_start=148
-  _globals['_GETACCOUNTREQUEST']._serialized_end=188
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=190
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=258
-  _globals['_SETTIERREQUEST']._serialized_start=260
-  _globals['_SETTIERREQUEST']._serialized_end=384
-  _globals['_SETTIERRESPONSE']._serialized_start=386
-  _globals['_SETTIERRESPONSE']._serialized_end=451
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=454
-  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=600
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=602
-  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=672
-  _globals['_APPLYDISCOUNTREQUEST']._serialized_start=674
-  _globals['_APPLYDISCOUNTREQUEST']._serialized_end=776
-  _globals['_APPLYDISCOUNTRESPONSE']._serialized_start=779
-  _globals['_APPLYDISCOUNTRESPONSE']._serialized_end=978
-  _globals['_CANCELDISCOUNTREQUEST']._serialized_start=980
-  _globals['_CANCELDISCOUNTREQUEST']._serialized_end=1021
-  _globals['_CANCELDISCOUNTRESPONSE']._serialized_start=1023
-  _globals['_CANCELDISCOUNTRESPONSE']._serialized_end=1102
-  _globals['_COMMITDISCOUNTREQUEST']._serialized_start=1104
-  _globals['_COMMITDISCOUNTREQUEST']._serialized_end=1145
-  _globals['_COMMITDISCOUNTRESPONSE']._serialized_start=1147
-  _globals['_COMMITDISCOUNTRESPONSE']._serialized_end=1249
-  _globals['_REFUNDDISCOUNTREQUEST']._serialized_start=1251
-  _globals['_REFUNDDISCOUNTREQUEST']._serialized_end=1292
-  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_start=1294
-  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_end=1373
-  _globals['_LOYALTYSERVICE']._serialized_start=1561
-  _globals['_LOYALTYSERVICE']._serialized_end=2298
+  _globals['_APPLICATIONSTATE']._serialized_start=1717
+  _globals['_APPLICATIONSTATE']._serialized_end=1899
+  _globals['_ACCOUNT']._serialized_start=93
+  _globals['_ACCOUNT']._serialized_end=179
+  _globals['_GETACCOUNTREQUEST']._serialized_start=181
+  _globals['_GETACCOUNTREQUEST']._serialized_end=221
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=223
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=291
+  _globals['_SETTIERREQUEST']._serialized_start=293
+  _globals['_SETTIERREQUEST']._serialized_end=417
+  _globals['_SETTIERRESPONSE']._serialized_start=419
+  _globals['_SETTIERRESPONSE']._serialized_end=484
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_start=487
+  _globals['_ADJUSTPOINTSREQUEST']._serialized_end=633
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_start=635
+  _globals['_ADJUSTPOINTSRESPONSE']._serialized_end=705
+  _globals['_APPLYDISCOUNTREQUEST']._serialized_start=707
+  _globals['_APPLYDISCOUNTREQUEST']._serialized_end=809
+  _globals['_APPLYDISCOUNTRESPONSE']._serialized_start=812
+  _globals['_APPLYDISCOUNTRESPONSE']._serialized_end=1011
+  _globals['_CANCELDISCOUNTREQUEST']._serialized_start=1013
+  _globals['_CANCELDISCOUNTREQUEST']._serialized_end=1054
+  _globals['_CANCELDISCOUNTRESPONSE']._serialized_start=1056
+  _globals['_CANCELDISCOUNTRESPONSE']._serialized_end=1135
+  _globals['_COMMITDISCOUNTREQUEST']._serialized_start=1137
+  _globals['_COMMITDISCOUNTREQUEST']._serialized_end=1178
+  _globals['_COMMITDISCOUNTRESPONSE']._serialized_start=1180
+  _globals['_COMMITDISCOUNTRESPONSE']._serialized_end=1282
+  _globals['_REFUNDDISCOUNTREQUEST']._serialized_start=1284
+  _globals['_REFUNDDISCOUNTREQUEST']._serialized_end=1325
+  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_start=1327
+  _globals['_REFUNDDISCOUNTRESPONSE']._serialized_end=1406
+  _globals['_POINTSENTRY']._serialized_start=1408
+  _globals['_POINTSENTRY']._serialized_end=1532
+  _globals['_LISTPOINTSENTRIESREQUEST']._serialized_start=1534
+  _globals['_LISTPOINTSENTRIESREQUEST']._serialized_end=1612
+  _globals['_LISTPOINTSENTRIESRESPONSE']._serialized_start=1614
+  _globals['_LISTPOINTSENTRIESRESPONSE']._serialized_end=1714
+  _globals['_LOYALTYSERVICE']._serialized_start=1902
+  _globals['_LOYALTYSERVICE']._serialized_end=2757
 # @@protoc_insertion_point(module_scope)

@@ -1,7 +1,11 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -152,3 +156,35 @@ class RefundDiscountResponse(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     state: ApplicationState
     def __init__(self, state: _Optional[_Union[ApplicationState, str]] = ...) -> None: ...
+
+class PointsEntry(_message.Message):
+    __slots__ = ("kind", "delta", "reason", "order_id", "created_at")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    delta: int
+    reason: str
+    order_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, kind: _Optional[str] = ..., delta: _Optional[int] = ..., reason: _Optional[str] = ..., order_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListPointsEntriesRequest(_message.Message):
+    __slots__ = ("customer_id", "limit", "cursor")
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    customer_id: str
+    limit: int
+    cursor: str
+    def __init__(self, customer_id: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ...) -> None: ...
+
+class ListPointsEntriesResponse(_message.Message):
+    __slots__ = ("entries", "next_cursor")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[PointsEntry]
+    next_cursor: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[PointsEntry, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...

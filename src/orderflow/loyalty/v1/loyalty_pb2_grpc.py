@@ -70,6 +70,11 @@ class LoyaltyServiceStub:
                 request_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountRequest.SerializeToString,
                 response_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountResponse.FromString,
                 _registered_method=True)
+        self.ListPointsEntries = channel.unary_unary(
+                '/orderflow.loyalty.v1.LoyaltyService/ListPointsEntries',
+                request_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.SerializeToString,
+                response_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class LoyaltyServiceServicer:
@@ -129,6 +134,14 @@ class LoyaltyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPointsEntries(self, request, context):
+        """Lists a customer's ledger entries, newest first, paged by cursor (empty for a
+        customer with no account).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoyaltyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -166,6 +179,11 @@ def add_LoyaltyServiceServicer_to_server(servicer, server):
                     servicer.RefundDiscount,
                     request_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountRequest.FromString,
                     response_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountResponse.SerializeToString,
+            ),
+            'ListPointsEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPointsEntries,
+                    request_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.FromString,
+                    response_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +376,33 @@ class LoyaltyService:
             '/orderflow.loyalty.v1.LoyaltyService/RefundDiscount',
             orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountRequest.SerializeToString,
             orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.RefundDiscountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPointsEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.loyalty.v1.LoyaltyService/ListPointsEntries',
+            orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.SerializeToString,
+            orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -371,3 +371,17 @@ class GetOrderHistoryResponse(_message.Message):
     steps: _containers.RepeatedCompositeFieldContainer[SagaStep]
     truncated: bool
     def __init__(self, order: _Optional[_Union[Order, _Mapping]] = ..., steps: _Optional[_Iterable[_Union[SagaStep, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ListUnsettledOrdersRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class ListUnsettledOrdersResponse(_message.Message):
+    __slots__ = ("orders", "truncated")
+    ORDERS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    orders: _containers.RepeatedCompositeFieldContainer[Order]
+    truncated: bool
+    def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...

@@ -100,6 +100,11 @@ class OrderServiceStub:
                 request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.SerializeToString,
                 response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.FromString,
                 _registered_method=True)
+        self.ListUnsettledOrders = channel.unary_unary(
+                '/orderflow.orders.v1.OrderService/ListUnsettledOrders',
+                request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.SerializeToString,
+                response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -203,6 +208,14 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnsettledOrders(self, request, context):
+        """Lists unsettled orders (the saga still has work to do), oldest first, without
+        taking them: what an operator looks at. Claims nothing, changes nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +283,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.GetOrderHistory,
                     request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.FromString,
                     response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.SerializeToString,
+            ),
+            'ListUnsettledOrders': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnsettledOrders,
+                    request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.FromString,
+                    response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -624,6 +642,33 @@ class OrderService:
             '/orderflow.orders.v1.OrderService/GetOrderHistory',
             orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryRequest.SerializeToString,
             orderflow_dot_orders_dot_v1_dot_orders__pb2.GetOrderHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnsettledOrders(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.orders.v1.OrderService/ListUnsettledOrders',
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.SerializeToString,
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.FromString,
             options,
             channel_credentials,
             insecure,
