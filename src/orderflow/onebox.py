@@ -175,12 +175,14 @@ def announce(
             grpc_api=api,
             grpc=target,
             docs=f"{http}/docs",
+            console=f"{http}/console/",
             storage=stores,
         )
         return
     lines = [
         f"orderflow is running: {http} (gRPC API on {api}; services' gRPC on {target})",
         f"  API docs:  {http}/docs",
+        f"  console:   {http}/console/",
     ]
     lines += [f"  {name + ':':<10} {where}" for name, where in stores.items()]
     if demo:

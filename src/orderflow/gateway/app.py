@@ -21,6 +21,7 @@ from orderflow.events.bus import EventTap
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
+from orderflow.gateway.console import install_console
 from orderflow.gateway.deps import Gateway, Services, request_budget
 from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
@@ -149,6 +150,7 @@ def create_app(
         redoc_url=None,  # ReDoc loads from a CDN: /docs is the one documentation page
     )
     install_docs(app)
+    install_console(app)
     # What must stop before the gateway's clients close (gateway.server: the gRPC API).
     app.state.before_shutdown = []
     app.include_router(orders.router)

@@ -1,9 +1,15 @@
 """Prometheus metrics of the gateway: HTTP traffic, saga outcomes and steps, recovery actions,
-open WatchOrder streams, and whether each service answers SERVING."""
+open WatchOrder streams, whether each service answers SERVING; and the last hour of outcomes and
+step times, for the console's charts."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import time
+from collections import Counter as Tally
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -12,11 +18,81 @@ from orderflow.gateway.saga import SagaObserver
 _LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
+@dataclass(frozen=True)
+class StepLatency:
+    step: str
+    count: int
+    p50: float
+    p99: float
+
+
+class RecentActivity:
+    """What this gateway's sagas did in the last `minutes`: outcomes per minute, and the
+    duration of each saga step (the newest `samples` per step). Prometheus keeps only
+    totals since start; the console charts want the recent shape (ADR 30)."""
+
+    def __init__(
+        self,
+        minutes: int = 60,
+        samples: int = 2000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.minutes = minutes
+        self.clock = clock
+        self._outcomes: dict[int, Tally[str]] = {}
+        self._samples = samples
+        self._steps: dict[str, deque[tuple[float, float]]] = {}
+
+    def outcome(self, outcome: str) -> None:
+        minute = int(self.clock() // 60)
+        tally = self._outcomes.get(minute)
+        if tally is None:
+            oldest = minute - self.minutes
+            for old in [m for m in self._outcomes if m <= oldest]:
+                del self._outcomes[old]
+            tally = self._outcomes[minute] = Tally()
+        tally[outcome] += 1
+
+    def step(self, step: str, seconds: float) -> None:
+        times = self._steps.get(step)
+        if times is None:
+            times = self._steps[step] = deque(maxlen=self._samples)
+        times.append((self.clock(), seconds))
+
+    def per_minute(self) -> list[tuple[int, dict[str, int]]]:
+        """(minute start as epoch seconds, outcome -> count) for each of the last minutes,
+        oldest first, the current minute last."""
+        now = int(self.clock() // 60)
+        return [
+            (m * 60, dict(self._outcomes.get(m, {})))
+            for m in range(now - self.minutes + 1, now + 1)
+        ]
+
+    def latency(self) -> list[StepLatency]:
+        """p50 and p99 (nearest rank) of each step's durations within the last minutes."""
+        since = self.clock() - self.minutes * 60
+        found = []
+        for step, times in sorted(self._steps.items()):
+            values = sorted(seconds for at, seconds in times if at >= since)
+            if values:
+                found.append(
+                    StepLatency(step, len(values), _rank(values, 0.50), _rank(values, 0.99))
+                )
+        return found
+
+
+def _rank(ordered: list[float], q: float) -> float:
+    """The nearest-rank q-quantile of a sorted, non-empty list."""
+    index = max(0, min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
 class GatewayMetrics(SagaObserver):
     """Every metric on its own registry, so each app (and each test) has fresh counters."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.recent = RecentActivity()
         self.http_requests = Counter(
             "orderflow_http_requests",
             "HTTP requests by method, route and status.",
@@ -64,9 +140,11 @@ class GatewayMetrics(SagaObserver):
 
     def outcome(self, outcome: str, reason: str) -> None:
         self.saga_outcomes.labels(outcome, reason or "none").inc()
+        self.recent.outcome(outcome)
 
     def step(self, step: str, seconds: float, ok: bool) -> None:
         self.saga_steps.labels(step, "true" if ok else "false").observe(seconds)
+        self.recent.step(step, seconds)
 
     def recovery(self, action: str) -> None:
         self.recovery_actions.labels(action).inc()

@@ -29,8 +29,10 @@ from orderflow.gateway.ports import (
     Idempotency,
     Item,
     Line,
+    LowStock,
     Order,
     Page,
+    PointsEntry,
 )
 from orderflow.gateway.schemas import ItemIn, ItemPatchIn, PlaceOrderIn, PointsIn, TierIn
 
@@ -283,3 +285,31 @@ async def adjust_points(
     principal.require_admin()
     idem = admin_idempotency(principal, key)
     return await gateway.services.loyalty.adjust_points(customer_id, body.delta, body.reason, idem)
+
+
+async def points_entries(
+    gateway: Gateway, principal: Principal, customer_id: str, limit: int, cursor: str | None
+) -> Page[PointsEntry]:
+    _check_text("customer_id", customer_id, ID_MAX)
+    if cursor is not None:
+        _check_text("cursor", cursor, CURSOR_MAX)
+    principal.check_owner(customer_id, "loyalty account")
+    limit = _check_limit(limit, ORDERS_PAGE)
+    return await gateway.services.loyalty.list_entries(customer_id, limit, cursor or "")
+
+
+# -- what an operator watches (the console) ------------------------------------------------
+
+
+async def unsettled_orders(
+    gateway: Gateway, principal: Principal, limit: int
+) -> tuple[list[Order], bool]:
+    """Orders whose saga still has work to do, oldest first (admin only)."""
+    principal.require_admin()
+    return await gateway.services.orders.list_unsettled(_check_limit(limit, ORDERS_PAGE))
+
+
+async def low_stock_items(gateway: Gateway, principal: Principal, limit: int) -> LowStock:
+    """Items at or below inventory's low-stock threshold (admin only)."""
+    principal.require_admin()
+    return await gateway.services.inventory.list_low_stock(_check_limit(limit, ITEMS_PAGE))
