@@ -29,6 +29,7 @@ from orderflow.gateway.ports import (
     REQUEST,
     Account,
     Discount,
+    EventsBacklog,
     Failure,
     History,
     Idempotency,
@@ -64,6 +65,10 @@ class Calls:
 
 
 class FakeOrders:
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        """A fake keeps no outbox: nothing pending, nothing parked."""
+        return EventsBacklog("orders", 0, None, [], 0)
+
     def __init__(self, calls: Calls) -> None:
         self.calls = calls
         self.orders: dict[str, Order] = {}
@@ -267,6 +272,10 @@ class FakeOrders:
 
 
 class FakeInventory:
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        """A fake keeps no outbox: nothing pending, nothing parked."""
+        return EventsBacklog("inventory", 0, None, [], 0)
+
     def __init__(self, calls: Calls, stock: dict[str, tuple[int, int]] | None = None) -> None:
         """stock: sku -> (price, available)."""
         self.calls = calls
@@ -355,6 +364,10 @@ class FakeInventory:
 
 
 class FakeLoyalty:
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        """A fake keeps no outbox: nothing pending, nothing parked."""
+        return EventsBacklog("loyalty", 0, None, [], 0)
+
     def __init__(self, calls: Calls, points: dict[str, int] | None = None, percent: int = 10):
         self.calls = calls
         self.points = dict(points or {})

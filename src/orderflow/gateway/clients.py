@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -26,6 +27,7 @@ from orderflow.gateway.ports import (
     REQUEST,
     Account,
     Discount,
+    EventsBacklog,
     Failure,
     History,
     Idempotency,
@@ -35,6 +37,7 @@ from orderflow.gateway.ports import (
     NewOrder,
     Order,
     Page,
+    Parked,
     PointsEntry,
     Reservation,
     SagaStep,
@@ -50,6 +53,30 @@ def _dt(ts: Timestamp) -> datetime | None:
     if not ts.seconds and not ts.nanos:
         return None
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def backlog_from_pb(service: str, msg: Any) -> EventsBacklog:
+    """A GetEventsBacklogResponse (each service's proto has one of the same shape)."""
+    return EventsBacklog(
+        service=service,
+        pending=msg.pending,
+        oldest_pending_at=_dt(msg.oldest_pending_at) if msg.HasField("oldest_pending_at") else None,
+        parked=[
+            Parked(
+                consumer=p.consumer,
+                event_id=p.event_id,
+                event_type=p.event_type,
+                subject=p.subject,
+                attempts=p.attempts,
+                last_error=p.last_error,
+                parked_at=_dt(p.parked_at),
+                redrive_requested=p.redrive_requested,
+                aggregate=p.aggregate,
+            )
+            for p in msg.parked
+        ],
+        parked_count=msg.parked_count,
+    )
 
 
 _STATUS_PREFIX = "ORDER_STATUS_"
@@ -129,6 +156,11 @@ class GrpcOrders:
     def __init__(self, channel: grpc.aio.Channel, settings: GatewaySettings) -> None:
         self.stub = orders_pb2_grpc.OrderServiceStub(channel)
         self.call = Caller("orders", settings)
+
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        request = orders_pb2.GetEventsBacklogRequest(limit=limit)
+        response = await self.call(self.stub.GetEventsBacklog, request, safe=True)
+        return backlog_from_pb("orders", response)
 
     async def create_order(self, new: NewOrder) -> tuple[Order, bool]:
         request = orders_pb2.CreateOrderRequest(
@@ -313,6 +345,11 @@ class GrpcInventory:
         self.stub = inventory_pb2_grpc.InventoryServiceStub(channel)
         self.call = Caller("inventory", settings)
 
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        request = inventory_pb2.GetEventsBacklogRequest(limit=limit)
+        response = await self.call(self.stub.GetEventsBacklog, request, safe=True)
+        return backlog_from_pb("inventory", response)
+
     async def reserve(self, order_id: str, lines: Sequence[Line]) -> Reservation:
         request = inventory_pb2.ReserveStockRequest(
             order_id=order_id,
@@ -403,6 +440,11 @@ class GrpcLoyalty:
     def __init__(self, channel: grpc.aio.Channel, settings: GatewaySettings) -> None:
         self.stub = loyalty_pb2_grpc.LoyaltyServiceStub(channel)
         self.call = Caller("loyalty", settings)
+
+    async def events_backlog(self, limit: int) -> EventsBacklog:
+        request = loyalty_pb2.GetEventsBacklogRequest(limit=limit)
+        response = await self.call(self.stub.GetEventsBacklog, request, safe=True)
+        return backlog_from_pb("loyalty", response)
 
     async def apply_discount(
         self, order_id: str, customer_id: str, subtotal: int, redeem_points: int

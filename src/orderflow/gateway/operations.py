@@ -25,12 +25,16 @@ from orderflow.gateway.ports import (
     PENDING,
     STATUSES,
     Account,
+    EventsBacklog,
     History,
     Idempotency,
+    InventoryPort,
     Item,
     Line,
     LowStock,
+    LoyaltyPort,
     Order,
+    OrdersPort,
     Page,
     PointsEntry,
 )
@@ -313,3 +317,16 @@ async def low_stock_items(gateway: Gateway, principal: Principal, limit: int) ->
     """Items at or below inventory's low-stock threshold (admin only)."""
     principal.require_admin()
     return await gateway.services.inventory.list_low_stock(_check_limit(limit, ITEMS_PAGE))
+
+
+async def events_backlog(
+    gateway: Gateway, principal: Principal, service: str, limit: int
+) -> EventsBacklog:
+    """One service's outbox backlog and parked events (admin only)."""
+    principal.require_admin()
+    ports: dict[str, OrdersPort | InventoryPort | LoyaltyPort] = {
+        "orders": gateway.services.orders,
+        "inventory": gateway.services.inventory,
+        "loyalty": gateway.services.loyalty,
+    }
+    return await ports[service].events_backlog(_check_limit(limit, ORDERS_PAGE))

@@ -165,6 +165,34 @@ class PointsEntry:
 
 
 @dataclass(frozen=True)
+class Parked:
+    """An event a service's consumer gave up on."""
+
+    consumer: str
+    event_id: str
+    event_type: str
+    subject: str
+    attempts: int
+    last_error: str
+    parked_at: datetime | None
+    redrive_requested: bool
+    # What it is about (its ce-subject): an order id, a sku or a customer id.
+    aggregate: str = ""
+
+
+@dataclass(frozen=True)
+class EventsBacklog:
+    """One service's events: unpublished outbox rows (and when the oldest was written), the
+    newest parked events and how many are parked."""
+
+    service: str
+    pending: int
+    oldest_pending_at: datetime | None
+    parked: list[Parked]
+    parked_count: int
+
+
+@dataclass(frozen=True)
 class Idempotency:
     """What makes an admin change safe to repeat (ADR 0023): its key, whose key it is
     (the caller), and the request claiming it (its retries may take its claim over)."""
@@ -244,6 +272,7 @@ class OrdersPort(Protocol):
     async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None: ...
     async def order_history(self, order_id: str) -> History: ...
     async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]: ...
+    async def events_backlog(self, limit: int) -> EventsBacklog: ...
 
 
 class InventoryPort(Protocol):
@@ -257,6 +286,7 @@ class InventoryPort(Protocol):
     async def get_item(self, sku: str) -> Item: ...
     async def list_items(self, limit: int, cursor: str) -> Page[Item]: ...
     async def list_low_stock(self, limit: int) -> LowStock: ...
+    async def events_backlog(self, limit: int) -> EventsBacklog: ...
     async def update_item(
         self,
         sku: str,
@@ -278,6 +308,7 @@ class LoyaltyPort(Protocol):
     async def list_entries(
         self, customer_id: str, limit: int, cursor: str
     ) -> Page[PointsEntry]: ...
+    async def events_backlog(self, limit: int) -> EventsBacklog: ...
     async def set_tier(
         self, customer_id: str, tier: str, idem: Idempotency | None = None
     ) -> Account: ...

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from orderflow.events.backlog import BacklogReader
 from orderflow.events.bus import EventBus
 from orderflow.events.consumer import Handler
 from orderflow.events.envelope import Event
@@ -59,7 +60,8 @@ async def build(
         interval=settings.stock_metrics_interval_seconds,
         low_stock_threshold=settings.low_stock_threshold,
     )
-    spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
+    backlog = BacklogReader(uow, outbox.tables)
+    spec = dataclasses.replace(service_spec(service, database, backlog), metrics=gauges.run)
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
     events.relay.housekeeping.append(service.purge_idempotency_keys)
     return Component(spec, database, events)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import grpc
 
+from orderflow.events.backlog import BacklogReader, fill_response
 from orderflow.inventory.domain import Item, ReservationState
 from orderflow.inventory.migrations import HEAD
 from orderflow.inventory.service import InventoryService
@@ -38,8 +40,22 @@ def item_pb(item: Item) -> pb.Item:
 
 
 class InventoryServicer(pb_grpc.InventoryServiceServicer):
-    def __init__(self, service: InventoryService) -> None:
+    def __init__(
+        self, service: InventoryService, backlog: BacklogReader[Any] | None = None
+    ) -> None:
         self.service = service
+        self.backlog = backlog
+
+    async def GetEventsBacklog(
+        self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEventsBacklogResponse:
+        if self.backlog is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
+        assert self.backlog is not None
+        found = await self.backlog.read(request.limit)
+        response = pb.GetEventsBacklogResponse()
+        fill_response(response, pb.ParkedEvent, found)
+        return response
 
     async def CreateItem(
         self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext
@@ -124,8 +140,10 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
         return pb.ReturnStockResponse(state=_STATE[state])
 
 
-def service_spec(service: InventoryService, database: Database) -> ServiceSpec:
-    servicer = InventoryServicer(service)
+def service_spec(
+    service: InventoryService, database: Database, backlog: BacklogReader[Any] | None = None
+) -> ServiceSpec:
+    servicer = InventoryServicer(service, backlog)
     return ServiceSpec(
         name=SERVICE_NAME,
         servicer=servicer,

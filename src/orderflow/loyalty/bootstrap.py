@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 
+from orderflow.events.backlog import BacklogReader
 from orderflow.events.bus import EventBus
 from orderflow.events.consumer import Handler
 from orderflow.events.envelope import Event
@@ -55,4 +56,5 @@ async def build(
     )
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
     events.relay.housekeeping.append(service.purge_idempotency_keys)
-    return Component(service_spec(service, database), database, events)
+    backlog = BacklogReader(uow, outbox.tables)
+    return Component(service_spec(service, database, backlog), database, events)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import grpc
 
+from orderflow.events.backlog import BacklogReader, fill_response
 from orderflow.loyalty.domain import Account, ApplicationState, BookedEntry
 from orderflow.loyalty.migrations import HEAD
 from orderflow.loyalty.service import LoyaltyService
@@ -45,8 +47,20 @@ def entry_pb(booked: BookedEntry) -> pb.PointsEntry:
 
 
 class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
-    def __init__(self, service: LoyaltyService) -> None:
+    def __init__(self, service: LoyaltyService, backlog: BacklogReader[Any] | None = None) -> None:
         self.service = service
+        self.backlog = backlog
+
+    async def GetEventsBacklog(
+        self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEventsBacklogResponse:
+        if self.backlog is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
+        assert self.backlog is not None
+        found = await self.backlog.read(request.limit)
+        response = pb.GetEventsBacklogResponse()
+        fill_response(response, pb.ParkedEvent, found)
+        return response
 
     async def ListPointsEntries(
         self, request: pb.ListPointsEntriesRequest, context: grpc.aio.ServicerContext
@@ -124,8 +138,10 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
         return pb.RefundDiscountResponse(state=_STATE[state])
 
 
-def service_spec(service: LoyaltyService, database: Database) -> ServiceSpec:
-    servicer = LoyaltyServicer(service)
+def service_spec(
+    service: LoyaltyService, database: Database, backlog: BacklogReader[Any] | None = None
+) -> ServiceSpec:
+    servicer = LoyaltyServicer(service, backlog)
     return ServiceSpec(
         name=SERVICE_NAME,
         servicer=servicer,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+from orderflow.events.backlog import BacklogReader
 from orderflow.events.bus import EventBus
 from orderflow.events.consumer import Handler
 from orderflow.events.envelope import Event
@@ -54,6 +55,7 @@ async def build(
     uow = functools.partial(SqlOrdersUnitOfWork, database, outbox)
     service = OrdersService(uow, events_grace_seconds=settings.events_grace_seconds)
     gauges = StuckOrderGauges(service, interval=settings.stuck_metrics_interval_seconds)
-    spec = dataclasses.replace(service_spec(service, database), metrics=gauges.run)
+    backlog = BacklogReader(uow, outbox.tables)
+    spec = dataclasses.replace(service_spec(service, database, backlog), metrics=gauges.run)
     events = service_events(SERVICE, uow, outbox, handlers(service), bus)
     return Component(spec, database, events)

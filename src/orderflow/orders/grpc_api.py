@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from orderflow.events.backlog import BacklogReader, fill_response
 from orderflow.orders.domain import (
     Driver,
     Failure,
@@ -142,8 +144,20 @@ def _status_name(status: int) -> str:
 
 
 class OrdersServicer(pb_grpc.OrderServiceServicer):
-    def __init__(self, service: OrdersService) -> None:
+    def __init__(self, service: OrdersService, backlog: BacklogReader[Any] | None = None) -> None:
         self.service = service
+        self.backlog = backlog
+
+    async def GetEventsBacklog(
+        self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEventsBacklogResponse:
+        if self.backlog is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
+        assert self.backlog is not None
+        found = await self.backlog.read(request.limit)
+        response = pb.GetEventsBacklogResponse()
+        fill_response(response, pb.ParkedEvent, found)
+        return response
 
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
@@ -295,8 +309,10 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
         )
 
 
-def service_spec(service: OrdersService, database: Database) -> ServiceSpec:
-    servicer = OrdersServicer(service)
+def service_spec(
+    service: OrdersService, database: Database, backlog: BacklogReader[Any] | None = None
+) -> ServiceSpec:
+    servicer = OrdersServicer(service, backlog)
     return ServiceSpec(
         name=SERVICE_NAME,
         servicer=servicer,

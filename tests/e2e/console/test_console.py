@@ -261,6 +261,9 @@ def test_every_page_passes_axe_labels_every_field_and_fits_a_phone(
                 assert page.locator("h1").count() == 1, name
                 if name == "home":  # 1 left of 2, at or below the threshold (5)
                     assert f"{sku}: 1 available" in page.locator("#low-stock").inner_text()
+                    services = page.locator("#events li[data-service]")
+                    assert services.count() == 3, services.all_inner_texts()
+                    assert all("0 parked" in x for x in services.all_inner_texts())
                 if width < 500:  # a phone: nothing wider than the screen but tables
                     wide = page.evaluate(
                         "() => document.documentElement.scrollWidth"

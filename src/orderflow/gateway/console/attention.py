@@ -11,7 +11,10 @@ page (ADR 30).
   cancellations under way, while unsettled (their service was down, say);
 - rejections of the last hour, by reason;
 - services not SERVING;
-- items at or below inventory's low-stock threshold.
+- items at or below inventory's low-stock threshold;
+- each service's events: an outbox backlog whose oldest event has waited longer than
+  BACKLOG_AGE (the relay is not publishing: broker away, relay stuck), and parked events
+  (a consumer gave up on them: `orderflow events redrive`).
 """
 
 from __future__ import annotations
@@ -26,11 +29,16 @@ from orderflow.errors import OrderflowError
 from orderflow.gateway import operations as ops
 from orderflow.gateway.auth import Principal
 from orderflow.gateway.deps import Gateway
-from orderflow.gateway.ports import REJECTED, LowStock, Order
+from orderflow.gateway.ports import REJECTED, EventsBacklog, LowStock, Order
+from orderflow.registry import SERVICE_NAMES
 
 UNSETTLED_LIMIT = 100
 REJECTED_PAGES = 5  # of 100: the most rejections of the last hour counted
 WINDOW = timedelta(hours=1)
+# An outbox row is normally published within milliseconds; one older than this means the
+# relay is not getting events out.
+BACKLOG_AGE = timedelta(seconds=10)
+PARKED_SHOWN = 20
 
 
 @dataclass(frozen=True)
@@ -50,12 +58,27 @@ class Attention:
     rejections: list[Rejections] = field(default_factory=list)
     rejections_truncated: bool = False
     low_stock: LowStock | None = None
+    events: list[EventsBacklog] = field(default_factory=list)
     # Sources that could not be read, as sentences.
     problems: list[str] = field(default_factory=list)
 
     @property
     def services_down(self) -> list[tuple[str, str]]:
         return [(name, status) for name, status in self.services.items() if status != "SERVING"]
+
+    @property
+    def lagging(self) -> list[EventsBacklog]:
+        """Services whose oldest unpublished event waited longer than BACKLOG_AGE."""
+        return [
+            e
+            for e in self.events
+            if e.oldest_pending_at is not None
+            and self.checked_at - e.oldest_pending_at > BACKLOG_AGE
+        ]
+
+    @property
+    def parked_count(self) -> int:
+        return sum(e.parked_count for e in self.events)
 
     @property
     def rejected_count(self) -> int:
@@ -71,6 +94,8 @@ class Attention:
             + len(self.compensations)
             + self.rejected_count
             + low
+            + len(self.lagging)
+            + self.parked_count
         )
 
 
@@ -116,14 +141,15 @@ async def gather(gateway: Gateway, principal: Principal, now: datetime | None = 
     """Everything on the home page's attention list, as of now."""
     now = now or datetime.now(UTC)
     attention = Attention(checked_at=now)
-    results: tuple[Any, ...] = await asyncio.gather(
+    results: list[Any] = await asyncio.gather(
         gateway.readiness.check(),
         ops.unsettled_orders(gateway, principal, UNSETTLED_LIMIT),
         _rejections(gateway, principal, now - WINDOW),
         ops.low_stock_items(gateway, principal, 50),
+        *(ops.events_backlog(gateway, principal, s, PARKED_SHOWN) for s in SERVICE_NAMES),
         return_exceptions=True,
     )
-    services, unsettled, rejections, low = results
+    services, unsettled, rejections, low = results[:4]
     if isinstance(services, BaseException):
         attention.problems.append(_problem("readiness", services))
     else:
@@ -147,4 +173,9 @@ async def gather(gateway: Gateway, principal: Principal, now: datetime | None = 
         attention.problems.append(_problem("low stock (inventory service)", low))
     else:
         attention.low_stock = low
+    for service, backlog in zip(SERVICE_NAMES, results[4:], strict=True):
+        if isinstance(backlog, BaseException):
+            attention.problems.append(_problem(f"events ({service} service)", backlog))
+        else:
+            attention.events.append(backlog)
     return attention

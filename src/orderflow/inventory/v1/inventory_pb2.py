@@ -22,59 +22,66 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&orderflow/inventory/v1/inventory.proto\x12\x16orderflow.inventory.v1\"\x87\x01\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x10\n\x08received\x18\x08 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"A\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"\x95\x01\n\x11\x43reateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\r\n\x05stock\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\t\"@\n\x12\x43reateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"=\n\x0fGetItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"1\n\x10ListItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"U\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xc5\x01\n\x11UpdateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07restock\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\tB\x07\n\x05_nameB\x08\n\x06_priceB\n\n\x08_restock\"@\n\x12UpdateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"Y\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x30\n\x05lines\x18\x02 \x03(\x0b\x32!.orderflow.inventory.v1.StockLine\"\x96\x01\n\x14ReserveStockResponse\x12\x33\n\x05lines\x18\x01 \x03(\x0b\x32$.orderflow.inventory.v1.ReservedLine\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x14ReleaseStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13\x43ommitStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12ReturnStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13ReturnStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\")\n\x18ListLowStockItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"n\n\x19ListLowStockItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x11\n\tthreshold\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RETURNED\x10\x04\x32\xba\x07\n\x10InventoryService\x12\x63\n\nCreateItem\x12).orderflow.inventory.v1.CreateItemRequest\x1a*.orderflow.inventory.v1.CreateItemResponse\x12Z\n\x07GetItem\x12&.orderflow.inventory.v1.GetItemRequest\x1a\'.orderflow.inventory.v1.GetItemResponse\x12`\n\tListItems\x12(.orderflow.inventory.v1.ListItemsRequest\x1a).orderflow.inventory.v1.ListItemsResponse\x12\x63\n\nUpdateItem\x12).orderflow.inventory.v1.UpdateItemRequest\x1a*.orderflow.inventory.v1.UpdateItemResponse\x12x\n\x11ListLowStockItems\x12\x30.orderflow.inventory.v1.ListLowStockItemsRequest\x1a\x31.orderflow.inventory.v1.ListLowStockItemsResponse\x12i\n\x0cReserveStock\x12+.orderflow.inventory.v1.ReserveStockRequest\x1a,.orderflow.inventory.v1.ReserveStockResponse\x12i\n\x0cReleaseStock\x12+.orderflow.inventory.v1.ReleaseStockRequest\x1a,.orderflow.inventory.v1.ReleaseStockResponse\x12\x66\n\x0b\x43ommitStock\x12*.orderflow.inventory.v1.CommitStockRequest\x1a+.orderflow.inventory.v1.CommitStockResponse\x12\x66\n\x0bReturnStock\x12*.orderflow.inventory.v1.ReturnStockRequest\x1a+.orderflow.inventory.v1.ReturnStockResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&orderflow/inventory/v1/inventory.proto\x12\x16orderflow.inventory.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x87\x01\n\x04Item\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x10\n\x08received\x18\x08 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"A\n\x0cReservedLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"\x95\x01\n\x11\x43reateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\r\n\x05stock\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\t\"@\n\x12\x43reateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"\x1d\n\x0eGetItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\"=\n\x0fGetItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"1\n\x10ListItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\"U\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"\xc5\x01\n\x11UpdateItemRequest\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\x04name\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05price\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x14\n\x07restock\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x19\n\x11idempotency_scope\x18\x06 \x01(\t\x12\x13\n\x0blease_owner\x18\x07 \x01(\tB\x07\n\x05_nameB\x08\n\x06_priceB\n\n\x08_restock\"@\n\x12UpdateItemResponse\x12*\n\x04item\x18\x01 \x01(\x0b\x32\x1c.orderflow.inventory.v1.Item\"Y\n\x13ReserveStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x30\n\x05lines\x18\x02 \x03(\x0b\x32!.orderflow.inventory.v1.StockLine\"\x96\x01\n\x14ReserveStockResponse\x12\x33\n\x05lines\x18\x01 \x03(\x0b\x32$.orderflow.inventory.v1.ReservedLine\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x37\n\x05state\x18\x03 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"\'\n\x13ReleaseStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"O\n\x14ReleaseStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12\x43ommitStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13\x43ommitStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\"&\n\x12ReturnStockRequest\x12\x10\n\x08order_id\x18\x01 \x01(\t\"N\n\x13ReturnStockResponse\x12\x37\n\x05state\x18\x01 \x01(\x0e\x32(.orderflow.inventory.v1.ReservationState\")\n\x18ListLowStockItemsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"n\n\x19ListLowStockItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.orderflow.inventory.v1.Item\x12\x11\n\tthreshold\x18\x02 \x01(\x03\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\xd9\x01\n\x0bParkedEvent\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\nevent_type\x18\x03 \x01(\t\x12\x0f\n\x07subject\x18\x04 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\x05\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12-\n\tparked_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11redrive_requested\x18\x08 \x01(\x08\x12\x11\n\taggregate\x18\t \x01(\t\"(\n\x17GetEventsBacklogRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"\xad\x01\n\x18GetEventsBacklogResponse\x12\x0f\n\x07pending\x18\x01 \x01(\x03\x12\x35\n\x11oldest_pending_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x06parked\x18\x03 \x03(\x0b\x32#.orderflow.inventory.v1.ParkedEvent\x12\x14\n\x0cparked_count\x18\x04 \x01(\x03*\xb6\x01\n\x10ReservationState\x12!\n\x1dRESERVATION_STATE_UNSPECIFIED\x10\x00\x12\x1e\n\x1aRESERVATION_STATE_RESERVED\x10\x01\x12\x1e\n\x1aRESERVATION_STATE_RELEASED\x10\x02\x12\x1f\n\x1bRESERVATION_STATE_COMMITTED\x10\x03\x12\x1e\n\x1aRESERVATION_STATE_RETURNED\x10\x04\x32\xb1\x08\n\x10InventoryService\x12\x63\n\nCreateItem\x12).orderflow.inventory.v1.CreateItemRequest\x1a*.orderflow.inventory.v1.CreateItemResponse\x12Z\n\x07GetItem\x12&.orderflow.inventory.v1.GetItemRequest\x1a\'.orderflow.inventory.v1.GetItemResponse\x12`\n\tListItems\x12(.orderflow.inventory.v1.ListItemsRequest\x1a).orderflow.inventory.v1.ListItemsResponse\x12\x63\n\nUpdateItem\x12).orderflow.inventory.v1.UpdateItemRequest\x1a*.orderflow.inventory.v1.UpdateItemResponse\x12x\n\x11ListLowStockItems\x12\x30.orderflow.inventory.v1.ListLowStockItemsRequest\x1a\x31.orderflow.inventory.v1.ListLowStockItemsResponse\x12u\n\x10GetEventsBacklog\x12/.orderflow.inventory.v1.GetEventsBacklogRequest\x1a\x30.orderflow.inventory.v1.GetEventsBacklogResponse\x12i\n\x0cReserveStock\x12+.orderflow.inventory.v1.ReserveStockRequest\x1a,.orderflow.inventory.v1.ReserveStockResponse\x12i\n\x0cReleaseStock\x12+.orderflow.inventory.v1.ReleaseStockRequest\x1a,.orderflow.inventory.v1.ReleaseStockResponse\x12\x66\n\x0b\x43ommitStock\x12*.orderflow.inventory.v1.CommitStockRequest\x1a+.orderflow.inventory.v1.CommitStockResponse\x12\x66\n\x0bReturnStock\x12*.orderflow.inventory.v1.ReturnStockRequest\x1a+.orderflow.inventory.v1.ReturnStockResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'orderflow.inventory.v1.inventory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESERVATIONSTATE']._serialized_start=1793
-  _globals['_RESERVATIONSTATE']._serialized_end=1975
-  _globals['_ITEM']._serialized_start=67
-  _globals['_ITEM']._serialized_end=202
-  _globals['_STOCKLINE']._serialized_start=204
-  _globals['_STOCKLINE']._serialized_end=246
-  _globals['_RESERVEDLINE']._serialized_start=248
-  _globals['_RESERVEDLINE']._serialized_end=313
-  _globals['_CREATEITEMREQUEST']._serialized_start=316
-  _globals['_CREATEITEMREQUEST']._serialized_end=465
-  _globals['_CREATEITEMRESPONSE']._serialized_start=467
-  _globals['_CREATEITEMRESPONSE']._serialized_end=531
-  _globals['_GETITEMREQUEST']._serialized_start=533
-  _globals['_GETITEMREQUEST']._serialized_end=562
-  _globals['_GETITEMRESPONSE']._serialized_start=564
-  _globals['_GETITEMRESPONSE']._serialized_end=625
-  _globals['_LISTITEMSREQUEST']._serialized_start=627
-  _globals['_LISTITEMSREQUEST']._serialized_end=676
-  _globals['_LISTITEMSRESPONSE']._serialized_start=678
-  _globals['_LISTITEMSRESPONSE']._serialized_end=763
-  _globals['_UPDATEITEMREQUEST']._serialized_start=766
-  _globals['_UPDATEITEMREQUEST']._serialized_end=963
-  _globals['_UPDATEITEMRESPONSE']._serialized_start=965
-  _globals['_UPDATEITEMRESPONSE']._serialized_end=1029
-  _globals['_RESERVESTOCKREQUEST']._serialized_start=1031
-  _globals['_RESERVESTOCKREQUEST']._serialized_end=1120
-  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1123
-  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1273
-  _globals['_RELEASESTOCKREQUEST']._serialized_start=1275
-  _globals['_RELEASESTOCKREQUEST']._serialized_end=1314
-  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1316
-  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1395
-  _globals['_COMMITSTOCKREQUEST']._serialized_start=1397
-  _globals['_COMMITSTOCKREQUEST']._serialized_end=1435
-  _globals['_COMMITSTOCKRESPONSE']._serialized_start=1437
-  _globals['_COMMITSTOCKRESPONSE']._serialized_end=1515
-  _globals['_RETURNSTOCKREQUEST']._serialized_start=1517
-  _globals['_RETURNSTOCKREQUEST']._serialized_end=1555
-  _globals['_RETURNSTOCKRESPONSE']._serialized_start=1557
-  _globals['_RETURNSTOCKRESPONSE']._serialized_end=1635
-  _globals['_LISTLOWSTOCKITEMSREQUEST']._serialized_start=1637
-  _globals['_LISTLOWSTOCKITEMSREQUEST']._serialized_end=1678
-  _globals['_LISTLOWSTOCKITEMSRESPONSE']._serialized_start=1680
-  _globals['_LISTLOWSTOCKITEMSRESPONSE']._serialized_end=1790
-  _globals['_INVENTORYSERVICE']._serialized_start=1978
-  _globals['_INVENTORYSERVICE']._serialized_end=2932
+  _globals['_RESERVATIONSTATE']._serialized_start=2264
+  _globals['_RESERVATIONSTATE']._serialized_end=2446
+  _globals['_ITEM']._serialized_start=100
+  _globals['_ITEM']._serialized_end=235
+  _globals['_STOCKLINE']._serialized_start=237
+  _globals['_STOCKLINE']._serialized_end=279
+  _globals['_RESERVEDLINE']._serialized_start=281
+  _globals['_RESERVEDLINE']._serialized_end=346
+  _globals['_CREATEITEMREQUEST']._serialized_start=349
+  _globals['_CREATEITEMREQUEST']._serialized_end=498
+  _globals['_CREATEITEMRESPONSE']._serialized_start=500
+  _globals['_CREATEITEMRESPONSE']._serialized_end=564
+  _globals['_GETITEMREQUEST']._serialized_start=566
+  _globals['_GETITEMREQUEST']._serialized_end=595
+  _globals['_GETITEMRESPONSE']._serialized_start=597
+  _globals['_GETITEMRESPONSE']._serialized_end=658
+  _globals['_LISTITEMSREQUEST']._serialized_start=660
+  _globals['_LISTITEMSREQUEST']._serialized_end=709
+  _globals['_LISTITEMSRESPONSE']._serialized_start=711
+  _globals['_LISTITEMSRESPONSE']._serialized_end=796
+  _globals['_UPDATEITEMREQUEST']._serialized_start=799
+  _globals['_UPDATEITEMREQUEST']._serialized_end=996
+  _globals['_UPDATEITEMRESPONSE']._serialized_start=998
+  _globals['_UPDATEITEMRESPONSE']._serialized_end=1062
+  _globals['_RESERVESTOCKREQUEST']._serialized_start=1064
+  _globals['_RESERVESTOCKREQUEST']._serialized_end=1153
+  _globals['_RESERVESTOCKRESPONSE']._serialized_start=1156
+  _globals['_RESERVESTOCKRESPONSE']._serialized_end=1306
+  _globals['_RELEASESTOCKREQUEST']._serialized_start=1308
+  _globals['_RELEASESTOCKREQUEST']._serialized_end=1347
+  _globals['_RELEASESTOCKRESPONSE']._serialized_start=1349
+  _globals['_RELEASESTOCKRESPONSE']._serialized_end=1428
+  _globals['_COMMITSTOCKREQUEST']._serialized_start=1430
+  _globals['_COMMITSTOCKREQUEST']._serialized_end=1468
+  _globals['_COMMITSTOCKRESPONSE']._serialized_start=1470
+  _globals['_COMMITSTOCKRESPONSE']._serialized_end=1548
+  _globals['_RETURNSTOCKREQUEST']._serialized_start=1550
+  _globals['_RETURNSTOCKREQUEST']._serialized_end=1588
+  _globals['_RETURNSTOCKRESPONSE']._serialized_start=1590
+  _globals['_RETURNSTOCKRESPONSE']._serialized_end=1668
+  _globals['_LISTLOWSTOCKITEMSREQUEST']._serialized_start=1670
+  _globals['_LISTLOWSTOCKITEMSREQUEST']._serialized_end=1711
+  _globals['_LISTLOWSTOCKITEMSRESPONSE']._serialized_start=1713
+  _globals['_LISTLOWSTOCKITEMSRESPONSE']._serialized_end=1823
+  _globals['_PARKEDEVENT']._serialized_start=1826
+  _globals['_PARKEDEVENT']._serialized_end=2043
+  _globals['_GETEVENTSBACKLOGREQUEST']._serialized_start=2045
+  _globals['_GETEVENTSBACKLOGREQUEST']._serialized_end=2085
+  _globals['_GETEVENTSBACKLOGRESPONSE']._serialized_start=2088
+  _globals['_GETEVENTSBACKLOGRESPONSE']._serialized_end=2261
+  _globals['_INVENTORYSERVICE']._serialized_start=2449
+  _globals['_INVENTORYSERVICE']._serialized_end=3522
 # @@protoc_insertion_point(module_scope)

@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -203,3 +206,43 @@ class ListLowStockItemsResponse(_message.Message):
     threshold: int
     truncated: bool
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., threshold: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+
+class ParkedEvent(_message.Message):
+    __slots__ = ("consumer", "event_id", "event_type", "subject", "attempts", "last_error", "parked_at", "redrive_requested", "aggregate")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    SUBJECT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    PARKED_AT_FIELD_NUMBER: _ClassVar[int]
+    REDRIVE_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATE_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    event_id: str
+    event_type: str
+    subject: str
+    attempts: int
+    last_error: str
+    parked_at: _timestamp_pb2.Timestamp
+    redrive_requested: bool
+    aggregate: str
+    def __init__(self, consumer: _Optional[str] = ..., event_id: _Optional[str] = ..., event_type: _Optional[str] = ..., subject: _Optional[str] = ..., attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., parked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., redrive_requested: _Optional[bool] = ..., aggregate: _Optional[str] = ...) -> None: ...
+
+class GetEventsBacklogRequest(_message.Message):
+    __slots__ = ("limit",)
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    def __init__(self, limit: _Optional[int] = ...) -> None: ...
+
+class GetEventsBacklogResponse(_message.Message):
+    __slots__ = ("pending", "oldest_pending_at", "parked", "parked_count")
+    PENDING_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AT_FIELD_NUMBER: _ClassVar[int]
+    PARKED_FIELD_NUMBER: _ClassVar[int]
+    PARKED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    pending: int
+    oldest_pending_at: _timestamp_pb2.Timestamp
+    parked: _containers.RepeatedCompositeFieldContainer[ParkedEvent]
+    parked_count: int
+    def __init__(self, pending: _Optional[int] = ..., oldest_pending_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., parked: _Optional[_Iterable[_Union[ParkedEvent, _Mapping]]] = ..., parked_count: _Optional[int] = ...) -> None: ...

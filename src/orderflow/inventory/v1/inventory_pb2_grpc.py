@@ -60,6 +60,11 @@ class InventoryServiceStub:
                 request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
                 response_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
                 _registered_method=True)
+        self.GetEventsBacklog = channel.unary_unary(
+                '/orderflow.inventory.v1.InventoryService/GetEventsBacklog',
+                request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogRequest.SerializeToString,
+                response_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogResponse.FromString,
+                _registered_method=True)
         self.ReserveStock = channel.unary_unary(
                 '/orderflow.inventory.v1.InventoryService/ReserveStock',
                 request_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ReserveStockRequest.SerializeToString,
@@ -123,6 +128,14 @@ class InventoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEventsBacklog(self, request, context):
+        """The service's events not yet published (its outbox backlog, and when the oldest
+        was written) and the events its consumer parked, newest first. For operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReserveStock(self, request, context):
         """Reserves all lines of an order or none (OUT_OF_STOCK / UNKNOWN_SKU).
         Repeating it returns the first result; after Release it is refused (ABORTED).
@@ -179,6 +192,11 @@ def add_InventoryServiceServicer_to_server(servicer, server):
                     servicer.ListLowStockItems,
                     request_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.FromString,
                     response_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.SerializeToString,
+            ),
+            'GetEventsBacklog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventsBacklog,
+                    request_deserializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogRequest.FromString,
+                    response_serializer=orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogResponse.SerializeToString,
             ),
             'ReserveStock': grpc.unary_unary_rpc_method_handler(
                     servicer.ReserveStock,
@@ -337,6 +355,33 @@ class InventoryService:
             '/orderflow.inventory.v1.InventoryService/ListLowStockItems',
             orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsRequest.SerializeToString,
             orderflow_dot_inventory_dot_v1_dot_inventory__pb2.ListLowStockItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventsBacklog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.inventory.v1.InventoryService/GetEventsBacklog',
+            orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogRequest.SerializeToString,
+            orderflow_dot_inventory_dot_v1_dot_inventory__pb2.GetEventsBacklogResponse.FromString,
             options,
             channel_credentials,
             insecure,

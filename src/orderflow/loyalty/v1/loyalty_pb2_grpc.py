@@ -75,6 +75,11 @@ class LoyaltyServiceStub:
                 request_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.SerializeToString,
                 response_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.FromString,
                 _registered_method=True)
+        self.GetEventsBacklog = channel.unary_unary(
+                '/orderflow.loyalty.v1.LoyaltyService/GetEventsBacklog',
+                request_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogRequest.SerializeToString,
+                response_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogResponse.FromString,
+                _registered_method=True)
 
 
 class LoyaltyServiceServicer:
@@ -142,6 +147,14 @@ class LoyaltyServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEventsBacklog(self, request, context):
+        """The service's events not yet published (its outbox backlog, and when the oldest
+        was written) and the events its consumer parked, newest first. For operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LoyaltyServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +197,11 @@ def add_LoyaltyServiceServicer_to_server(servicer, server):
                     servicer.ListPointsEntries,
                     request_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.FromString,
                     response_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.SerializeToString,
+            ),
+            'GetEventsBacklog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventsBacklog,
+                    request_deserializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogRequest.FromString,
+                    response_serializer=orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -403,6 +421,33 @@ class LoyaltyService:
             '/orderflow.loyalty.v1.LoyaltyService/ListPointsEntries',
             orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesRequest.SerializeToString,
             orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.ListPointsEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventsBacklog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.loyalty.v1.LoyaltyService/GetEventsBacklog',
+            orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogRequest.SerializeToString,
+            orderflow_dot_loyalty_dot_v1_dot_loyalty__pb2.GetEventsBacklogResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -105,6 +105,11 @@ class OrderServiceStub:
                 request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.SerializeToString,
                 response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.FromString,
                 _registered_method=True)
+        self.GetEventsBacklog = channel.unary_unary(
+                '/orderflow.orders.v1.OrderService/GetEventsBacklog',
+                request_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogRequest.SerializeToString,
+                response_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogResponse.FromString,
+                _registered_method=True)
 
 
 class OrderServiceServicer:
@@ -216,6 +221,14 @@ class OrderServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEventsBacklog(self, request, context):
+        """The service's events not yet published (its outbox backlog, and when the oldest
+        was written) and the events its consumer parked, newest first. For operators.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrderServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +301,11 @@ def add_OrderServiceServicer_to_server(servicer, server):
                     servicer.ListUnsettledOrders,
                     request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.FromString,
                     response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.SerializeToString,
+            ),
+            'GetEventsBacklog': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEventsBacklog,
+                    request_deserializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogRequest.FromString,
+                    response_serializer=orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -669,6 +687,33 @@ class OrderService:
             '/orderflow.orders.v1.OrderService/ListUnsettledOrders',
             orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersRequest.SerializeToString,
             orderflow_dot_orders_dot_v1_dot_orders__pb2.ListUnsettledOrdersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEventsBacklog(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/orderflow.orders.v1.OrderService/GetEventsBacklog',
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogRequest.SerializeToString,
+            orderflow_dot_orders_dot_v1_dot_orders__pb2.GetEventsBacklogResponse.FromString,
             options,
             channel_credentials,
             insecure,
