@@ -159,12 +159,22 @@ def _observed(
             finally:
                 elapsed = time.perf_counter() - start
                 metrics.observe_rpc(method, code, elapsed)
-                # The recovery worker polls ClaimStaleOrders every few seconds: DEBUG, not INFO.
-                (log.debug if method.endswith("/ClaimStaleOrders") else log.info)(
+                # The recovery worker and an open console poll these every few seconds:
+                # DEBUG, not INFO.
+                (log.debug if method.endswith(POLLED_METHODS) else log.info)(
                     "rpc", method=method, outcome=outcome, ms=round(elapsed * 1000, 2)
                 )
 
     return wrapped
+
+
+# Reads made every few seconds by a poller (the recovery worker, the console's home page).
+POLLED_METHODS = (
+    "/ClaimStaleOrders",
+    "/ListUnsettledOrders",
+    "/ListLowStockItems",
+    "/GetEventsBacklog",
+)
 
 
 def _code_of(context: grpc.aio.ServicerContext) -> str:
