@@ -637,3 +637,16 @@ async def test_each_move_does_what_the_domain_table_says_in_every_state(
             }[outcome], state
     finally:
         await database.dispose()
+
+
+async def test_low_stock_lists_items_at_or_below_the_threshold_fewest_first(
+    inv: Inventory,
+) -> None:
+    for sku, stock in (("plenty", 50), ("five", 5), ("two", 2), ("six", 6), ("none", 0)):
+        await create(inv.stub, sku, stock=stock)
+    response = await inv.stub.ListLowStockItems(pb.ListLowStockItemsRequest(), timeout=T)
+    assert response.threshold == 5  # ORDERFLOW_INVENTORY_LOW_STOCK_THRESHOLD's default
+    assert [(i.sku, i.available) for i in response.items] == [("none", 0), ("two", 2), ("five", 5)]
+    assert not response.truncated
+    two = await inv.stub.ListLowStockItems(pb.ListLowStockItemsRequest(limit=2), timeout=T)
+    assert [i.sku for i in two.items] == ["none", "two"] and two.truncated

@@ -730,3 +730,32 @@ async def test_each_move_does_what_the_domain_table_says_in_every_state(
             }[outcome], state
     finally:
         await database.dispose()
+
+
+async def test_points_ledger_newest_first_paged_by_cursor(loyalty: Loyalty) -> None:
+    for delta, reason in ((100, "welcome"), (-30, "correction"), (5, "apology")):
+        await loyalty.adjust("c-1", delta, reason)
+    await loyalty.adjust("c-2", 7, "someone else")
+    first = await loyalty.stub.ListPointsEntries(
+        pb.ListPointsEntriesRequest(customer_id="c-1", limit=2), timeout=T
+    )
+    assert [(e.kind, e.delta, e.reason) for e in first.entries] == [
+        ("adjust", 5, "apology"),
+        ("adjust", -30, "correction"),
+    ]
+    assert all(e.HasField("created_at") and not e.order_id for e in first.entries)
+    rest = await loyalty.stub.ListPointsEntries(
+        pb.ListPointsEntriesRequest(customer_id="c-1", limit=2, cursor=first.next_cursor),
+        timeout=T,
+    )
+    assert [e.reason for e in rest.entries] == ["welcome"] and not rest.next_cursor
+    nobody = await loyalty.stub.ListPointsEntries(
+        pb.ListPointsEntriesRequest(customer_id="nobody"), timeout=T
+    )
+    assert list(nobody.entries) == [] and not nobody.next_cursor
+    await fails(
+        loyalty.stub.ListPointsEntries(
+            pb.ListPointsEntriesRequest(customer_id="c-1", cursor="forged!"), timeout=T
+        ),
+        INVALID,
+    )

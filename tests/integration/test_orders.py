@@ -1234,3 +1234,24 @@ async def test_a_step_is_kept_exactly_when_its_change_is(
         assert [s.name for s in steps] == ["create", "confirm"]
     finally:
         await database.dispose()
+
+
+# -- what an operator reads (the console) ---------------------------------------------------
+
+
+async def test_list_unsettled_reads_oldest_first_and_claims_nothing(orders: Orders) -> None:
+    made = [
+        (await orders.stub.CreateOrder(create_request(key=f"u-{i}"), timeout=T)).order
+        for i in range(3)
+    ]
+    rejected = await orders.reject(made[1].id)
+    await orders.settle(rejected.id)  # settled: no longer listed
+    request = pb.ListUnsettledOrdersRequest(limit=1)
+    first = await orders.stub.ListUnsettledOrders(request, timeout=T)
+    assert [o.id for o in first.orders] == [made[0].id] and first.truncated
+    found = await orders.stub.ListUnsettledOrders(pb.ListUnsettledOrdersRequest(), timeout=T)
+    assert [o.id for o in found.orders] == [made[0].id, made[2].id]
+    assert not found.truncated
+    # Read, not claimed: each is still its creator's, unchanged.
+    assert list(found.orders) == [await orders.get(made[0].id), await orders.get(made[2].id)]
+    assert all(o.lease_owner == OWNER for o in found.orders)
