@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 import jinja2
 from fastapi import APIRouter, FastAPI, Request
@@ -483,11 +483,13 @@ async def reprice(request: Request, sku: str) -> HTMLResponse:
 async def customers_page(request: Request, gateway: GatewayDep, customer_id: str = "") -> Response:
     session.principal(gateway, request)
     customer_id = customer_id.strip()
+    error = ""
     if customer_id:
-        target = f"{PREFIX}/customers/{customer_id}"
         if len(customer_id) <= ops.ID_MAX and "/" not in customer_id:
+            target = f"{PREFIX}/customers/{quote(customer_id, safe='')}"
             return RedirectResponse(target, status_code=303)
-    return render(request, "customers.html", error="")
+        error = f"VALIDATION_ERROR: a customer id has 1 to {ops.ID_MAX} characters and no '/'"
+    return render(request, "customers.html", status=422 if error else 200, error=error)
 
 
 @router.get("/customers/{customer_id}")
