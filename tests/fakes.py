@@ -42,6 +42,7 @@ from orderflow.gateway.ports import (
     PointsEntry,
     Reservation,
     SagaStep,
+    Unsettled,
 )
 
 
@@ -133,9 +134,10 @@ class FakeOrders:
         found = [o for o in self.orders.values() if not customer_id or o.customer_id == customer_id]
         return Page(found[:limit], None)
 
-    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
+    async def list_unsettled(self, limit: int) -> Unsettled:
+        """Every unsettled order; none is judged stuck (a fake keeps no lease times)."""
         found = [o for o in self.orders.values() if not o.settled]
-        return found[:limit], len(found) > limit
+        return Unsettled(found[:limit], frozenset(), len(found) > limit)
 
     def _set(self, order: Order, **changes: object) -> Order:
         updated = replace(order, **changes)  # type: ignore[arg-type]

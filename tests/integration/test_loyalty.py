@@ -576,6 +576,11 @@ BAD_REQUESTS: list[tuple[str, Any]] = [
     ("CommitDiscount", pb.CommitDiscountRequest(order_id=LONG)),
     ("RefundDiscount", pb.RefundDiscountRequest(order_id="")),
     ("RefundDiscount", pb.RefundDiscountRequest(order_id=LONG)),
+    ("ListPointsEntries", pb.ListPointsEntriesRequest(customer_id="")),
+    ("ListPointsEntries", pb.ListPointsEntriesRequest(customer_id=LONG)),
+    ("ListPointsEntries", pb.ListPointsEntriesRequest(customer_id="c-1", limit=101)),
+    ("ListPointsEntries", pb.ListPointsEntriesRequest(customer_id="c-1", cursor="forged!")),
+    ("GetEventsBacklog", pb.GetEventsBacklogRequest(limit=101)),
 ]
 
 

@@ -844,6 +844,10 @@ def _bad_calls() -> list[tuple[str, str, Any]]:
             pb.ClaimStaleOrdersRequest(lease_owner="", lease_seconds=30, limit=10),
         ),
         ("history empty id", "GetOrderHistory", pb.GetOrderHistoryRequest(order_id="")),
+        ("unsettled limit", "ListUnsettledOrders", pb.ListUnsettledOrdersRequest(limit=101)),
+        ("unsettled negative", "ListUnsettledOrders", pb.ListUnsettledOrdersRequest(limit=-1)),
+        ("backlog limit", "GetEventsBacklog", pb.GetEventsBacklogRequest(limit=101)),
+        ("backlog negative", "GetEventsBacklog", pb.GetEventsBacklogRequest(limit=-1)),
         ("history long id", "GetOrderHistory", pb.GetOrderHistoryRequest(order_id=LONG)),
         ("record empty id", "RecordOrderSteps", pb.RecordOrderStepsRequest(order_id="")),
         (
@@ -1252,6 +1256,13 @@ async def test_list_unsettled_reads_oldest_first_and_claims_nothing(orders: Orde
     found = await orders.stub.ListUnsettledOrders(pb.ListUnsettledOrdersRequest(), timeout=T)
     assert [o.id for o in found.orders] == [made[0].id, made[2].id]
     assert not found.truncated
-    # Read, not claimed: each is still its creator's, unchanged.
+    # Read, not claimed: each is still its creator's, unchanged; none is stuck while its
+    # creator's lease lasts.
     assert list(found.orders) == [await orders.get(made[0].id), await orders.get(made[2].id)]
     assert all(o.lease_owner == OWNER for o in found.orders)
+    assert list(found.stuck_order_ids) == []
+    short = (await orders.stub.CreateOrder(create_request(key="short", lease=0.1), timeout=T)).order
+    await asyncio.sleep(0.2)  # its lease ran out, nobody settled it: stuck (is_stuck)
+    found = await orders.stub.ListUnsettledOrders(pb.ListUnsettledOrdersRequest(), timeout=T)
+    assert list(found.stuck_order_ids) == [short.id]
+    assert (await orders.get(short.id)).lease_owner == OWNER  # still not claimed

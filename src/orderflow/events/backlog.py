@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from orderflow.events.consumer import ParkedEvent
 from orderflow.events.store import TransactionFactory, TxT, in_transaction
 from orderflow.events.tables import EventTables
+from orderflow.validation import check_limit
 
 DEFAULT_PARKED = 20
 MAX_PARKED = 100
@@ -42,9 +43,9 @@ class BacklogReader(Generic[TxT]):
         self.tables = tables
 
     async def read(self, limit: int = 0) -> Backlog:
-        """The backlog with the newest `limit` parked events (0: the default, 20; at most
-        100)."""
-        limit = DEFAULT_PARKED if limit <= 0 else min(limit, MAX_PARKED)
+        """The backlog with the newest `limit` parked events (0: the default, 20; 1..100,
+        else InvalidArgumentError)."""
+        limit = check_limit(limit, default=DEFAULT_PARKED, maximum=MAX_PARKED)
         outbox, parked = self.tables.outbox, self.tables.parked
 
         async def work(tx: Any) -> Backlog:

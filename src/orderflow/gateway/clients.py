@@ -41,6 +41,7 @@ from orderflow.gateway.ports import (
     PointsEntry,
     Reservation,
     SagaStep,
+    Unsettled,
 )
 from orderflow.gateway.rpc import Caller
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
@@ -322,10 +323,14 @@ class GrpcOrders:
             truncated=response.truncated,
         )
 
-    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
+    async def list_unsettled(self, limit: int) -> Unsettled:
         request = orders_pb2.ListUnsettledOrdersRequest(limit=limit)
         response = await self.call(self.stub.ListUnsettledOrders, request, safe=True)
-        return [order_from_pb(o) for o in response.orders], response.truncated
+        return Unsettled(
+            [order_from_pb(o) for o in response.orders],
+            frozenset(response.stuck_order_ids),
+            response.truncated,
+        )
 
 
 def item_from_pb(msg: inventory_pb2.Item) -> Item:

@@ -37,6 +37,7 @@ from orderflow.gateway.ports import (
     OrdersPort,
     Page,
     PointsEntry,
+    Unsettled,
 )
 from orderflow.gateway.schemas import ItemIn, ItemPatchIn, PlaceOrderIn, PointsIn, TierIn
 
@@ -305,9 +306,7 @@ async def points_entries(
 # -- what an operator watches (the console) ------------------------------------------------
 
 
-async def unsettled_orders(
-    gateway: Gateway, principal: Principal, limit: int
-) -> tuple[list[Order], bool]:
+async def unsettled_orders(gateway: Gateway, principal: Principal, limit: int) -> Unsettled:
     """Orders whose saga still has work to do, oldest first (admin only)."""
     principal.require_admin()
     return await gateway.services.orders.list_unsettled(_check_limit(limit, ORDERS_PAGE))

@@ -145,6 +145,16 @@ class Account:
 
 
 @dataclass(frozen=True)
+class Unsettled:
+    """Orders whose saga still has work to do, oldest first; the ids of the stuck ones (as
+    the orders service judges them); whether there were more than asked for."""
+
+    orders: list[Order]
+    stuck: frozenset[str]
+    truncated: bool = False
+
+
+@dataclass(frozen=True)
 class LowStock:
     """The items at or below inventory's low-stock threshold, fewest available first."""
 
@@ -271,7 +281,7 @@ class OrdersPort(Protocol):
     async def claim_stale(self, owner: str, seconds: float, limit: int) -> list[Order]: ...
     async def record_steps(self, order_id: str, steps: Sequence[SagaStep]) -> None: ...
     async def order_history(self, order_id: str) -> History: ...
-    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]: ...
+    async def list_unsettled(self, limit: int) -> Unsettled: ...
     async def events_backlog(self, limit: int) -> EventsBacklog: ...
 
 

@@ -289,9 +289,9 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
     async def ListUnsettledOrders(
         self, request: pb.ListUnsettledOrdersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUnsettledOrdersResponse:
-        found, truncated = await self.service.list_unsettled(request.limit)
+        found, truncated, stuck = await self.service.list_unsettled(request.limit)
         return pb.ListUnsettledOrdersResponse(
-            orders=[order_pb(o) for o in found], truncated=truncated
+            orders=[order_pb(o) for o in found], truncated=truncated, stuck_order_ids=stuck
         )
 
     async def RecordOrderSteps(

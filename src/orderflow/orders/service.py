@@ -399,14 +399,17 @@ class OrdersService:
 
         return await transact(self._reader, work)
 
-    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool]:
-        """Unsettled orders, oldest first, as they are (nothing claimed); and whether there
-        are more than limit. What an operator looks at (the console's attention list)."""
+    async def list_unsettled(self, limit: int) -> tuple[list[Order], bool, list[str]]:
+        """Unsettled orders, oldest first, as they are (nothing claimed); whether there are
+        more than limit; and the ids of those that are stuck (domain.is_stuck, the rule of
+        orderflow_orders_stuck). What an operator looks at (the console's attention list)."""
         limit = check_limit(limit, default=DEFAULT_PAGE)
 
-        async def work(uow: OrdersUnitOfWork) -> tuple[list[Order], bool]:
+        async def work(uow: OrdersUnitOfWork) -> tuple[list[Order], bool, list[str]]:
             found = await uow.orders.unsettled(limit + 1)
-            return found[:limit], len(found) > limit
+            page, now = found[:limit], self.now()
+            stuck = [o.id for o in page if domain.is_stuck(o, now, self.events_grace_us)]
+            return page, len(found) > limit, stuck
 
         return await transact(self._reader, work)
 

@@ -5,8 +5,9 @@ ports, so the same in one process and per service) and the gateway's readiness p
 all at once, and a service that cannot answer is itself reported rather than failing the
 page (ADR 30).
 
-- stuck sagas: orders not settled although their first lease (the gateway's
-  ORDERFLOW_GATEWAY_LEASE_SECONDS) has run out since they were created;
+- stuck sagas: unsettled orders whose saga outlived its driver's lease (stale, or held by
+  a recovery worker because it was), as the orders service judges them — the same rule as
+  its orderflow_orders_stuck gauge and the alert on it;
 - compensations waiting: REJECTED orders whose undo steps have not all run, and
   cancellations under way, while unsettled (their service was down, say);
 - rejections of the last hour, by reason;
@@ -157,13 +158,10 @@ async def gather(gateway: Gateway, principal: Principal, now: datetime | None = 
     if isinstance(unsettled, BaseException):
         attention.problems.append(_problem("unsettled orders (orders service)", unsettled))
     else:
-        orders, attention.unsettled_truncated = unsettled
-        lease = timedelta(seconds=gateway.settings.lease_seconds)
-        attention.stuck = _newest_first(
-            [o for o in orders if o.created_at is not None and now - o.created_at > lease]
-        )
+        attention.unsettled_truncated = unsettled.truncated
+        attention.stuck = _newest_first([o for o in unsettled.orders if o.id in unsettled.stuck])
         attention.compensations = _newest_first(
-            [o for o in orders if o.status == REJECTED or o.cancel_requested]
+            [o for o in unsettled.orders if o.status == REJECTED or o.cancel_requested]
         )
     if isinstance(rejections, BaseException):
         attention.problems.append(_problem("rejected orders (orders service)", rejections))

@@ -379,12 +379,14 @@ class ListUnsettledOrdersRequest(_message.Message):
     def __init__(self, limit: _Optional[int] = ...) -> None: ...
 
 class ListUnsettledOrdersResponse(_message.Message):
-    __slots__ = ("orders", "truncated")
+    __slots__ = ("orders", "truncated", "stuck_order_ids")
     ORDERS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    STUCK_ORDER_IDS_FIELD_NUMBER: _ClassVar[int]
     orders: _containers.RepeatedCompositeFieldContainer[Order]
     truncated: bool
-    def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    stuck_order_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, orders: _Optional[_Iterable[_Union[Order, _Mapping]]] = ..., truncated: _Optional[bool] = ..., stuck_order_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ParkedEvent(_message.Message):
     __slots__ = ("consumer", "event_id", "event_type", "subject", "attempts", "last_error", "parked_at", "redrive_requested", "aggregate")

@@ -215,7 +215,8 @@ class OrderServiceServicer:
 
     def ListUnsettledOrders(self, request, context):
         """Lists unsettled orders (the saga still has work to do), oldest first, without
-        taking them: what an operator looks at. Claims nothing, changes nothing.
+        taking them, and says which are stuck: what an operator looks at. Claims nothing,
+        changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
