@@ -9,6 +9,10 @@ the gateway's connection (SO_LINGER 0, then close: an RST). The gateway then see
 UNAVAILABLE for a call whose effect was committed: the "committed but reply lost" path.
 One reset per arming; the retry on a new connection passes through.
 
+`hold(marker)` picks a request the same way but only holds its reply back (the whole of
+it, once complete) until `release()`: the service has committed, the caller still waits,
+and a test can act in between (as a slow network would let things happen).
+
 It runs its own event loop in a thread, so that it serves while a test's own loop (or
 a synchronous fixture) waits.
 """
@@ -67,6 +71,7 @@ class Arming:
     marker: bytes
     nth: int
     seen: int = 0
+    hold: bool = False  # hold the reply until release() instead of losing it
 
 
 class LossyProxy:
@@ -81,6 +86,8 @@ class LossyProxy:
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lossy-proxy", daemon=True)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.held = threading.Event()  # set once a held reply has come in full
+        self._release = asyncio.Event()  # (of the proxy's loop)
 
     # -- control (from any thread) ----------------------------------------------------
 
@@ -93,6 +100,17 @@ class LossyProxy:
         """Lose the reply to the nth request (after now) whose message carries marker."""
         with self._lock:
             self._arming = Arming(marker.encode(), nth)
+
+    def hold(self, marker: str) -> None:
+        """Hold back the reply to the next request whose message carries marker, until
+        release(); `held` is set once that reply has come in full."""
+        self.held.clear()
+        self._loop.call_soon_threadsafe(self._release.clear)
+        with self._lock:
+            self._arming = Arming(marker.encode(), 1, hold=True)
+
+    def release(self) -> None:
+        self._loop.call_soon_threadsafe(self._release.set)
 
     @property
     def armed(self) -> bool:
@@ -138,27 +156,29 @@ class LossyProxy:
             except OSError:
                 client_writer.close()
                 return
-            targeted: set[int] = set()  # stream ids whose reply is to be lost
+            targeted: dict[int, bool] = {}  # stream id -> held (else lost) for its reply
             lost = asyncio.Event()
 
             async def downstream() -> None:  # gateway -> service
                 frames = FrameReader(preface=True)
                 while chunk := await client_reader.read(65536):
                     for frame in frames.feed(chunk):
-                        if frame.type == DATA and self._picks(frame.payload):
-                            targeted.add(frame.stream)
+                        if frame.type == DATA and (picked := self._picks(frame.payload)):
+                            targeted[frame.stream] = picked.hold
                     upstream_writer.write(chunk)
                     await upstream_writer.drain()
 
             async def upstream() -> None:  # service -> gateway
                 frames = FrameReader(preface=False)
                 while chunk := await upstream_reader.read(65536):
-                    if any(
-                        f.stream in targeted and f.flags & END_STREAM for f in frames.feed(chunk)
-                    ):
+                    ended = [f.stream for f in frames.feed(chunk) if f.flags & END_STREAM]
+                    if any(targeted.get(stream) is False for stream in ended):
                         self.resets += 1
                         lost.set()
                         return  # the reply (and whatever came with it) is never sent
+                    if [stream for stream in ended if targeted.pop(stream, False)]:
+                        self.held.set()
+                        await self._release.wait()  # then the reply goes on, whole
                     client_writer.write(chunk)
                     await client_writer.drain()
 
@@ -181,16 +201,16 @@ class LossyProxy:
         finally:
             self._tasks.discard(task)
 
-    def _picks(self, payload: bytes) -> bool:
+    def _picks(self, payload: bytes) -> Arming | None:
         with self._lock:
             arming = self._arming
             if arming is None or arming.marker not in payload:
-                return False
+                return None
             arming.seen += 1
             if arming.seen < arming.nth:
-                return False
-            self._arming = None  # one reset per arming
-            return True
+                return None
+            self._arming = None  # one reset (or hold) per arming
+            return arming
 
 
 def reset(writer: asyncio.StreamWriter) -> None:

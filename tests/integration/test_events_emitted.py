@@ -123,7 +123,9 @@ TOTALS = Totals(
 )
 
 
-async def test_orders_emits_confirmed_rejected_cancelled_and_settled_once(opened: Opened) -> None:
+async def test_orders_emits_confirmed_rejected_cancel_requested_cancelled_and_settled_once(
+    opened: Opened,
+) -> None:
     database = await opened("orders")
     uow = functools.partial(SqlOrdersUnitOfWork, database)
     service = OrdersService(uow)
@@ -163,9 +165,23 @@ async def test_orders_emits_confirmed_rejected_cancelled_and_settled_once(opened
     await service.settle_order(placed, OWNER)
     assert await outbox.drain() == []
 
-    # Cancelled (its follow-ups, refund and return, are done by then): cancelled, settled.
+    # A cancel asked for: told at once (ADR 28), once; a given-up one settles it again.
     await service.request_cancel(placed, OWNER, 10)
+    [requested] = await outbox.drain()
+    assert (requested.type.ce_type, requested.subject) == (
+        "orderflow.order.cancel_requested.v1",
+        placed,
+    )
+    assert (data(requested).order_id, data(requested).customer_id) == (placed, "c-1")
+    await service.request_cancel(placed, OWNER, 10)  # a repeat
     assert await outbox.drain() == []
+    await service.withdraw_cancel(placed, OWNER)
+    withdrawn = only(await outbox.drain(), "order.settled")
+    assert withdrawn.status == "CONFIRMED"
+    await service.request_cancel(placed, OWNER, 10)  # asked for again: told again
+    assert [e.type.name for e in await outbox.drain()] == ["order.cancel_requested"]
+
+    # Cancelled (its follow-ups, refund and return, are done by then): cancelled, settled.
     await service.cancel_order(placed, OWNER)
     events = await outbox.drain()
     assert [e.type.name for e in events] == ["order.cancelled", "order.settled"]

@@ -7,6 +7,7 @@ The helpers here are shared with test_events_jetstream.py.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -483,6 +484,41 @@ async def test_a_message_that_is_no_event_is_parked_at_once(
     await request_redrive(toy.begin, toy.tables, event.id)
     await consumer.run_once()
     await wait_for(lambda: _parked_attempts(toy, 2))
+
+
+async def test_a_parked_event_of_a_type_the_consumer_does_not_handle_is_let_go_on_redrive(
+    toy: ToyService, running: Running
+) -> None:
+    """An earlier version parked an event of a type it did not know yet (a type added since,
+    ADR 28); redriven by this one, which knows it and has no handler for it, it is let go,
+    with no effect, as a delivery of it is."""
+    bus = InProcessBus()
+    consumer = running.consumer(toy, bus, "audit")
+    await consumer.subscribe()
+    event = Event.new(events_pb2.OrderCancelRequested(order_id="o-1", customer_id="c-1"))
+    wire = event.wire()
+    async with toy.begin() as uow:
+        await uow.connection.execute(
+            insert(toy.tables.parked),
+            {
+                "consumer": "audit",
+                "event_id": event.id,
+                "event_type": wire.headers["ce-type"],
+                "subject": wire.type.subject(),
+                "headers": json.dumps(dict(wire.headers), sort_keys=True),
+                "body": wire.body.decode(),
+                "attempts": 1,
+                "last_error": "InvalidEventError('not an orderflow event: unknown event type')",
+                "parked_us": 1,
+                "redrive_us": None,
+            },
+        )
+        await uow.commit()
+    assert [p.event_id for p in await list_parked(toy.begin, toy.tables)] == [event.id]
+    assert await request_redrive(toy.begin, toy.tables, event.id) == 1
+    assert await consumer.redrive_requested() == 1
+    assert await list_parked(toy.begin, toy.tables) == []
+    assert await toy.effects_of("audit") == []
 
 
 async def test_inbox_rows_older_than_the_retention_are_forgotten(

@@ -11,7 +11,9 @@ backoff; on its `max_attempts`-th failure it is parked: copied with its envelope
 `inbox_parked` and acked. `list_parked()` shows parked events; `request_redrive()` (from
 any process, e.g. `orderflow events redrive ID`) marks one, and the consumer's runner
 handles it again: gone from the parked table once handled, still there (attempts
-counted) if it fails again. A message that is not an orderflow event is parked at once.
+counted) if it fails again; one of a type it does not handle (parked by an earlier version
+that did not know the type) is let go. A message that is not an orderflow event is parked
+at once.
 """
 
 from __future__ import annotations
@@ -361,11 +363,15 @@ class ConsumerRunner(Generic[TxT]):
             key = (parked.c.consumer == self.name) & (parked.c.event_id == row.event_id)
             try:
                 event = Event.decode(json.loads(row.headers), row.body.encode())
-                if event.type.name not in self.handlers:
-                    raise InvalidEventError(f"{self.name} has no handler for {event.type.name}")
+                ignored = event.type.name not in self.handlers
 
-                async def again(tx: TxT, event: Event = event, key: Any = key) -> None:
-                    await self._apply(tx, [event])
+                async def again(
+                    tx: TxT, event: Event = event, key: Any = key, ignored: bool = ignored
+                ) -> None:
+                    # A type this consumer does not handle (parked by an earlier version
+                    # that did not know it, ADR 28) is let go, as a delivery of it would be.
+                    if not ignored:
+                        await self._apply(tx, [event])
                     await tx.connection.execute(delete(parked).where(key))
 
                 await in_transaction(self.begin, again)
@@ -388,7 +394,7 @@ class ConsumerRunner(Generic[TxT]):
                 )
             else:
                 handled += 1
-                self._count("redriven")
+                self._count("ignored" if ignored else "redriven")
         if rows:
             await self.refresh_parked()
         return handled

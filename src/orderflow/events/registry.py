@@ -59,6 +59,7 @@ def _order(name: str, message: type[Message], source: str) -> EventType:
 EVENT_TYPES: tuple[EventType, ...] = (
     _order("order.confirmed", events_pb2.OrderConfirmed, "orders"),
     _order("order.rejected", events_pb2.OrderRejected, "orders"),
+    _order("order.cancel_requested", events_pb2.OrderCancelRequested, "orders"),
     _order("order.cancelled", events_pb2.OrderCancelled, "orders"),
     _order("order.settled", events_pb2.OrderSettled, "orders"),
     _order("stock.committed", events_pb2.StockCommitted, "inventory"),

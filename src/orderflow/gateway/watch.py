@@ -4,9 +4,11 @@ The gateway taps the event bus for order events (ADR 27): in one-process mode th
 services' in-process bus, handed to the app; in per-service mode an ephemeral JetStream
 consumer of its own (ORDERFLOW_NATS_URL), which the server drops when the gateway goes.
 An event's ce-subject is its order id; each stream watching that order is woken and reads
-the order once. The gateway also wakes them itself after it changes an order. Without a
-bus (per-service mode with no NATS) or while the tap is not up, streams re-read their order
-every `resync_seconds` instead.
+the order once. Each change WatchOrder promises has an event, whichever gateway or worker
+made it: confirmed, rejected, cancel requested (ADR 28), cancelled, settled. The gateway
+also wakes its streams itself after it changes an order. Without a bus (per-service mode
+with no NATS) or while the tap is not up, streams re-read their order every
+`resync_seconds` instead.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The events of orders: which a change of an order causes, and their bodies.
 
-`caused(before, after)` is the one rule: a status reached (CONFIRMED, REJECTED, CANCELLED)
-and an order becoming settled (a CONFIRMED or CANCELLED one: every follow-up done) each
-give one event. Use cases write what it returns in the transaction of the change, so a
-repeated, idempotent call (no change) writes nothing.
+`caused(before, after)` is the one rule: a cancellation asked for (ADR 28), a status
+reached (CONFIRMED, REJECTED, CANCELLED) and an order becoming settled (a CONFIRMED or
+CANCELLED one: every follow-up done) each give one event. Use cases write what it returns
+in the transaction of the change, so a repeated, idempotent call (no change) writes
+nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def rejected(order: Order) -> events_pb2.OrderRejected:
     )
 
 
+def cancel_requested(order: Order) -> events_pb2.OrderCancelRequested:
+    return events_pb2.OrderCancelRequested(order_id=order.id, customer_id=order.customer_id)
+
+
 def cancelled(order: Order) -> events_pb2.OrderCancelled:
     return events_pb2.OrderCancelled(
         order_id=order.id,
@@ -73,6 +78,8 @@ _REACHED = {
 def caused(before: Order, after: Order) -> list[Message]:
     """The events of the change from before to after, in the order they happened."""
     out: list[Message] = []
+    if after.cancel_requested and not before.cancel_requested:
+        out.append(cancel_requested(after))
     if after.status != before.status and after.status in _REACHED:
         out.append(_REACHED[after.status](after))
     if (

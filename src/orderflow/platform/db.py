@@ -22,7 +22,7 @@ import contextlib
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -90,7 +90,7 @@ class Database:
                 conn = await conn.execution_options(sqlite_begin="DEFERRED")
             yield conn
         finally:
-            await asyncio.shield(_give_back(conn, rollback=False))  # as in end()
+            await _to_the_end(_give_back(conn, rollback=False))  # as in end()
 
     async def ping(self) -> None:
         """Raise unless the database answers a trivial query."""
@@ -131,7 +131,7 @@ class Database:
             try:
                 await conn.begin()
             except BaseException:
-                await asyncio.shield(_give_back(conn, rollback=False))  # as in end()
+                await _to_the_end(_give_back(conn, rollback=False))  # as in end()
                 raise
             return Transaction(conn, None, readonly=readonly, locked=locked)
         except BaseException:
@@ -188,11 +188,10 @@ class Database:
             else:
                 conn = transaction.connection
                 assert isinstance(conn, AsyncConnection)
-                # Shielded: a call cancelled at its deadline must not cancel the rollback and
-                # the return of its connection half-way (the pool would log a traceback and
-                # drop the connection, sqlalchemy#8145). If this task is cancelled meanwhile,
-                # the clean-up still runs to its end.
-                await asyncio.shield(_give_back(conn, rollback=not transaction.committed))
+                # A call cancelled at its deadline must not cancel the rollback and the return
+                # of its connection half-way (the pool would log a traceback and drop the
+                # connection, sqlalchemy#8145); and it ends only once they are done.
+                await _to_the_end(_give_back(conn, rollback=not transaction.committed))
         finally:
             self._unlock(transaction.locked)
             transaction.locked = False
@@ -266,6 +265,35 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
     # fresh one (every unit of work is safe to run twice).
     engine = create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=30)
     return Database(engine)
+
+
+async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
+    """Run cleanup to its end, even if this task is cancelled meanwhile (once or more), and
+    only then let the cancellation through.
+
+    A bare asyncio.shield would let a second cancel end the task while its connection is
+    still being given back: the pool then counts that connection as checked out, and a
+    checkout that finds the pool at its limit meanwhile waits the whole pool timeout (30 s),
+    since SQLAlchemy's pool wakes a waiter when a connection comes back to it, not when a
+    closed overflow connection makes room.
+    """
+    task = asyncio.ensure_future(cleanup)
+    cancelled: asyncio.CancelledError | None = None
+    while True:
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            if task.done():  # the clean-up is over (or was itself cancelled: loop closing)
+                raise
+            cancelled = exc  # this task was: wait on
+            continue
+        except BaseException as failed:
+            if cancelled is not None:
+                raise cancelled from failed  # the task was cancelled; the clean-up failed too
+            raise
+        break
+    if cancelled is not None:
+        raise cancelled
 
 
 async def _give_back(conn: AsyncConnection, *, rollback: bool) -> None:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n orderflow/events/v1/events.proto\x12\x13orderflow.events.v1\">\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xdb\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.events.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x10\n\x08subtotal\x18\x05 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x06 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x07 \x01(\x03\x12\r\n\x05total\x18\x08 \x01(\x03\x12\x15\n\rpoints_earned\x18\t \x01(\x03\"e\n\rOrderRejected\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x61ilure_message\x18\x04 \x01(\t\"\xb7\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.events.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x06 \x01(\x03\x12\x15\n\rpoints_earned\x18\x07 \x01(\x03\"E\n\x0cOrderSettled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\"Q\n\x0eStockCommitted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.events.v1.StockLine\"P\n\rStockReturned\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.events.v1.StockLine\"\x8d\x01\n\x0bItemChanged\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x08\"A\n\x0cItemLowStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x11\n\tthreshold\x18\x03 \x01(\x03\"z\n\x10LoyaltyCommitted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x15\n\rpoints_earned\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\x03\"f\n\rPointsChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08order_id\x18\x05 \x01(\t\"a\n\x0bTierChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x15\n\rprevious_tier\x18\x03 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x04 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n orderflow/events/v1/events.proto\x12\x13orderflow.events.v1\">\n\tOrderLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\x12\x12\n\nunit_price\x18\x03 \x01(\x03\"*\n\tStockLine\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x10\n\x08quantity\x18\x02 \x01(\x03\"\xdb\x01\n\x0eOrderConfirmed\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.events.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x10\n\x08subtotal\x18\x05 \x01(\x03\x12\x10\n\x08\x64iscount\x18\x06 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x07 \x01(\x03\x12\r\n\x05total\x18\x08 \x01(\x03\x12\x15\n\rpoints_earned\x18\t \x01(\x03\"e\n\rOrderRejected\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x14\n\x0c\x66\x61ilure_code\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x61ilure_message\x18\x04 \x01(\t\"=\n\x14OrderCancelRequested\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\"\xb7\x01\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12-\n\x05lines\x18\x03 \x03(\x0b\x32\x1e.orderflow.events.v1.OrderLine\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\r\n\x05total\x18\x05 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x06 \x01(\x03\x12\x15\n\rpoints_earned\x18\x07 \x01(\x03\"E\n\x0cOrderSettled\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\"Q\n\x0eStockCommitted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.events.v1.StockLine\"P\n\rStockReturned\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12-\n\x05lines\x18\x02 \x03(\x0b\x32\x1e.orderflow.events.v1.StockLine\"\x8d\x01\n\x0bItemChanged\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05price\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12\x11\n\tavailable\x18\x05 \x01(\x03\x12\x10\n\x08reserved\x18\x06 \x01(\x03\x12\x0c\n\x04sold\x18\x07 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x08 \x01(\x08\"A\n\x0cItemLowStock\x12\x0b\n\x03sku\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x03\x12\x11\n\tthreshold\x18\x03 \x01(\x03\"z\n\x10LoyaltyCommitted\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ustomer_id\x18\x02 \x01(\t\x12\x15\n\rpoints_earned\x18\x03 \x01(\x03\x12\x17\n\x0fpoints_redeemed\x18\x04 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x05 \x01(\x03\"f\n\rPointsChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\x0f\n\x07\x62\x61lance\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x10\n\x08order_id\x18\x05 \x01(\t\"a\n\x0bTierChanged\x12\x13\n\x0b\x63ustomer_id\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x15\n\rprevious_tier\x18\x03 \x01(\t\x12\x18\n\x10\x64iscount_percent\x18\x04 \x01(\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORDERCONFIRMED']._serialized_end=385
   _globals['_ORDERREJECTED']._serialized_start=387
   _globals['_ORDERREJECTED']._serialized_end=488
-  _globals['_ORDERCANCELLED']._serialized_start=491
-  _globals['_ORDERCANCELLED']._serialized_end=674
-  _globals['_ORDERSETTLED']._serialized_start=676
-  _globals['_ORDERSETTLED']._serialized_end=745
-  _globals['_STOCKCOMMITTED']._serialized_start=747
-  _globals['_STOCKCOMMITTED']._serialized_end=828
-  _globals['_STOCKRETURNED']._serialized_start=830
-  _globals['_STOCKRETURNED']._serialized_end=910
-  _globals['_ITEMCHANGED']._serialized_start=913
-  _globals['_ITEMCHANGED']._serialized_end=1054
-  _globals['_ITEMLOWSTOCK']._serialized_start=1056
-  _globals['_ITEMLOWSTOCK']._serialized_end=1121
-  _globals['_LOYALTYCOMMITTED']._serialized_start=1123
-  _globals['_LOYALTYCOMMITTED']._serialized_end=1245
-  _globals['_POINTSCHANGED']._serialized_start=1247
-  _globals['_POINTSCHANGED']._serialized_end=1349
-  _globals['_TIERCHANGED']._serialized_start=1351
-  _globals['_TIERCHANGED']._serialized_end=1448
+  _globals['_ORDERCANCELREQUESTED']._serialized_start=490
+  _globals['_ORDERCANCELREQUESTED']._serialized_end=551
+  _globals['_ORDERCANCELLED']._serialized_start=554
+  _globals['_ORDERCANCELLED']._serialized_end=737
+  _globals['_ORDERSETTLED']._serialized_start=739
+  _globals['_ORDERSETTLED']._serialized_end=808
+  _globals['_STOCKCOMMITTED']._serialized_start=810
+  _globals['_STOCKCOMMITTED']._serialized_end=891
+  _globals['_STOCKRETURNED']._serialized_start=893
+  _globals['_STOCKRETURNED']._serialized_end=973
+  _globals['_ITEMCHANGED']._serialized_start=976
+  _globals['_ITEMCHANGED']._serialized_end=1117
+  _globals['_ITEMLOWSTOCK']._serialized_start=1119
+  _globals['_ITEMLOWSTOCK']._serialized_end=1184
+  _globals['_LOYALTYCOMMITTED']._serialized_start=1186
+  _globals['_LOYALTYCOMMITTED']._serialized_end=1308
+  _globals['_POINTSCHANGED']._serialized_start=1310
+  _globals['_POINTSCHANGED']._serialized_end=1412
+  _globals['_TIERCHANGED']._serialized_start=1414
+  _globals['_TIERCHANGED']._serialized_end=1511
 # @@protoc_insertion_point(module_scope)

@@ -58,6 +58,14 @@ class OrderRejected(_message.Message):
     failure_message: str
     def __init__(self, order_id: _Optional[str] = ..., customer_id: _Optional[str] = ..., failure_code: _Optional[str] = ..., failure_message: _Optional[str] = ...) -> None: ...
 
+class OrderCancelRequested(_message.Message):
+    __slots__ = ("order_id", "customer_id")
+    ORDER_ID_FIELD_NUMBER: _ClassVar[int]
+    CUSTOMER_ID_FIELD_NUMBER: _ClassVar[int]
+    order_id: str
+    customer_id: str
+    def __init__(self, order_id: _Optional[str] = ..., customer_id: _Optional[str] = ...) -> None: ...
+
 class OrderCancelled(_message.Message):
     __slots__ = ("order_id", "customer_id", "lines", "currency", "total", "points_redeemed", "points_earned")
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
