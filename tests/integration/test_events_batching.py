@@ -170,6 +170,51 @@ async def test_a_commit_while_a_batch_is_out_goes_next_without_waiting_for_the_p
     assert [e.order_id for e in await toy.effects_of("audit")] == ["o-1", "o-2"]
 
 
+async def test_events_trickling_in_are_gathered_into_one_batch_by_the_relay_s_linger(
+    toy: ToyService, running: Running
+) -> None:
+    bus = InProcessBus()
+    consumer = running.consumer(toy, bus, "audit")
+    await consumer.start()
+    relay = running.relay(toy, bus, linger_seconds=1.0, poll_seconds=60)
+    relay.start()
+    await toy.confirm("o-1", 100)
+    relay.wake()
+    await wait_for(lambda: _pending_is(toy, 0))  # the first at once: nothing came before
+    for i in range(2, 5):  # then one commit at a time, each waking the relay
+        await toy.confirm(f"o-{i}", 100)
+        relay.wake()
+        await asyncio.sleep(0.02)
+    await wait_for(lambda: _pending_is(toy, 0))
+    assert await batches_of(toy, "published_us") == [1, 3]
+    await wait_for(lambda: _effect_count(toy, "audit", 4))
+
+
+async def test_events_trickling_in_are_gathered_into_one_transaction_by_the_consumer_s_linger(
+    toy: ToyService, running: Running
+) -> None:
+    bus = await _jetstream()
+    try:
+        consumer = running.consumer(toy, bus, "audit", linger_seconds=1.0)
+        await consumer.start()
+        relay = running.relay(toy, bus)
+        relay.start()
+        await toy.confirm("o-1", 100)
+        relay.wake()
+        await wait_for(lambda: _effect_count(toy, "audit", 1))
+        for i in range(2, 5):  # published one by one while the consumer lingers
+            await toy.confirm(f"o-{i}", 100)
+            relay.wake()
+            await wait_for(lambda: _pending_is(toy, 0))
+        await wait_for(lambda: _effect_count(toy, "audit", 4))
+        assert await batches_of(toy, "handled_us") == [1, 3]
+        assert await batches_of(toy, "published_us") == [1, 1, 1, 1]
+    finally:
+        await running.stop()
+        await bus.delete_stream()
+        await bus.close()
+
+
 async def test_relay_killed_between_publish_and_mark_republishes_the_batch_under_the_same_ids(
     toy: ToyService, running: Running
 ) -> None:

@@ -148,6 +148,7 @@ class ConsumerRunner(Generic[TxT]):
         max_attempts: int = 5,
         batch_size: int = 50,
         fetch_timeout: float = 1.0,
+        linger_seconds: float = 0.0,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         redrive_every: float = 1.0,
@@ -168,6 +169,7 @@ class ConsumerRunner(Generic[TxT]):
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.linger_seconds = linger_seconds
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.redrive_every = redrive_every
@@ -208,10 +210,12 @@ class ConsumerRunner(Generic[TxT]):
                 await subscription.close()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            started = loop.time()
             try:
-                await self.run_once()
+                fetched = await self.run_once()
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -225,6 +229,12 @@ class ConsumerRunner(Generic[TxT]):
                     retry_in=round(delay, 3),
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                continue
+            # Events trickling in: let the next batch gather for up to linger_seconds since
+            # this fetch began, instead of a transaction for every event or two.
+            pause = self.linger_seconds - (loop.time() - started)
+            if 0 < fetched < self.batch_size and pause > 0:
+                await asyncio.sleep(pause)
 
     async def run_once(self) -> int:
         """Fetch one batch and handle it, then any redrive that was asked for; return how

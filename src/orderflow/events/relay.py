@@ -99,6 +99,7 @@ class OutboxRelay(Generic[TxT]):
         batch_size: int = 100,
         lease_seconds: float = 10.0,
         poll_seconds: float = 0.2,
+        linger_seconds: float = 0.0,
         publish_timeout: float = 5.0,
         max_backoff: float = 10.0,
         retention_seconds: float = 7 * 86_400,
@@ -119,6 +120,7 @@ class OutboxRelay(Generic[TxT]):
         self.batch_size = batch_size
         self.lease_us = int(lease_seconds * 1_000_000)
         self.poll_seconds = poll_seconds
+        self.linger_seconds = linger_seconds
         self.publish_timeout = publish_timeout
         self.max_backoff = max_backoff
         self.retention_us = int(retention_seconds * 1_000_000)
@@ -159,8 +161,10 @@ class OutboxRelay(Generic[TxT]):
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            started = loop.time()
             try:
                 published = await self.run_once()
                 failures = 0
@@ -181,13 +185,18 @@ class OutboxRelay(Generic[TxT]):
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 continue
-            # Go on at once while there is more: rows read with the last mark, a full
-            # batch, or a commit since the last read (its wake is still set).
-            if self._next_rows or published >= self.batch_size or self._wake.is_set():
+            # A backlog (rows read with the last mark, or a full batch): on at once.
+            if self._next_rows or published >= self.batch_size:
                 continue
-            with contextlib.suppress(TimeoutError):
-                wait = self.poll_seconds if self.active else self.lease_us / 3_000_000
-                await asyncio.wait_for(self._wake.wait(), wait)
+            if not self._wake.is_set():
+                with contextlib.suppress(TimeoutError):
+                    wait = self.poll_seconds if self.active else self.lease_us / 3_000_000
+                    await asyncio.wait_for(self._wake.wait(), wait)
+            # Rows keep coming one commit at a time: let a batch gather for up to
+            # linger_seconds since the last round began, instead of a round per commit.
+            pause = self.linger_seconds - (loop.time() - started)
+            if published and pause > 0:
+                await asyncio.sleep(pause)
 
     # -- one round ------------------------------------------------------------------------
 
@@ -225,7 +234,11 @@ class OutboxRelay(Generic[TxT]):
             if exc.acked:
                 await self._mark(rows[: exc.acked], read_next=False)
             raise
-        await self._mark(rows[:acked])
+        # The next batch is read with the mark when this one was full (more are surely
+        # waiting), or when the relay does not linger (it goes on at once).
+        await self._mark(
+            rows[:acked], read_next=acked >= self.batch_size or not self.linger_seconds
+        )
         return acked
 
     async def _hold(self) -> None:
