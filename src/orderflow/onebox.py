@@ -21,18 +21,22 @@ from orderflow import boot
 from orderflow.errors import AlreadyExistsError, NotFoundError
 from orderflow.events.settings import EventsSettings
 from orderflow.gateway.app import create_app
-from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty
+from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
+from orderflow.gateway.deps import Services
 from orderflow.gateway.metrics import GatewayMetrics
+from orderflow.gateway.readiness import Readiness
 from orderflow.gateway.rpc import Channels
 from orderflow.gateway.server import metrics_endpoint, serve_both
 from orderflow.platform.component import Component, start_events
 from orderflow.platform.grpc_bind import dial_host
-from orderflow.platform.grpc_server import create_server
+from orderflow.platform.grpc_server import RunningServer, create_server
+from orderflow.platform.inproc import InProcessChannel, InProcessServer
 from orderflow.platform.logging import wants_json
 from orderflow.platform.metrics import RegistryCollector
 from orderflow.platform.migrations import wait_for_database
+from orderflow.platform.telemetry import client_interceptors, server_interceptors
 from orderflow.platform.tls import channel_credentials, server_credentials
-from orderflow.registry import SERVICES
+from orderflow.registry import SERVICE_NAMES, SERVICES
 from orderflow.seed import DEMO
 from orderflow.settings import AuthSettings, CommonSettings, GatewaySettings, StartupError
 
@@ -51,12 +55,17 @@ def storage(cfg: Any) -> str:
 
 
 async def load_demo(
-    target: str, gateway: GatewaySettings, credentials: grpc.ChannelCredentials | None = None
+    target: str | grpc.aio.Channel,
+    gateway: GatewaySettings,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> None:
+    """Load the demo data (what is missing of it) through the services at target (an
+    address, or a channel to them)."""
     channels = Channels(credentials)
     try:
-        inventory = GrpcInventory(channels.get(target), gateway)
-        loyalty = GrpcLoyalty(channels.get(target), gateway)
+        channel = channels.get(target) if isinstance(target, str) else target
+        inventory = GrpcInventory(channel, gateway)
+        loyalty = GrpcLoyalty(channel, gateway)
         for item in DEMO.items:
             with contextlib.suppress(AlreadyExistsError):
                 await inventory.create_item(item.sku, item.name, item.price, item.stock)
@@ -123,11 +132,15 @@ async def run_onebox(
     stack = contextlib.ExitStack()
     try:
         await start_events(components, running.metrics.registry)
-        if demo:
-            await load_demo(target, gateway, channel_credentials(common))
         wired = gateway.model_copy(
             update={"orders_target": target, "inventory_target": target, "loyalty_target": target}
         )
+        # The gateway calls the services in this process through their servicers, without
+        # the loopback socket (ADR 34); with tracing on, over the socket, so that each
+        # call is a span of the client and one of the server, as in production.
+        local = None if tracing_on() else in_process_channel(running)
+        if demo:
+            await load_demo(local or target, gateway, channel_credentials(common))
         # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
         metrics = GatewayMetrics()
         metrics.registry.register(RegistryCollector(running.metrics.registry))
@@ -135,7 +148,17 @@ async def run_onebox(
         if endpoint is not None:
             stack.callback(endpoint.close)
         # The services' bus: its order events wake the gRPC API's WatchOrder streams.
-        app = create_app(wired, common, auth=auth, metrics=metrics, events=bus)
+        app = create_app(
+            wired,
+            common,
+            auth=auth,
+            metrics=metrics,
+            events=bus,
+            services=None if local is None else services_over(local, wired),
+            readiness=None
+            if local is None
+            else Readiness.over_grpc(dict.fromkeys(SERVICE_NAMES, local), 1.0),
+        )
         await serve_both(
             app,
             gateway,
@@ -154,6 +177,26 @@ async def run_onebox(
         await bus.close()
         for component in components:
             await component.close()
+
+
+def tracing_on() -> bool:
+    """Whether gRPC calls are traced (then they go over the socket, ADR 34)."""
+    return bool(server_interceptors()) or client_interceptors() is not None
+
+
+def in_process_channel(running: RunningServer) -> InProcessChannel:
+    """A channel to the services running's server hosts, through their servicers in this
+    process: the same handlers, health and RPC metrics as the server's."""
+    return InProcessServer(running.specs, running.metrics, running.health).channel()
+
+
+def services_over(channel: grpc.aio.Channel, settings: GatewaySettings) -> Services:
+    """The gateway's clients of the three services, all over one channel."""
+    return Services(
+        orders=GrpcOrders(channel, settings),
+        inventory=GrpcInventory(channel, settings),
+        loyalty=GrpcLoyalty(channel, settings),
+    )
 
 
 def announce(
