@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -91,6 +92,15 @@ def demo_curl(port: int) -> str:
     )
 
 
+async def check_databases(services: dict[str, Any]) -> None:
+    """Wait for each service's database (60 s); one that does not exist is said at once."""
+    for definition in SERVICES:
+        cfg = services[definition.name]
+        await wait_for_database(
+            definition.name, cfg.database_url, boot.env_name(cfg), 60.0, log.warning
+        )
+
+
 async def run_onebox(
     *,
     common: CommonSettings,
@@ -106,11 +116,7 @@ async def run_onebox(
     events: ORDERFLOW_NATS_URL and ORDERFLOW_EVENTS_* (read from the environment if None).
     gRPC listens on grpc_host, not the gateway's host: beyond loopback only as the caller
     allowed (boot.guard_grpc_bind)."""
-    for definition in SERVICES:  # a missing database is said at once, not as a traceback
-        cfg = services[definition.name]
-        await wait_for_database(
-            definition.name, cfg.database_url, boot.env_name(cfg), 60.0, log.warning
-        )
+    await check_databases(services)
     # One bus for the three services: in-process, or JetStream with ORDERFLOW_NATS_URL.
     bus = (events or EventsSettings()).create_bus()
     components: list[Component] = []
@@ -139,6 +145,7 @@ async def run_onebox(
         # the loopback socket (ADR 34); with tracing on, over the socket, so that each
         # call is a span of the client and one of the server, as in production.
         local = None if tracing_on() else in_process_channel(running)
+        one_channel = dict.fromkeys(SERVICE_NAMES, local)
         if demo:
             await load_demo(local or target, gateway, channel_credentials(common))
         # The gateway's /metrics shows the services' metrics too (RPCs, stock levels).
@@ -154,7 +161,7 @@ async def run_onebox(
             auth=auth,
             metrics=metrics,
             events=bus,
-            services=None if local is None else services_over(local, wired),
+            services=None if local is None else services_by_name(one_channel, wired),
             readiness=None
             if local is None
             else Readiness.over_grpc(dict.fromkeys(SERVICE_NAMES, local), 1.0),
@@ -190,12 +197,12 @@ def in_process_channel(running: RunningServer) -> InProcessChannel:
     return InProcessServer(running.specs, running.metrics, running.health).channel()
 
 
-def services_over(channel: grpc.aio.Channel, settings: GatewaySettings) -> Services:
-    """The gateway's clients of the three services, all over one channel."""
+def services_by_name(channels: Mapping[str, Any], settings: GatewaySettings) -> Services:
+    """The gateway's clients of the three services, each over its channel (by name)."""
     return Services(
-        orders=GrpcOrders(channel, settings),
-        inventory=GrpcInventory(channel, settings),
-        loyalty=GrpcLoyalty(channel, settings),
+        orders=GrpcOrders(channels["orders"], settings),
+        inventory=GrpcInventory(channels["inventory"], settings),
+        loyalty=GrpcLoyalty(channels["loyalty"], settings),
     )
 
 
@@ -206,8 +213,10 @@ def announce(
     services: dict[str, Any],
     demo: bool,
     api_port: int | None = None,
+    workers: Sequence[Any] = (),
 ) -> None:
-    """Say where everything is: a banner on a terminal, one log event when logging JSON."""
+    """Say where everything is: a banner on a terminal, one log event when logging JSON.
+    workers: the worker processes of the services, if any (supervisor.Worker)."""
     http = f"http://{gateway.host}:{gateway.port}"
     api = f"{gateway.host}:{api_port if api_port is not None else gateway.grpc_port}"
     stores = {name: storage(cfg) for name, cfg in services.items()}
@@ -219,6 +228,7 @@ def announce(
             grpc=target,
             docs=f"{http}/docs",
             storage=stores,
+            workers={w.name: w.process.pid for w in workers if w.process},
         )
         return
     lines = [
@@ -226,6 +236,9 @@ def announce(
         f"  API docs:  {http}/docs",
     ]
     lines += [f"  {name + ':':<10} {where}" for name, where in stores.items()]
+    if workers:
+        shown = ", ".join(f"{w.name} (pid {w.process.pid})" for w in workers if w.process)
+        lines += [f"  services in {len(workers)} worker processes: {shown}"]
     if demo:
         lines += ["  place an order:", f"    {demo_curl(gateway.port)}"]
     print("\n".join(lines), file=sys.stderr, flush=True)

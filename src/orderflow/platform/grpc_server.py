@@ -184,6 +184,7 @@ async def create_server(
     health_interval: float = 2.0,
     credentials: grpc.ServerCredentials | None = None,
     metrics: ServiceMetrics | None = None,
+    address: str | None = None,
 ) -> RunningServer:
     """Build, bind and start a server hosting specs plus health and reflection.
 
@@ -191,6 +192,8 @@ async def create_server(
     whose certificate the configured CA signed, and the services answer only the client
     identities the credentials allow (platform.grpc_identity).
     metrics: where calls are counted (default: fresh metrics of this server's own).
+    address: where to listen instead of host:port (`unix:PATH`: a Unix socket; the port
+    then reported is 0).
     """
     if metrics is None:
         metrics = ServiceMetrics()
@@ -209,13 +212,15 @@ async def create_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    address = f"{host}:{port}"
+    where = address or f"{host}:{port}"
     if credentials is None:
-        bound = server.add_insecure_port(address)
+        bound = server.add_insecure_port(where)
     else:
-        bound = server.add_secure_port(address, credentials)
+        bound = server.add_secure_port(where, credentials)
     if bound == 0:
-        raise OSError(f"could not bind gRPC server to {host}:{port}")
+        raise OSError(f"could not bind gRPC server to {where}")
+    if address is not None:
+        bound = 0
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()

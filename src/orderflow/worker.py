@@ -1,0 +1,119 @@
+"""One child process of `orderflow run --workers N`: some of the services, on a Unix socket.
+
+Started by the command's supervisor (orderflow.supervisor), never by hand:
+
+    python -m orderflow.worker NAME --services orders,inventory --listen unix:PATH --bus PATH
+
+It builds its services as `orderflow serve` does (each migrated, on its own database from
+ORDERFLOW_<SERVICE>_DATABASE_URL), hosts them on one gRPC server at --listen, carries
+their events over the command's bus (--bus, events.local; or JetStream when
+ORDERFLOW_NATS_URL is set), serves its metrics on a free loopback port for the gateway's
+/metrics, then tells the command it is ready. It stops on SIGTERM/SIGINT, and when the
+command's bus goes away (the command is gone). Like `orderflow serve`, it loads only what
+serving its services needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+from typing import Any
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orderflow.worker")
+    parser.add_argument("name", help="this worker's name, as the command knows it")
+    parser.add_argument("--services", required=True, help="comma-separated service names")
+    parser.add_argument("--listen", required=True, help="gRPC address, e.g. unix:/run/x.sock")
+    parser.add_argument("--bus", default="", help="the command's event bus (a Unix socket)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    from orderflow import boot, registry
+    from orderflow.settings import CommonSettings
+
+    common = boot.load_settings(CommonSettings)
+    boot.without_rich_when_logging_json(common.log_format)
+    from orderflow.platform.logging import configure_logging
+
+    configure_logging(common.log_level, common.log_format, component=args.name)
+    services = args.services.split(",")
+    settings = {name: boot.service_settings(name) for name in services}
+    for name in services:
+        registry.service(name)  # KeyError for a name that is not a service
+    from orderflow.events.settings import EventsSettings
+
+    events = boot.load_settings(EventsSettings)
+    boot.run(serve_worker(args.name, settings, common, args.listen, args.bus, events))
+
+
+async def serve_worker(
+    name: str, settings: dict[str, Any], common: Any, listen: str, bus_path: str, events: Any
+) -> None:
+    """Serve the services of settings (by name) until told to stop, or the command is gone."""
+    import structlog
+
+    from orderflow import registry
+    from orderflow.events.local import LocalBus
+    from orderflow.platform.component import Component, start_events
+    from orderflow.platform.grpc_server import create_server
+    from orderflow.platform.metrics import serve_metrics
+
+    log = structlog.get_logger("orderflow.worker")
+    # The command's bus: the events' transport (unless on JetStream), and in any case how
+    # this worker says it is ready and learns that the command is gone.
+    command = LocalBus(bus_path, name, events.events_subject_prefix)
+    await command.connect()
+    bus = None if events.nats_url else command
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    components: list[Component] = []
+    running = endpoint = None
+    try:
+        for service, cfg in settings.items():
+            components.append(await registry.service(service).build(cfg, common, bus=bus))
+        if listen.startswith("unix:"):  # a socket file left by a worker that died
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(listen.removeprefix("unix:"))
+        first = next(iter(settings.values()))
+        running = await create_server(
+            [c.spec for c in components],
+            address=listen,
+            health_interval=first.health_interval_seconds,
+            max_concurrent_rpcs=first.max_concurrent_rpcs,
+        )
+        await start_events(components, running.metrics.registry)
+        endpoint = serve_metrics(running.metrics.registry, "127.0.0.1", 0)
+        await command.ready({"pid": os.getpid(), "metrics_port": endpoint.port})
+        lost = asyncio.ensure_future(command.lost.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in (lost, stopped):
+            waiter.cancel()
+        if command.lost.is_set() and not stop.is_set():
+            log.warning("worker_orphaned", worker=name, reason="the command is gone")
+        log.info("worker_stopping", worker=name)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if endpoint is not None:
+            endpoint.close()
+        if running is not None:
+            await running.stop(first.grace_seconds)
+        for component in components:  # relays and consumers first, then the databases
+            if component.events is not None:
+                await component.events.stop()
+        await command.close()
+        for component in components:
+            await component.close()
+
+
+if __name__ == "__main__":
+    main()
