@@ -137,7 +137,6 @@ def run(
         raise typer.BadParameter(str(exc), param_hint="--workers") from None
     configure_logging(common.log_level, common.log_format, component="orderflow")
     auth = boot.auth_for(host)
-    from orderflow.onebox import announce, run_onebox
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing("orderflow", common.otlp_endpoint)
@@ -155,10 +154,11 @@ def run(
                 demo=demo,
                 auth=auth,
                 events=events,
-                announce=announce,
             )
         )
         return
+    from orderflow.onebox import run_onebox
+
     boot.run(
         run_onebox(
             common=common,

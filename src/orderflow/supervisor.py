@@ -144,11 +144,13 @@ class Supervisor:
         )
         worker.started_at = time.monotonic()
 
-    async def start(self, within: float) -> None:
-        """Start every worker and wait until each is ready; a worker that exits first, or
-        one not ready in time, is a start-up failure (the others are stopped)."""
+    async def spawn_all(self) -> None:
         for worker in self.workers:
             await self._spawn(worker)
+
+    async def wait_ready(self, within: float) -> None:
+        """Wait until each worker is ready; a worker that exits first, or one not ready in
+        time, is a start-up failure (the others are stopped). Then watch them."""
         try:
             for worker in self.workers:
                 await self._until_ready(worker, within)
@@ -416,30 +418,18 @@ async def run_workers(
     demo: bool,
     auth: Any = None,
     grpc_host: str = "127.0.0.1",
-    events: Any = None,
-    announce: Any = None,
+    events: Any,
 ) -> None:
-    """Run the gateway here and the services in `count` workers until SIGTERM/SIGINT."""
-    from prometheus_client.process_collector import ProcessCollector
+    """Run the gateway here and the services in `count` workers until SIGTERM/SIGINT.
 
+    The workers and a migrating process start first, so that they load their code while
+    this process loads the gateway's; the workers build their services once the
+    migrations are done."""
     from orderflow.events.local import LocalBroker
-    from orderflow.events.settings import EventsSettings
-    from orderflow.gateway.app import create_app
-    from orderflow.gateway.metrics import GatewayMetrics
-    from orderflow.gateway.readiness import SERVICE_NAMES as FULL_NAMES
-    from orderflow.gateway.readiness import Readiness
-    from orderflow.gateway.rpc import Channels
-    from orderflow.gateway.server import metrics_endpoint, serve_both
-    from orderflow.onebox import check_databases, load_demo, services_by_name
-    from orderflow.platform.grpc_bind import dial_host
-    from orderflow.platform.metrics import ServiceMetrics
-    from orderflow.platform.tls import channel_credentials, server_credentials
 
-    events = events or EventsSettings()
-    await check_databases(services)
     run_dir = tempfile.mkdtemp(prefix="orderflow-run-")  # private (0700): the sockets
     workers = workers_for(count, run_dir)
-    env = {k: v for k, v in os.environ.items()}
+    env = dict(os.environ)
     for name in SERVICE_NAMES:
         env[f"ORDERFLOW_{name.upper()}_DATABASE_URL"] = services[name].database_url
     bus = events.create_bus()  # in-process unless ORDERFLOW_NATS_URL
@@ -450,73 +440,138 @@ async def run_workers(
         [w.name for w in workers] if not events.nats_url else [],
         supervisor.reported_ready,
     )
-    channels = Channels()
-    front: Front | None = None
-    stack = contextlib.ExitStack()
+    stack = contextlib.AsyncExitStack()
     try:
         await broker.start()
-        await supervisor.start(within=120.0)
-        by_service = supervisor.by_service()
-        to_worker = {name: channels.get(by_service[name].listen) for name in SERVICE_NAMES}
-        try:
-            front = await start_front(
-                {FULL_NAMES[name]: ch for name, ch in to_worker.items()},
-                grpc_host,
-                grpc_port,
-                server_credentials(common),
-                services["orders"].health_interval_seconds,
-            )
-        except OSError:
-            raise StartupError(f"cannot listen on {grpc_host}:{grpc_port} (--grpc-port)") from None
-        if demo:
-            await load_demo(
-                f"{dial_host(grpc_host)}:{front.port}", gateway, channel_credentials(common)
-            )
-        wired = gateway.model_copy(
-            update={f"{name}_target": by_service[name].listen for name in SERVICE_NAMES}
+        migrating = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "orderflow", "migrate", *SERVICE_NAMES),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,  # "orders: at revision …": the logs say it
+            start_new_session=True,
         )
-        metrics = GatewayMetrics()
-        own = ServiceMetrics(process=False)  # the gRPC API's calls
-        ProcessCollector(registry=own.registry)
-        metrics.registry.register(MergedMetrics(own.registry, supervisor))
-        endpoint = metrics_endpoint(gateway, metrics.registry)
-        if endpoint is not None:
-            stack.callback(endpoint.close)
-        app = create_app(
-            wired,
-            common,
+        stack.push_async_callback(_reap, migrating)
+        await supervisor.spawn_all()
+        await _serve_gateway(
+            stack,
+            supervisor,
+            broker,
+            migrating,
+            bus=bus,
+            common=common,
+            gateway=gateway,
+            grpc_port=grpc_port,
+            grpc_host=grpc_host,
+            services=services,
+            demo=demo,
             auth=auth,
-            metrics=metrics,
-            events=bus,
-            services=services_by_name(to_worker, wired),
-            readiness=Readiness.over_grpc(to_worker, timeout=1.0),
         )
-        shown = f"{grpc_host}:{front.port}"
-        serving = False
-
-        def started(api: Any) -> None:
-            nonlocal serving
-            serving = True
-            announce(common, gateway, shown, services, demo, api.port, workers)
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again
-            # to this handler: the workers must still be stopped (below), so no exit here.
-            if not serving:
-                raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            await serve_both(app, gateway, metrics, started, rpc_metrics=own)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
     finally:
-        stack.close()
-        if front is not None:
-            await front.stop(1.0)
+        await stack.aclose()
         await supervisor.stop()
         await broker.close()
         await bus.close()
-        await channels.close()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+async def _reap(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+
+
+async def _serve_gateway(
+    stack: contextlib.AsyncExitStack,
+    supervisor: Supervisor,
+    broker: Any,
+    migrating: asyncio.subprocess.Process,
+    *,
+    bus: Any,
+    common: Any,
+    gateway: Any,
+    grpc_port: int,
+    grpc_host: str,
+    services: dict[str, Any],
+    demo: bool,
+    auth: Any,
+) -> None:
+    """The command's part once its children are starting: the gateway and the front."""
+    from prometheus_client.process_collector import ProcessCollector
+
+    from orderflow.gateway.app import create_app
+    from orderflow.gateway.metrics import GatewayMetrics
+    from orderflow.gateway.readiness import SERVICE_NAMES as FULL_NAMES
+    from orderflow.gateway.readiness import Readiness
+    from orderflow.gateway.rpc import Channels
+    from orderflow.gateway.server import metrics_endpoint, serve_both
+    from orderflow.onebox import announce, load_demo, services_by_name
+    from orderflow.platform.grpc_bind import dial_host
+    from orderflow.platform.metrics import ServiceMetrics
+    from orderflow.platform.tls import channel_credentials, server_credentials
+
+    code = await migrating.wait()
+    if code == 2:  # it said what the user has to fix
+        raise SystemExit(2)
+    if code != 0:
+        raise StartupError(f"migrations failed ({describe(code)}); not serving", exit_code=1)
+    broker.go()
+    await supervisor.wait_ready(within=120.0)
+    channels = Channels()
+    stack.push_async_callback(channels.close)
+    by_service = supervisor.by_service()
+    to_worker = {name: channels.get(by_service[name].listen) for name in SERVICE_NAMES}
+    try:
+        front = await start_front(
+            {FULL_NAMES[name]: ch for name, ch in to_worker.items()},
+            grpc_host,
+            grpc_port,
+            server_credentials(common),
+            services["orders"].health_interval_seconds,
+        )
+    except OSError:
+        raise StartupError(f"cannot listen on {grpc_host}:{grpc_port} (--grpc-port)") from None
+    stack.push_async_callback(front.stop, 1.0)
+    if demo:
+        await load_demo(
+            f"{dial_host(grpc_host)}:{front.port}", gateway, channel_credentials(common)
+        )
+    wired = gateway.model_copy(
+        update={f"{name}_target": by_service[name].listen for name in SERVICE_NAMES}
+    )
+    metrics = GatewayMetrics()
+    own = ServiceMetrics(process=False)  # the gRPC API's calls
+    ProcessCollector(registry=own.registry)
+    metrics.registry.register(MergedMetrics(own.registry, supervisor))
+    endpoint = metrics_endpoint(gateway, metrics.registry)
+    if endpoint is not None:
+        stack.callback(endpoint.close)
+    app = create_app(
+        wired,
+        common,
+        auth=auth,
+        metrics=metrics,
+        events=bus,
+        services=services_by_name(to_worker, wired),
+        readiness=Readiness.over_grpc(to_worker, timeout=1.0),
+    )
+    shown = f"{grpc_host}:{front.port}"
+    serving = False
+
+    def started(api: Any) -> None:
+        nonlocal serving
+        serving = True
+        announce(common, gateway, shown, services, demo, api.port, supervisor.workers)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again to
+        # this handler: the workers must still be stopped (by the caller), so no exit here.
+        if not serving:
+            raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        await serve_both(app, gateway, metrics, started, rpc_metrics=own)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -4,13 +4,13 @@ Started by the command's supervisor (orderflow.supervisor), never by hand:
 
     python -m orderflow.worker NAME --services orders,inventory --listen unix:PATH --bus PATH
 
-It builds its services as `orderflow serve` does (each migrated, on its own database from
-ORDERFLOW_<SERVICE>_DATABASE_URL), hosts them on one gRPC server at --listen, carries
-their events over the command's bus (--bus, events.local; or JetStream when
-ORDERFLOW_NATS_URL is set), serves its metrics on a free loopback port for the gateway's
-/metrics, then tells the command it is ready. It stops on SIGTERM/SIGINT, and when the
-command's bus goes away (the command is gone). Like `orderflow serve`, it loads only what
-serving its services needs.
+It builds its services as `orderflow serve` does (each on its own database from
+ORDERFLOW_<SERVICE>_DATABASE_URL, once the command says it has migrated them), hosts them
+on one gRPC server at --listen, carries their events over the command's bus (--bus,
+events.local; or JetStream when ORDERFLOW_NATS_URL is set), serves its metrics on a free
+loopback port for the gateway's /metrics, then tells the command it is ready. It stops on
+SIGTERM/SIGINT, and when the command's bus goes away (the command is gone). Like
+`orderflow serve`, it loads only what serving its services needs.
 """
 
 from __future__ import annotations
@@ -76,9 +76,16 @@ async def serve_worker(
         loop.add_signal_handler(sig, stop.set)
     components: list[Component] = []
     running = endpoint = None
+    orphaned = False
     try:
+        # The command migrates every database in a process of its own meanwhile (so
+        # the migration tooling is never in a worker's memory), and says when it is done.
+        await first_of(command.go, command.lost, stop)
+        if not command.go.is_set():
+            return
         for service, cfg in settings.items():
-            components.append(await registry.service(service).build(cfg, common, bus=bus))
+            definition = registry.service(service)
+            components.append(await definition.build(cfg, common, migrate=False, bus=bus))
         if listen.startswith("unix:"):  # a socket file left by a worker that died
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(listen.removeprefix("unix:"))
@@ -92,13 +99,10 @@ async def serve_worker(
         await start_events(components, running.metrics.registry)
         endpoint = serve_metrics(running.metrics.registry, "127.0.0.1", 0)
         await command.ready({"pid": os.getpid(), "metrics_port": endpoint.port})
-        lost = asyncio.ensure_future(command.lost.wait())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({lost, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        for waiter in (lost, stopped):
-            waiter.cancel()
+        await first_of(command.lost, stop)
         if command.lost.is_set() and not stop.is_set():
             log.warning("worker_orphaned", worker=name, reason="the command is gone")
+            orphaned = True
         log.info("worker_stopping", worker=name)
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -113,6 +117,22 @@ async def serve_worker(
         await command.close()
         for component in components:
             await component.close()
+        if orphaned:  # the command did not live to remove its private directory
+            for path in (listen.removeprefix("unix:"), bus_path):
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.dirname(bus_path))  # once the last worker has gone
+
+
+async def first_of(*events: asyncio.Event) -> None:
+    """Wait until one of events is set."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 if __name__ == "__main__":

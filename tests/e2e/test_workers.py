@@ -46,6 +46,16 @@ def log_events(system: System) -> list[dict[str, object]]:
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
+def run_dirs(children: list[psutil.Process]) -> set[Path]:
+    """The command's private directory of sockets, from its workers' arguments."""
+    return {
+        Path(arg.split(":", 1)[1]).parent
+        for child in children
+        for arg in child.cmdline()
+        if arg.startswith("unix:")
+    }
+
+
 def gone(processes: list[psutil.Process], within: float) -> bool:
     _, alive = psutil.wait_procs(processes, timeout=within)
     return not alive
@@ -148,16 +158,12 @@ def test_stopping_the_command_stops_every_worker(tmp_path: Path, sig: signal.Sig
     assert process.popen is not None
     children = list(workers_of(system).values())
     assert len(children) == 3
-    run_dirs = {
-        Path(arg.split(":", 1)[1]).parent
-        for child in children
-        for arg in child.cmdline()
-        if arg.startswith("unix:")
-    }
+    sockets = run_dirs(children)
+    assert len(sockets) == 1
     process.popen.send_signal(sig)
     assert process.popen.wait(30) == 0
     assert gone(children, within=1), "a worker outlived the command"
-    assert not any(d.exists() for d in run_dirs), "the command left its sockets behind"
+    assert not any(d.exists() for d in sockets), "the command left its sockets behind"
     stopping = [e for e in log_events(system) if e.get("event") == "worker_stopping"]
     assert len(stopping) == 3  # each stopped when told, not orphaned
 
@@ -165,8 +171,10 @@ def test_stopping_the_command_stops_every_worker(tmp_path: Path, sig: signal.Sig
 def test_workers_of_a_killed_command_stop_by_themselves(tmp_path: Path) -> None:
     system = start(workers_system(tmp_path, 2))
     children = list(workers_of(system).values())
+    sockets = run_dirs(children)
     system.processes["onebox"].kill()
     assert gone(children, within=30), "a worker outlived its command"
+    assert not any(d.exists() for d in sockets), "the workers left the sockets behind"
     orphaned = [e for e in log_events(system) if e.get("event") == "worker_orphaned"]
     assert len(orphaned) == 2
 

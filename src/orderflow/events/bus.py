@@ -164,6 +164,8 @@ class _InProcessSubscription:
 class InProcessBus:
     """Events between the services of one process, with the delivery rules of JetStream."""
 
+    kind = "in-process"  # as the logs name it
+
     def __init__(
         self, subject_prefix: str = DEFAULT_SUBJECT_PREFIX, duplicate_window: float = 120.0
     ) -> None:

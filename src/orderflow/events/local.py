@@ -91,8 +91,16 @@ class LocalBroker:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._ids = itertools.count(1)
+        self._go = False
         if not self._expected:
             self._gate.set()
+
+    def go(self) -> None:
+        """Let the processes build their services (their databases are migrated): every
+        connected one is told now, any later one as it connects."""
+        self._go = True
+        for connection in self._connections:
+            self._send(connection, {"op": "go"})
 
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, self.path, limit=LINE_LIMIT)
@@ -111,6 +119,8 @@ class LocalBroker:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connection = _Connection(writer=writer)
         self._connections.add(connection)
+        if self._go:
+            self._send(connection, {"op": "go"})
         try:
             while line := await reader.readline():
                 frame = json.loads(line)
@@ -256,11 +266,14 @@ class _RemoteSubscription:
 class LocalBus:
     """The command's bus, reached from a child process over its Unix socket (an EventBus)."""
 
+    kind = "the command's (local)"  # as the logs name it
+
     def __init__(self, path: str, name: str, subject_prefix: str) -> None:
         self.path = path
         self.name = name
         self.subject_prefix = subject_prefix
         self.lost = asyncio.Event()
+        self.go = asyncio.Event()  # the command says: the databases are ready
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
@@ -275,7 +288,9 @@ class LocalBus:
         try:
             while line := await reader.readline():
                 frame = json.loads(line)
-                if frame.get("op") == "msg":
+                if frame.get("op") == "go":
+                    self.go.set()
+                elif frame.get("op") == "msg":
                     subscription = self._subscriptions.get(frame["sub"])
                     if subscription is None:
                         continue  # a subscription this process no longer has
