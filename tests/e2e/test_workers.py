@@ -15,7 +15,7 @@ from pathlib import Path
 
 import grpc
 import httpx
-import psutil
+import psutil  # type: ignore[import-untyped]  # no stubs pinned
 import pytest
 
 from orderflow.inventory.v1 import inventory_pb2, inventory_pb2_grpc
