@@ -443,14 +443,17 @@ async def run_workers(
     stack = contextlib.AsyncExitStack()
     try:
         await broker.start()
-        migrating = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "orderflow", "migrate", *SERVICE_NAMES),
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,  # "orders: at revision …": the logs say it
-            start_new_session=True,
-        )
-        stack.push_async_callback(_reap, migrating)
+        behind = [name for name in SERVICE_NAMES if not at_head(name, services[name].database_url)]
+        migrating = None
+        if behind:
+            migrating = await asyncio.create_subprocess_exec(
+                *(sys.executable, "-m", "orderflow", "migrate", *behind),
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,  # "orders: at revision …": logs say it
+                start_new_session=True,
+            )
+            stack.push_async_callback(_reap, migrating)
         await supervisor.spawn_all()
         await _serve_gateway(
             stack,
@@ -474,6 +477,24 @@ async def run_workers(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def at_head(service: str, url: str) -> bool:
+    """Whether the SQLite file at url is at the service's newest migration already (then
+    starting needs no migrating process); False for anything else, which is migrated."""
+    import importlib
+    import sqlite3
+
+    head = importlib.import_module(f"orderflow.{service}.migrations").HEAD
+    scheme, _, path = url.partition(":///")
+    if not scheme.startswith("sqlite") or not path or path.startswith(":memory:"):
+        return False
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            found = db.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error:
+        return False  # no file yet, or no table: migrate
+    return found is not None and found[0] == head
+
+
 async def _reap(process: asyncio.subprocess.Process) -> None:
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
@@ -485,7 +506,7 @@ async def _serve_gateway(
     stack: contextlib.AsyncExitStack,
     supervisor: Supervisor,
     broker: Any,
-    migrating: asyncio.subprocess.Process,
+    migrating: asyncio.subprocess.Process | None,
     *,
     bus: Any,
     common: Any,
@@ -510,7 +531,7 @@ async def _serve_gateway(
     from orderflow.platform.metrics import ServiceMetrics
     from orderflow.platform.tls import channel_credentials, server_credentials
 
-    code = await migrating.wait()
+    code = 0 if migrating is None else await migrating.wait()
     if code == 2:  # it said what the user has to fix
         raise SystemExit(2)
     if code != 0:
