@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     from orderflow.platform.logging import configure_logging
 
     configure_logging(common.log_level, common.log_format, component=args.name)
+    from orderflow.platform.telemetry import configure_tracing
+
+    configure_tracing(args.name, common.otlp_endpoint)
     services = args.services.split(",")
     settings = {name: boot.service_settings(name) for name in services}
     for name in services:
