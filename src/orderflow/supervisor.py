@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +60,7 @@ RESTART_MAX_DELAY = 30.0
 # A worker that stayed up this long starts again at once if it dies.
 STABLE_SECONDS = 60.0
 STOP_GRACE_SECONDS = 10.0
+HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
 def cores() -> int:
@@ -441,16 +442,29 @@ async def run_workers(
         supervisor.reported_ready,
     )
     stack = contextlib.AsyncExitStack()
+    # Until the gateway serves (uvicorn then handles them), SIGTERM and SIGINT cancel the
+    # start-up, and what was started is stopped below.
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    interrupted: list[int] = []
+
+    def interrupt(sig: int) -> None:
+        interrupted.append(sig)
+        if main is not None:
+            main.cancel()
+
+    for sig in HANDLED:
+        loop.add_signal_handler(sig, interrupt, sig)
     try:
         await broker.start()
         behind = [name for name in SERVICE_NAMES if not at_head(name, services[name].database_url)]
         migrating = None
         if behind:
             migrating = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "orderflow", "migrate", *behind),
+                *(sys.executable, "-m", "orderflow.worker", "migrate", "--migrate"),
+                *("--services", ",".join(behind)),
                 env=env,
                 stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL,  # "orders: at revision …": logs say it
                 start_new_session=True,
             )
             stack.push_async_callback(_reap, migrating)
@@ -468,7 +482,13 @@ async def run_workers(
             services=services,
             demo=demo,
             auth=auth,
+            before_serving=lambda: [loop.remove_signal_handler(s) for s in HANDLED],
+            interrupt=lambda sig: loop.call_soon_threadsafe(interrupt, sig),
         )
+    except asyncio.CancelledError:
+        if not interrupted:
+            raise
+        log.warning("stopped_while_starting", signal=signal.Signals(interrupted[0]).name)
     finally:
         await stack.aclose()
         await supervisor.stop()
@@ -516,8 +536,11 @@ async def _serve_gateway(
     services: dict[str, Any],
     demo: bool,
     auth: Any,
+    before_serving: Callable[[], object],
+    interrupt: Callable[[int], object],
 ) -> None:
-    """The command's part once its children are starting: the gateway and the front."""
+    """The command's part once its children are starting: the gateway and the front.
+    before_serving: called just before uvicorn takes over SIGTERM and SIGINT."""
     from prometheus_client.process_collector import ProcessCollector
 
     from orderflow.gateway.app import create_app
@@ -588,9 +611,10 @@ async def _serve_gateway(
         # uvicorn handles SIGTERM/SIGINT while it serves, then raises the signal again to
         # this handler: the workers must still be stopped (by the caller), so no exit here.
         if not serving:
-            raise KeyboardInterrupt
+            interrupt(signum)
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    before_serving()
+    previous = {sig: signal.signal(sig, on_signal) for sig in HANDLED}
     try:
         await serve_both(app, gateway, metrics, started, rpc_metrics=own)
     finally:

@@ -191,3 +191,26 @@ def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "--workers" in done.stderr and "between 0 and 3" in done.stderr
     assert not os.path.exists(tmp_path / "data")
+
+
+def test_stopping_the_command_while_it_starts_leaves_nothing(tmp_path: Path) -> None:
+    system = workers_system(tmp_path, 3)
+    process = system.processes["onebox"]
+    log = process.log_path.open("ab")
+    popen = subprocess.Popen(
+        process.argv, env=process.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    log.close()
+    try:
+        deadline = time.monotonic() + 30
+        while not (children := [c for c in psutil.Process(popen.pid).children() if c.is_running()]):
+            assert time.monotonic() < deadline and popen.poll() is None
+            time.sleep(0.02)
+        popen.send_signal(signal.SIGTERM)  # the workers are still loading their code
+        assert popen.wait(30) == 0
+        assert gone(children, within=1), "a process outlived the command"
+    finally:
+        if popen.poll() is None:
+            popen.kill()
+    stopped = [e for e in log_events(system) if e.get("event") == "stopped_while_starting"]
+    assert stopped and stopped[0]["signal"] == "SIGTERM"
