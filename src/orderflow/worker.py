@@ -132,6 +132,7 @@ async def serve_worker(
             address=listen,
             health_interval=first.health_interval_seconds,
             max_concurrent_rpcs=first.max_concurrent_rpcs,
+            reflection=False,  # the command's front serves it for every service
         )
         await start_events(components, running.metrics.registry)
         endpoint = serve_metrics(running.metrics.registry, "127.0.0.1", 0)

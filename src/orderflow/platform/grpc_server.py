@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from orderflow.errors import OrderflowError
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
@@ -185,6 +184,7 @@ async def create_server(
     credentials: grpc.ServerCredentials | None = None,
     metrics: ServiceMetrics | None = None,
     address: str | None = None,
+    reflection: bool = True,
 ) -> RunningServer:
     """Build, bind and start a server hosting specs plus health and reflection.
 
@@ -194,6 +194,7 @@ async def create_server(
     metrics: where calls are counted (default: fresh metrics of this server's own).
     address: where to listen instead of host:port (`unix:PATH`: a Unix socket; the port
     then reported is 0).
+    reflection: serve reflection (off only behind a front that serves it instead).
     """
     if metrics is None:
         metrics = ServiceMetrics()
@@ -209,9 +210,12 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [spec.name for spec in specs]
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as server_reflection
+
+        server_reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, server_reflection.SERVICE_NAME], server
+        )
     where = address or f"{host}:{port}"
     if credentials is None:
         bound = server.add_insecure_port(where)
