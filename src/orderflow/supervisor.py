@@ -115,6 +115,8 @@ class Supervisor:
         self.env = dict(env)
         self.stopping = False
         self._watchers: list[asyncio.Task[None]] = []
+        self._making: set[asyncio.Future[asyncio.subprocess.Process]] = set()
+        self._children: list[asyncio.subprocess.Process] = []  # every one started
 
     def by_service(self) -> dict[str, Worker]:
         return {service: w for w in self.workers for service in w.services}
@@ -135,15 +137,27 @@ class Supervisor:
         argv = [sys.executable, "-m", "orderflow.worker", worker.name]
         argv += ["--services", ",".join(worker.services), "--listen", worker.listen]
         argv += ["--bus", self.bus_path]
-        worker.process = await asyncio.create_subprocess_exec(
-            *argv,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            # Its own session: a Ctrl-C in the terminal reaches the command, which stops
-            # the gateway before the workers; the workers stop when told.
-            start_new_session=True,
-        )
+        # Its own session: a Ctrl-C in the terminal reaches the command, which stops the
+        # gateway before the workers; the workers stop when told.
+        worker.process = await self.start_process(argv)
         worker.started_at = time.monotonic()
+
+    async def start_process(self, argv: Sequence[str]) -> asyncio.subprocess.Process:
+        """Start a child (in a session of its own) that stop() will stop, even if this
+        call is cancelled while the child is being made (a signal during start-up)."""
+        making = asyncio.ensure_future(
+            asyncio.create_subprocess_exec(
+                *argv, env=self.env, stdin=asyncio.subprocess.DEVNULL, start_new_session=True
+            )
+        )
+        self._making.add(making)
+        making.add_done_callback(self._made)
+        return await asyncio.shield(making)
+
+    def _made(self, making: asyncio.Future[asyncio.subprocess.Process]) -> None:
+        self._making.discard(making)
+        if not making.cancelled() and making.exception() is None:
+            self._children.append(making.result())
 
     async def spawn_all(self) -> None:
         for worker in self.workers:
@@ -211,7 +225,9 @@ class Supervisor:
         self.stopping = True
         for task in self._watchers:
             task.cancel()
-        running = [w.process for w in self.workers if w.process and w.process.returncode is None]
+        if self._making:  # a child being made as start-up was cancelled: stop it too
+            await asyncio.wait(list(self._making))
+        running = [p for p in self._children if p.returncode is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 process.send_signal(signal.SIGTERM)
@@ -460,14 +476,10 @@ async def run_workers(
         behind = [name for name in SERVICE_NAMES if not at_head(name, services[name].database_url)]
         migrating = None
         if behind:
-            migrating = await asyncio.create_subprocess_exec(
-                *(sys.executable, "-m", "orderflow.worker", "migrate", "--migrate"),
-                *("--services", ",".join(behind)),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                start_new_session=True,
+            migrate = ("-m", "orderflow.worker", "migrate", "--migrate")
+            migrating = await supervisor.start_process(
+                [sys.executable, *migrate, "--services", ",".join(behind)]
             )
-            stack.push_async_callback(_reap, migrating)
         await supervisor.spawn_all()
         await _serve_gateway(
             stack,
@@ -513,13 +525,6 @@ def at_head(service: str, url: str) -> bool:
     except sqlite3.Error:
         return False  # no file yet, or no table: migrate
     return found is not None and found[0] == head
-
-
-async def _reap(process: asyncio.subprocess.Process) -> None:
-    if process.returncode is None:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
 
 
 async def _serve_gateway(
