@@ -47,6 +47,9 @@ from tests.system import Process, System, free_port, one_process, per_service
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "order.lua"
 MODES = ("per-service-sqlite", "one-process", "per-service-pg")
+# Not in the default run: `orderflow run --workers 0` (everything in one process, the
+# one-process mode before `--workers`), to compare with one-process (its default).
+EXTRA_MODES = ("one-process-single",)
 SKUS = 50
 CUSTOMERS = 100
 # Sequential gRPC calls orderflow makes per order: create, reserve, apply, confirm,
@@ -352,14 +355,17 @@ def orderflow_system(
 ) -> System:
     # Measured as users run it: at the default log level (a JSON line per call, to a file).
     env = {"ORDERFLOW_LOG_LEVEL": "INFO"}
-    if mode == "one-process":
-        return one_process(workdir, env)
+    if mode.startswith("one-process"):
+        system = one_process(workdir, env)
+        if mode == "one-process-single":
+            system.processes["onebox"].argv += ["--workers", "0"]
+        return system
     return per_service(workdir, urls, {**env, **(events_env or {})})
 
 
 def outbox_urls(mode: str, workdir: Path, urls: dict[str, str]) -> dict[str, str]:
     """Where each service's outbox is: its database (one-process: the run's data dir)."""
-    if mode == "one-process":
+    if mode.startswith("one-process"):
         return {
             name: f"sqlite+aiosqlite:///{workdir / 'data' / f'{name}.db'}"
             for name in ("orders", "inventory", "loyalty")
@@ -371,7 +377,7 @@ def outbox_urls(mode: str, workdir: Path, urls: dict[str, str]) -> dict[str, str
 def jetstream(mode: str, nats_url: str) -> Iterator[dict[str, str]]:
     """The settings that put a per-service run on a JetStream stream of its own (deleted
     after it); none for one-process mode (its in-process bus) or without a URL."""
-    if mode == "one-process" or not nats_url:
+    if mode.startswith("one-process") or not nats_url:
         yield {}
         return
     import asyncio
@@ -406,7 +412,7 @@ def floor_system(mode: str, workdir: Path, urls: dict[str, str]) -> System:
     env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
     http = free_port()
     system = System(f"floor-{mode}", f"http://127.0.0.1:{http}")
-    if mode == "one-process":
+    if mode.startswith("one-process"):
         argv = [*base, "onebox", "--port", str(http), "--grpc-port", str(free_port())]
         for label in ("orders", "inventory", "loyalty"):
             argv += ["--database-url", urls[label]]
@@ -479,12 +485,22 @@ def drive(
 
 
 def idle_rss(system: System) -> dict[str, float]:
+    """Each process's resident memory at rest; a worker of `orderflow run` (a child
+    process) as `onebox/<its name>`."""
     time.sleep(1.0)
-    return {
-        n: psutil.Process(p.popen.pid).memory_info().rss / 2**20
-        for n, p in system.processes.items()
-        if p.popen
-    }
+    found = {}
+    for name, process in system.processes.items():
+        if not process.popen:
+            continue
+        parent = psutil.Process(process.popen.pid)
+        found[name] = parent.memory_info().rss / 2**20
+        for child in parent.children():
+            args = child.cmdline()
+            if "orderflow.worker" in args:
+                found[f"{name}/{args[args.index('orderflow.worker') + 1]}"] = (
+                    child.memory_info().rss / 2**20
+                )
+    return found
 
 
 def bench_mode(
@@ -530,7 +546,7 @@ def bench_mode(
                 floor.stop()
     return {
         "mode": mode,
-        "events": "JetStream" if nats_url and mode != "one-process" else "in-process",
+        "events": "JetStream" if nats_url and not mode.startswith("one-process") else "in-process",
         "ready_s": ready_s,
         "idle_rss_mb": idle,
         "orderflow": ours,
@@ -748,9 +764,10 @@ def main(argv: list[str] | None = None) -> int:
         publish(runs, round(seconds), args.record)
         return 0
     modes = [m for m in args.modes.split(",") if m]
-    unknown = set(modes) - set(MODES)
+    unknown = set(modes) - set(MODES) - set(EXTRA_MODES)
     if unknown:
-        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
+        known = ", ".join((*MODES, *EXTRA_MODES))
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {known}")
     levels = [int(c) for c in args.concurrency.split(",")]
     say = lambda line: print(line, flush=True)  # noqa: E731
     commit = current_commit()

@@ -104,8 +104,17 @@ def run(
     insecure_grpc: Annotated[
         bool, typer.Option("--insecure-grpc", help=INSECURE_GRPC_HELP)
     ] = False,
+    workers: Annotated[
+        str,
+        typer.Option(
+            metavar="N",
+            help="processes for the services beside the gateway's: 0 runs everything in "
+            "this one process; 1 to 3 spread the three services over that many, so that "
+            "orders use every core; auto: 3 on a machine of more than one core, else 0",
+        ),
+    ] = "auto",
 ) -> None:
-    """Run everything in one process: three gRPC services on one port, the gateway on HTTP."""
+    """Run everything with one command: three gRPC services on one port, the gateway on HTTP."""
     from orderflow.events.settings import EventsSettings
     from orderflow.platform.logging import configure_logging
     from orderflow.settings import CommonSettings, GatewaySettings
@@ -120,12 +129,36 @@ def run(
     boot.check_port(host, port, "--port", "--host")
     boot.check_port(grpc_host, grpc_port, "--grpc-port", "--grpc-host")
     boot.check_port(host, grpc_api_port, "--grpc-api-port", "--host")
+    from orderflow.supervisor import resolve_workers
+
+    try:
+        count = resolve_workers(workers)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--workers") from None
     configure_logging(common.log_level, common.log_format, component="orderflow")
     auth = boot.auth_for(host)
-    from orderflow.onebox import run_onebox
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing("orderflow", common.otlp_endpoint)
+    if count:
+        from orderflow.supervisor import run_workers
+
+        boot.run(
+            run_workers(
+                count=count,
+                common=common,
+                gateway=gateway,
+                grpc_port=grpc_port,
+                services=services,
+                grpc_host=grpc_host,
+                demo=demo,
+                auth=auth,
+                events=events,
+            )
+        )
+        return
+    from orderflow.onebox import run_onebox
+
     boot.run(
         run_onebox(
             common=common,

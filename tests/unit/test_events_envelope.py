@@ -22,6 +22,7 @@ from orderflow.events import (
 )
 from orderflow.events.registry import type_of_subject
 from orderflow.events.v1 import events_pb2
+from orderflow.platform.telemetry import use_tracer_provider
 
 ROOT = Path(__file__).resolve().parents[2]
 # shared/ lies beside the repository (CI, main) or beside the folder of worktrees.
@@ -172,8 +173,12 @@ def test_decode_refuses_a_body_of_another_type() -> None:
 
 def test_traceparent_is_sent_when_tracing_is_on() -> None:
     assert "traceparent" not in Event.new(confirmed()).headers()
-    tracer = TracerProvider().get_tracer("test")
-    with tracer.start_as_current_span("place order") as span:
-        headers = Event.new(confirmed()).headers()
+    provider = TracerProvider()
+    previous = use_tracer_provider(provider)  # tracing on, as configure_tracing does
+    try:
+        with provider.get_tracer("test").start_as_current_span("place order") as span:
+            headers = Event.new(confirmed()).headers()
+    finally:
+        use_tracer_provider(previous)
     trace_id = format(span.get_span_context().trace_id, "032x")
     assert re.fullmatch(rf"00-{trace_id}-[0-9a-f]{{16}}-0[13]", headers["traceparent"])

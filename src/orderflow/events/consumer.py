@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from typing import Any, Generic
 
 import structlog
-from opentelemetry import context as otel_context
-from opentelemetry import propagate
 from sqlalchemy import TextClause, delete, func, select, text, update
 
 from orderflow.events.bus import Delivery, EventBus, Subscription
@@ -121,7 +119,10 @@ def handling(event: Event, consumer: str) -> Iterator[None]:
     if event.type.aggregate == "order":
         ids["order_id"] = event.subject
     token = None
-    if event.traceparent:
+    if event.traceparent:  # only with tracing on: OpenTelemetry is not loaded otherwise
+        from opentelemetry import context as otel_context
+        from opentelemetry import propagate
+
         token = otel_context.attach(propagate.extract({"traceparent": event.traceparent}))
     try:
         with (
@@ -131,6 +132,8 @@ def handling(event: Event, consumer: str) -> Iterator[None]:
             yield
     finally:
         if token is not None:
+            from opentelemetry import context as otel_context
+
             otel_context.detach(token)
 
 

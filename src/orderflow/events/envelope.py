@@ -17,9 +17,9 @@ from typing import Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
-from opentelemetry import propagate
 
 from orderflow.events.registry import EventType, UnknownEventTypeError, event_type, type_of
+from orderflow.platform.telemetry import tracer_provider
 
 SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
@@ -37,6 +37,10 @@ def rfc3339(moment: datetime) -> str:
 
 def current_traceparent() -> str | None:
     """The W3C traceparent of the active span, or None when tracing is off (no valid span)."""
+    if tracer_provider() is None:  # no span, and OpenTelemetry need not even be loaded
+        return None
+    from opentelemetry import propagate
+
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier.get("traceparent")

@@ -76,7 +76,7 @@ class ServiceEvents(Generic[TxT]):
         log.info(
             "events started",
             service=self.service,
-            bus="in-process" if isinstance(self.bus, InProcessBus) else "jetstream",
+            bus=getattr(self.bus, "kind", "jetstream"),
             consumes=sorted(self.consumer.handlers) if self.consumer else [],
         )
 

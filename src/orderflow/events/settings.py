@@ -7,14 +7,16 @@ so a wrong value is named at once with the variable that sets it.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orderflow.events.bus import InProcessBus
-from orderflow.events.jetstream import JetStreamBus
 from orderflow.events.registry import DEFAULT_STREAM, DEFAULT_SUBJECT_PREFIX
+
+if TYPE_CHECKING:
+    from orderflow.events.jetstream import JetStreamBus
 
 Seconds = Annotated[float, Field(gt=0, le=86_400 * 365)]
 Linger = Annotated[float, Field(ge=0, le=1.0)]
@@ -65,8 +67,10 @@ class EventsSettings(BaseSettings):
 
     def create_bus(self) -> JetStreamBus | InProcessBus:
         """JetStream when ORDERFLOW_NATS_URL is set, else the in-process bus (connects
-        lazily: nothing is contacted here)."""
+        lazily: nothing is contacted here). The NATS client is loaded only when used."""
         if self.nats_url:
+            from orderflow.events.jetstream import JetStreamBus
+
             return JetStreamBus(
                 self.nats_url,
                 stream=self.events_stream,

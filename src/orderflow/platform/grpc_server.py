@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from orderflow.errors import OrderflowError
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
@@ -194,6 +193,8 @@ async def create_server(
     health_interval: float = 2.0,
     credentials: grpc.ServerCredentials | None = None,
     metrics: ServiceMetrics | None = None,
+    address: str | None = None,
+    reflection: bool = True,
 ) -> RunningServer:
     """Build, bind and start a server hosting specs plus health and reflection.
 
@@ -201,6 +202,9 @@ async def create_server(
     whose certificate the configured CA signed, and the services answer only the client
     identities the credentials allow (platform.grpc_identity).
     metrics: where calls are counted (default: fresh metrics of this server's own).
+    address: where to listen instead of host:port (`unix:PATH`: a Unix socket; the port
+    then reported is 0).
+    reflection: serve reflection (off only behind a front that serves it instead).
     """
     if metrics is None:
         metrics = ServiceMetrics()
@@ -216,16 +220,21 @@ async def create_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [spec.name for spec in specs]
-    reflection.enable_server_reflection(
-        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
-    address = f"{host}:{port}"
+    if reflection:
+        from grpc_reflection.v1alpha import reflection as server_reflection
+
+        server_reflection.enable_server_reflection(
+            [*names, health.SERVICE_NAME, server_reflection.SERVICE_NAME], server
+        )
+    where = address or f"{host}:{port}"
     if credentials is None:
-        bound = server.add_insecure_port(address)
+        bound = server.add_insecure_port(where)
     else:
-        bound = server.add_secure_port(address, credentials)
+        bound = server.add_secure_port(where, credentials)
     if bound == 0:
-        raise OSError(f"could not bind gRPC server to {host}:{port}")
+        raise OSError(f"could not bind gRPC server to {where}")
+    if address is not None:
+        bound = 0
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
