@@ -120,7 +120,12 @@ def run(
     boot.check_port(host, port, "--port", "--host")
     boot.check_port(grpc_host, grpc_port, "--grpc-port", "--grpc-host")
     boot.check_port(host, grpc_api_port, "--grpc-api-port", "--host")
-    configure_logging(common.log_level, common.log_format, component="orderflow")
+    configure_logging(
+        common.log_level,
+        common.log_format,
+        component="orderflow",
+        sample_rate=common.log_sample_rate,
+    )
     auth = boot.auth_for(host)
     from orderflow.onebox import run_onebox
     from orderflow.platform.telemetry import configure_tracing
