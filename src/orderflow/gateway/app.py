@@ -237,8 +237,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - start
-            self.metrics.http_requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.http_latency.labels(scope["method"], path).observe(elapsed)
+            self.metrics.request(scope["method"], path, status, elapsed)
             log.info(
                 "http",
                 method=scope["method"],
