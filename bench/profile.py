@@ -235,6 +235,7 @@ def spied(
     pids: dict[str, int],
     rate: int,
     stacks: Path,
+    native: bool,
 ) -> tuple[dict, dict, dict[str, dict[int, tuple[str, Counter[str]]]]]:
     """load() with py-spy recording every process meanwhile."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
@@ -242,7 +243,8 @@ def spied(
     for name, pid in pids.items():
         out = stacks / f"{name}.txt"
         argv = [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
-        argv += ["--native", "--threads", "--full-filenames", "--subprocesses"]
+        argv += ["--threads", "--full-filenames", "--subprocesses"]
+        argv += ["--native"] if native else ["--nonblocking"]
         argv += ["--duration", str(round(seconds + 1)), "--output", str(out)]
         recorders[name] = subprocess.Popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
@@ -282,13 +284,12 @@ def shares(
 def measure(
     system: System,
     name: str,
-    clients: int,
-    seconds: float,
-    rate: int,
+    args: argparse.Namespace,
     stacks: Path,
     settle: Callable[[int, int], None],
     say: Callable[[str], None],
 ) -> Run:
+    clients, seconds, rate = args.clients, args.seconds, args.rate
     url = f"{system.base_url}/api/v1/orders"
     pids = pids_of(system)
     say(f"  {name}: warming up")
@@ -315,7 +316,9 @@ def measure(
     say(f"  {name}: {clients} clients for {seconds:g} s, under py-spy")
     (stacks / name).mkdir(parents=True, exist_ok=True)
     since = time.time_ns() // 1000
-    fields, spied_threads, samples = spied(url, clients, seconds, pids, rate, stacks / name)
+    fields, spied_threads, samples = spied(
+        url, clients, seconds, pids, rate, stacks / name, args.native
+    )
     settle(since, time.time_ns() // 1000)
     run.profiled_orders_per_s = fields["requests"] / (fields["duration_us"] / 1e6)
     run.profiled_errors = sum(fields[k] for k in ("non2xx", "connect", "read", "write", "timeout"))
@@ -361,6 +364,10 @@ def started(system: System, ready: Callable[[], None]) -> Iterator[System]:
         system.stop()
 
 
+def _nothing(_since: int, _until: int) -> None:
+    """The floor has no events to wait for."""
+
+
 def profile(args: argparse.Namespace, say: Callable[[str], None]) -> list[Run]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="orderflow-profile-") as tmp:
@@ -382,24 +389,14 @@ def profile(args: argparse.Namespace, say: Callable[[str], None]) -> list[Run]:
 
             say("[orderflow, per-service SQLite]")
             with started(system, ready):
-                runs.append(
-                    measure(
-                        system, "orderflow", args.clients, args.seconds, args.rate, stacks,
-                        settle, say,
-                    )
-                )  # fmt: skip
+                runs.append(measure(system, "orderflow", args, stacks, settle, say))
         for calls in args.floor_calls:
             (workdir / f"floor{calls}").mkdir()
             with databases("per-service-sqlite", workdir / f"floor{calls}", LABELS) as urls:
                 floor = floor_system(workdir, urls, calls)
                 say(f"[floor, {calls} calls]")
                 with started(floor, lambda f=floor: wait_http(f"{f.base_url}/healthz")):
-                    runs.append(
-                        measure(
-                            floor, f"floor-{calls}", args.clients, args.seconds, args.rate,
-                            stacks, lambda _s, _u: None, say,
-                        )
-                    )  # fmt: skip
+                    runs.append(measure(floor, f"floor-{calls}", args, stacks, _nothing, say))
     return runs
 
 
@@ -467,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         "--nats-url",
         default=os.environ.get("ORDERFLOW_NATS_URL", "nats://127.0.0.1:4222"),
         help="JetStream for the events ('': none)",
+    )
+    parser.add_argument(
+        "--native",
+        action="store_true",
+        help="native frames too (gRPC's C core, SQLite): py-spy then pauses each process "
+        "for each sample, which slows it down",
     )
     parser.add_argument("--stacks", type=Path, help="keep py-spy's collapsed stacks here")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
