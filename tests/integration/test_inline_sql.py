@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -98,8 +99,11 @@ def _seen(result: Any) -> tuple[Any, Any]:
 
 
 async def test_rows_read_and_changed_are_what_sqlalchemy_gives(database: Database) -> None:
-    result = await run(database, insert(things), ROWS)
-    assert result.rowcount == 3
+    result = await run(database, insert(things), ROWS)  # executemany
+    assert isinstance(result, InlineResult) and result.rowcount == 3
+    assert await both(database, insert(things), {**ROWS[0], "id": "d"}) == ((None, 1), (None, 1))
+    bumped = update(things).where(things.c.size < bindparam("_max")).values(note="small")
+    assert await both(database, bumped, {"_max": 3}) == ((None, 2), (None, 2))
     mine, theirs = await both(database, _BY_ID, {"_id": "a"})
     assert mine == theirs
     assert mine[0] == [{**ROWS[0], "flag": False}]  # JSON back as JSON, Boolean as bool
@@ -120,8 +124,18 @@ async def test_statements_built_per_call_bind_their_own_literals(database: Datab
     first = await run(database, update(things).where(things.c.id == "a").values(note="x"))
     second = await run(database, update(things).where(things.c.id == "zz").values(note="y"))
     assert (first.rowcount, second.rowcount) == (1, 0)
+    assert isinstance(first, InlineResult) and isinstance(second, InlineResult)
     notes = await run(database, select(things.c.id, things.c.note).order_by(things.c.id))
     assert [tuple(row) for row in notes] == [("a", "x"), ("b", "two"), ("c", "three")]
+
+
+async def test_plain_sql_text_runs_as_sqlalchemy_runs_it(database: Database) -> None:
+    await run(database, insert(things), ROWS)
+    query = text("SELECT id, size FROM things WHERE size >= :least ORDER BY id")
+    mine, theirs = await both(database, query, {"least": 2})
+    assert mine == theirs == ([{"id": "b", "size": 2}, {"id": "c", "size": 3}], -1)
+    change = text("UPDATE things SET note = :note WHERE id = :id")
+    assert await both(database, change, {"note": "n", "id": "c"}) == ((None, 1), (None, 1))
 
 
 async def test_results_offer_what_repositories_use(database: Database) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.engine.result import IteratorResult, SimpleResultMetaData
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.elements import TextClause
 
 # Where a positional parameter's value comes from.
 _GIVEN, _CARRIED, _CONSTANT = 0, 1, 2
@@ -53,18 +54,23 @@ _NO_ROWS = SimpleResultMetaData([])
 class StatementPlan:
     """One shape of statement, compiled for SQLite: run it with `run`."""
 
-    __slots__ = ("metadata", "returns_rows", "sources", "sql")
+    __slots__ = ("metadata", "returns_rows", "sources", "sql", "textual")
 
     def __init__(
         self,
         sql: str,
         sources: Sequence[tuple[int, Any, Processor]],
         metadata: SimpleResultMetaData | None,
+        *,
+        textual: bool = False,
     ) -> None:
         self.sql = sql
         self.sources = tuple(sources)
         self.returns_rows = metadata is not None
         self.metadata = metadata or _NO_ROWS
+        # Plain SQL text: whether it returns rows, and their keys, only the driver knows
+        # (as SQLAlchemy reads them from the cursor, without type processing).
+        self.textual = textual
 
     def values(self, given: Mapping[str, Any], carried: Sequence[Any]) -> list[Any]:
         """The positional parameters for one set of given parameters."""
@@ -93,6 +99,10 @@ class StatementPlan:
             else:
                 values = [self.values(p, carried) for p in parameters]
                 cursor = connection.executemany(self.sql, values)
+            if self.textual and cursor.description:
+                keys = [column[0] for column in cursor.description]
+                rows = cursor.fetchall()
+                return InlineResult(SimpleResultMetaData(keys), rows, cursor.rowcount, True)
             rows = cursor.fetchall() if self.returns_rows else []
             return InlineResult(self.metadata, rows, cursor.rowcount, self.returns_rows)
         except sqlite3.Error as exc:
@@ -104,7 +114,10 @@ def plan_for(
 ) -> StatementPlan | None:
     """The plan of statement given parameters named keys (many: several sets), or None
     when SQLAlchemy must run it (see the module docstring)."""
-    if not (getattr(statement, "is_select", False) or getattr(statement, "is_dml", False)):
+    textual = isinstance(statement, TextClause)
+    if not (
+        textual or getattr(statement, "is_select", False) or getattr(statement, "is_dml", False)
+    ):
         return None
     compiled: Any = statement.compile(  # type: ignore[attr-defined]
         dialect=dialect, column_keys=list(keys), for_executemany=many, cache_key=cache_key
@@ -121,7 +134,7 @@ def plan_for(
     ):
         return None
     metadata = None
-    if getattr(statement, "is_select", False) or compiled.effective_returning is not None:
+    if getattr(statement, "is_select", False) or compiled.effective_returning:
         if many or not compiled._ordered_columns or compiled._textual_ordered_columns:
             return None
         columns = compiled._result_columns
@@ -155,4 +168,4 @@ def plan_for(
             sources.append((_CARRIED, carried_at[bind], processor))
         else:
             sources.append((_CONSTANT, bind.value, processor))
-    return StatementPlan(str(compiled), sources, metadata)
+    return StatementPlan(str(compiled), sources, metadata, textual=textual)
