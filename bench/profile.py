@@ -47,7 +47,6 @@ from pathlib import Path
 import psutil
 
 from bench.run import (
-    HERE,
     databases,
     jetstream,
     orderflow_system,
@@ -59,6 +58,7 @@ from bench.run import (
 from tests.system import Process, System, free_port
 
 LABELS = ["orders", "inventory", "loyalty"]
+ROOT = Path(__file__).resolve().parent.parent
 
 # (part, patterns): a frame belongs to the first part one of whose patterns it contains.
 # Frames of no part (the standard library, the interpreter, libc) are walked past.
@@ -335,7 +335,8 @@ def measure(
 def floor_system(workdir: Path, urls: dict[str, str], calls: int) -> System:
     """The per-service floor (as bench.run builds it), making `calls` calls per order."""
     base = [sys.executable, "-m", "bench.floor"]
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
+    # This checkout's orderflow (its platform layer is the floor's too), whatever is installed.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     http = free_port()
     system = System(f"floor-{calls}", f"http://127.0.0.1:{http}")
     targets = []
@@ -446,7 +447,7 @@ def current_commit() -> str:
         capture_output=True,
         text=True,
         check=False,
-        cwd=HERE.parent,
+        cwd=ROOT,
     ).stdout.strip()
 
 
