@@ -84,7 +84,15 @@ PARTS: list[tuple[str, tuple[str, ...]]] = [
     ("grpc", ("/grpc/", "/grpc_status/", "/grpc_health/", "/grpc_reflection/", "_pb2_grpc.py")),
     (
         "sql",
-        ("/sqlalchemy/", "/sqlite3/", "_sqlite3", "libsqlite", "/aiosqlite/", "asyncpg"),
+        (
+            "/sqlalchemy/",
+            "/sqlite3/",
+            "_sqlite3",
+            "libsqlite",
+            "/aiosqlite/",
+            "asyncpg",
+            "/orderflow/platform/inline_sql.py",  # statements run on sqlite3 (ADR 33)
+        ),
     ),
     ("floor", ("/bench/floor.py",)),
     # Below what runs on the loop, only its root frames (boot.run) are orderflow's own.

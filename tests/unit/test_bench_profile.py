@@ -19,6 +19,8 @@ def test_a_sample_counts_in_the_library_nearest_its_leaf() -> None:
     execute = f"do_execute ({SITE}/sqlalchemy/engine/default.py:942)"
     assert part_of([*LOOP, servicer, execute, "sqlite3_step (libsqlite3.so.0)"]) == "sql"
     assert part_of([*LOOP, servicer, "uuid4 (/usr/lib/python3.11/uuid.py:723)"]) == "orderflow"
+    plan = "StatementPlan.run (/src/orderflow/platform/inline_sql.py:97)"
+    assert part_of([*LOOP, servicer, plan]) == "sql"  # sqlite3's C code under it
     cython = f"0x7f42 ({SITE}/grpc/_cython/cygrpc.cpython-311-x86_64-linux-gnu.so)"
     assert part_of([*LOOP, cython]) == "grpc"
     assert part_of(LOOP) == "event loop"
