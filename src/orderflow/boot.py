@@ -217,7 +217,12 @@ def serve(component: str, migrate: bool = True, insecure_grpc: bool = False) -> 
     without_rich_when_logging_json(common.log_format)
     from orderflow.platform.logging import configure_logging
 
-    configure_logging(common.log_level, common.log_format, component=component)
+    configure_logging(
+        common.log_level,
+        common.log_format,
+        component=component,
+        sample_rate=common.log_sample_rate,
+    )
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing(component, common.otlp_endpoint)

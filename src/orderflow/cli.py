@@ -135,7 +135,12 @@ def run(
         count = resolve_workers(workers)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--workers") from None
-    configure_logging(common.log_level, common.log_format, component="orderflow")
+    configure_logging(
+        common.log_level,
+        common.log_format,
+        component="orderflow",
+        sample_rate=common.log_sample_rate,
+    )
     auth = boot.auth_for(host)
     from orderflow.platform.telemetry import configure_tracing
 

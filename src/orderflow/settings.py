@@ -46,6 +46,10 @@ class CommonSettings(_Base):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # auto: readable on a terminal, JSON otherwise.
     log_format: Literal["auto", "json", "console"] = "auto"
+    # The share of requests whose every call is logged at INFO in each service (chosen by
+    # request id, the same in every process); the others' calls are DEBUG, unless they
+    # failed (ADR 33).
+    log_sample_rate: Annotated[float, Field(ge=0, le=1)] = 0.01
     # Mutual TLS between the gateway and the services: all three files, or none.
     tls_ca_file: Path | None = None
     tls_cert_file: Path | None = None

@@ -68,7 +68,9 @@ def secret() -> str:
 def multi(
     session: PodmanSession, secret: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Deployment]:
-    deployment = Deployment(session, "multi.yaml", PROJECT, free_port(), secret)
+    # Every request's calls logged at INFO: the tests count a service's calls in its log.
+    env = {"ORDERFLOW_LOG_SAMPLE_RATE": "1"}
+    deployment = Deployment(session, "multi.yaml", PROJECT, free_port(), secret, env=env)
     try:
         # Two inventory containers from the start, so that the gateway resolves both.
         deployment.up("--scale", "inventory=2")

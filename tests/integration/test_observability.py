@@ -7,6 +7,7 @@ builds them; the gateway app talks to them over real gRPC channels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import grpc
 import httpx
 import pytest
 import structlog
+import structlog.testing
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -32,6 +34,7 @@ from orderflow.inventory.v1 import inventory_pb2 as inv_pb
 from orderflow.inventory.v1 import inventory_pb2_grpc as inv_grpc
 from orderflow.orders.v1 import orders_pb2 as ord_pb
 from orderflow.orders.v1 import orders_pb2_grpc as ord_grpc
+from orderflow.platform import logging as logging_policy
 from orderflow.platform import telemetry
 from orderflow.platform.component import Component
 from orderflow.platform.grpc_server import RunningServer, create_server
@@ -314,3 +317,47 @@ async def test_ids_any_text_reach_the_service_as_metadata_without_failing_the_ca
     calls = "orderflow_rpc_requests_total"
     labels = {"service": "orderflow.orders.v1.OrderService", "method": "GetOrder"}
     assert sample(orders.server.metrics.registry, calls, **labels, code="NOT_FOUND") == 1
+
+
+@pytest.fixture
+def sample_rate() -> Iterator[Callable[[float], None]]:
+    """Set the share of requests whose calls are logged at INFO; the default after."""
+    yield logging_policy.sample_requests
+    logging_policy.sample_requests(logging_policy.DEFAULT_SAMPLE_RATE)
+
+
+async def test_a_call_is_logged_at_info_when_it_failed_or_its_request_is_sampled(
+    host: Host, sample_rate: Callable[[float], None]
+) -> None:
+    inventory = await host("inventory")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{inventory.server.port}") as channel:
+        stub = inv_grpc.InventoryServiceStub(channel)
+
+        async def get(sku: str, request_id: str) -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.GetItem(
+                    inv_pb.GetItemRequest(sku=sku), metadata=(("x-request-id", request_id),)
+                )
+
+        await stub.CreateItem(inv_pb.CreateItemRequest(sku="LOG-1", name="Log", price=1, stock=1))
+        with structlog.testing.capture_logs() as lines:
+            sample_rate(0.0)
+            await get("LOG-1", "not-sampled")
+            await get("NOPE", "failed")
+            sample_rate(1.0)
+            await get("LOG-1", "sampled")
+    # In call order: not sampled, failed, sampled.
+    levels = [(x["outcome"], x["log_level"]) for x in lines if x["event"] == "rpc"]
+    assert levels == [("OK", "debug"), ("NOT_FOUND", "info"), ("OK", "info")]
+
+
+def test_every_process_samples_the_same_requests(sample_rate: Callable[[float], None]) -> None:
+    ids = [f"req-{n}" for n in range(20_000)]
+    sample_rate(0.01)
+    chosen = {i for i in ids if logging_policy.sampled(i)}
+    assert 150 < len(chosen) < 250  # about 1%
+    assert chosen == {i for i in ids if logging_policy.sampled(i)}  # by the id alone
+    sample_rate(0.0)
+    assert not any(logging_policy.sampled(i) for i in ids)
+    sample_rate(1.0)
+    assert all(logging_policy.sampled(i) for i in ids)

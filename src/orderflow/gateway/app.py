@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import structlog
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
@@ -20,9 +20,10 @@ from orderflow.errors import OrderflowError
 from orderflow.events.bus import EventTap
 from orderflow.gateway import contract
 from orderflow.gateway.auth import Authenticator
+from orderflow.gateway.budget import budget
 from orderflow.gateway.clients import GrpcInventory, GrpcLoyalty, GrpcOrders
 from orderflow.gateway.console import install_console
-from orderflow.gateway.deps import Gateway, Services, request_budget
+from orderflow.gateway.deps import Gateway, Services
 from orderflow.gateway.docs import install_docs
 from orderflow.gateway.errors import error_response, from_exception
 from orderflow.gateway.http_limits import REPLIED_STATUS
@@ -145,9 +146,11 @@ def create_app(
         version="1",
         summary="Order placement over gRPC services: stock, loyalty, and a saga that undoes.",
         lifespan=lifespan,
-        dependencies=[Depends(request_budget)],
         docs_url=None,  # served by install_docs, from files of its own instead of a CDN
         redoc_url=None,  # ReDoc loads from a CDN: /docs is the one documentation page
+        # Traces are orderflow's own (platform.telemetry, when an endpoint is configured);
+        # FastAPI's native telemetry would otherwise look for global providers per request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_docs(app)
     install_console(app)
@@ -169,7 +172,9 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", "Retry-After"],
         )
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.add_middleware(
+        RequestContextMiddleware, metrics=metrics, budget_seconds=settings.request_timeout_seconds
+    )
     instrument_gateway(app)  # tracing, when on
     contract.document(app)
     return app
@@ -206,11 +211,16 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 class RequestContextMiddleware:
-    """Binds a request id (X-Request-ID, or a new one) to logs and replies; records metrics."""
+    """Binds a request id (X-Request-ID, or a new one) to logs and replies; records metrics;
+    runs the request within its time budget (budget_seconds, gateway.budget), so the
+    deadline of every gRPC call it makes is bounded by what is left of it. A middleware
+    rather than a FastAPI dependency: every route has it, none has to ask for it, and it
+    costs no dependency resolution per request."""
 
-    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics, budget_seconds: float) -> None:
         self.app = app
         self.metrics = metrics
+        self.budget_seconds = budget_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -241,7 +251,8 @@ class RequestContextMiddleware:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
         try:
-            await self.app(scope, receive_noting_disconnect, send_with_id)
+            with budget(self.budget_seconds):
+                await self.app(scope, receive_noting_disconnect, send_with_id)
         finally:
             if gone and not started:
                 # Nothing was sent by the app: the client left (499, as nginx counts it),
@@ -250,8 +261,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
             elapsed = time.perf_counter() - start
-            self.metrics.http_requests.labels(scope["method"], path, str(status)).inc()
-            self.metrics.http_latency.labels(scope["method"], path).observe(elapsed)
+            self.metrics.request(scope["method"], path, status, elapsed)
             log.info(
                 "http",
                 method=scope["method"],

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from orderflow.gateway.auth import Authenticator, Principal
-from orderflow.gateway.budget import budget
 from orderflow.gateway.metrics import GatewayMetrics
 from orderflow.gateway.ports import InventoryPort, LoyaltyPort, OrdersPort
 from orderflow.gateway.ratelimit import RateLimiter
@@ -48,14 +46,6 @@ async def get_gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
-
-
-async def request_budget(gateway: GatewayDep) -> AsyncIterator[None]:
-    """The whole request runs within one budget, so the deadline of every gRPC call it
-    makes is bounded by what is left of ORDERFLOW_GATEWAY_REQUEST_TIMEOUT_SECONDS.
-    A dependency of the app itself: every route has it, none has to ask for it."""
-    with budget(gateway.settings.request_timeout_seconds):
-        yield
 
 
 def client_address(request: Request) -> str:

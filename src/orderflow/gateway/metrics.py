@@ -130,6 +130,9 @@ class GatewayMetrics(SagaObserver):
             ["action"],
             registry=self.registry,
         )
+        # Children looked up once per label values (labels() costs a lock and a look-up).
+        self._steps: dict[tuple[str, bool], Histogram] = {}
+        self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
         self.service_serving = Gauge(
             "orderflow_service_serving",
@@ -143,8 +146,23 @@ class GatewayMetrics(SagaObserver):
         self.recent.outcome(outcome)
 
     def step(self, step: str, seconds: float, ok: bool) -> None:
-        self.saga_steps.labels(step, "true" if ok else "false").observe(seconds)
+        child = self._steps.get((step, ok))
+        if child is None:
+            child = self._steps[(step, ok)] = self.saga_steps.labels(step, str(ok).lower())
+        child.observe(seconds)
         self.recent.step(step, seconds)
+
+    def request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """An HTTP request answered (route: its path template, or "unmatched")."""
+        children = self._requests.get((method, route, status))
+        if children is None:
+            children = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route),
+            )
+            self._requests[(method, route, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def recovery(self, action: str) -> None:
         self.recovery_actions.labels(action).inc()

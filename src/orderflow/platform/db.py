@@ -12,6 +12,9 @@ microseconds, while handing each one to aiosqlite's thread and back costs severa
 per transaction. So that a lock held by another process never stalls the loop for long,
 the inline connections wait at most SQLITE_INLINE_BUSY_MS for it; past that the whole
 transaction is retried after an asyncio sleep, for up to SQLITE_BUSY_TIMEOUT_MS in all.
+Each statement then runs straight on the driver from a plan made once per shape of
+statement (platform.inline_sql, ADR 33): SQLAlchemy's dispatch of a statement costs
+several times what SQLite takes to run it.
 The aiosqlite engine (`Database.engine`) remains for migrations, probes and tools.
 """
 
@@ -22,10 +25,10 @@ import contextlib
 import random
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar, cast
 
 from sqlalchemy import Table, create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
@@ -33,6 +36,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert
+
+from orderflow.platform.inline_sql import MAX_PLANS, StatementPlan, plan_for
 
 T = TypeVar("T")
 U = TypeVar("U", bound="Transactional")
@@ -74,6 +79,8 @@ class Database:
         self.dialect = engine.dialect.name
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
         self._insert_ignore: dict[tuple[str, tuple[str, ...]], Insert] = {}
+        # Statement plans of the inline (SQLite) connections, by shape (platform.inline_sql).
+        self._plans: dict[Any, StatementPlan | None] = {}
 
     @property
     def is_sqlite(self) -> bool:
@@ -155,7 +162,8 @@ class Database:
             sync.rollback()
             self._release_inline(sync, readonly=readonly, broken=sync.invalidated)
             raise
-        return Transaction(InlineConnection(sync), sync, readonly=readonly, locked=locked)
+        connection = InlineConnection(sync, self._plans)
+        return Transaction(connection, sync, readonly=readonly, locked=locked)
 
     async def commit(self, transaction: Transaction) -> None:
         """The database commit of transaction."""
@@ -353,15 +361,42 @@ class UnitOfWorkConnection(Protocol):
 
 class InlineConnection:
     """A synchronous SQLite connection behind the async calls a unit of work makes: each
-    statement runs right away on the calling thread (ADR 8)."""
+    statement runs right away on the calling thread (ADR 8), straight on the driver when
+    it has a plan (platform.inline_sql), else through SQLAlchemy."""
 
-    __slots__ = ("sync_connection",)
+    __slots__ = ("_driver", "_plans", "sync_connection")
 
-    def __init__(self, sync_connection: Connection) -> None:
+    def __init__(self, sync_connection: Connection, plans: dict[Any, StatementPlan | None]) -> None:
         self.sync_connection = sync_connection
+        self._plans = plans
+        self._driver: Any = None
 
     async def execute(self, statement: Executable, parameters: Any = None) -> CursorResult[Any]:
-        return self.sync_connection.execute(statement, parameters)
+        if parameters is None:
+            sets: Sequence[Mapping[str, Any]] = ({},)
+        elif isinstance(parameters, Mapping):
+            sets = (parameters,)
+        else:
+            sets = parameters
+        cache_key = statement._generate_cache_key() if sets else None  # type: ignore[attr-defined]
+        if cache_key is None:  # not cacheable: SQLAlchemy's own way
+            return self.sync_connection.execute(statement, parameters)
+        keys = tuple(sorted(sets[0]))
+        shape = (cache_key.key, keys, len(sets) > 1)
+        try:
+            plan = self._plans[shape]
+        except KeyError:
+            dialect = self.sync_connection.dialect
+            plan = plan_for(statement, keys, len(sets) > 1, dialect, cache_key)
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[shape] = plan
+        if plan is None or any(p.keys() != sets[0].keys() for p in sets[1:]):
+            return self.sync_connection.execute(statement, parameters)
+        if self._driver is None:
+            self._driver = self.sync_connection.connection.dbapi_connection
+        # Typed as what SQLAlchemy returns: InlineResult offers what repositories use of it.
+        return cast(CursorResult[Any], plan.run(self._driver, sets, cache_key.bindparams))
 
 
 class Transaction:

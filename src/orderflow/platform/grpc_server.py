@@ -24,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from orderflow.errors import OrderflowError
 from orderflow.platform.grpc_errors import ERROR_CODE_KEY, ERROR_DETAILS_KEY, status_for
 from orderflow.platform.grpc_identity import allowed_clients, refusal
-from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY
+from orderflow.platform.logging import ORDER_ID_KEY, REQUEST_ID_KEY, sampled
 from orderflow.platform.metrics import ServiceMetrics
 from orderflow.platform.telemetry import server_interceptors
 
@@ -84,6 +84,10 @@ class ObservedServicer:
     """A servicer whose RPC methods bind request and order ids from metadata, log each call,
     map domain errors to status codes, and count each call by method and status code.
 
+    A call is logged at INFO when it failed or its request is sampled
+    (platform.logging.sampled), else at DEBUG (ADR 33); the recovery worker's polling
+    (ClaimStaleOrders, every few seconds) only at DEBUG unless it failed.
+
     The wrapping happens once per method, when the service is added to the server, not
     per call as a grpc interceptor would (which costs a handler object and an extra
     coroutine on every call).
@@ -117,6 +121,8 @@ def _observed(
     metrics: ServiceMetrics,
     allowed: frozenset[str] | None = None,
 ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    polled = method.endswith(POLLED_METHODS)
+
     async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if allowed is not None and (refused := refusal(context, allowed)) is not None:
             metrics.observe_rpc(method, "PERMISSION_DENIED", 0.0)
@@ -128,7 +134,8 @@ def _observed(
                 request_id = value
             elif key == ORDER_ID_KEY:
                 order_id = value
-        ids = {"request_id": request_id or uuid.uuid4().hex}
+        request_id = request_id or uuid.uuid4().hex
+        ids = {"request_id": request_id}
         if order_id:
             ids["order_id"] = order_id
         start = time.perf_counter()
@@ -158,9 +165,8 @@ def _observed(
             finally:
                 elapsed = time.perf_counter() - start
                 metrics.observe_rpc(method, code, elapsed)
-                # The recovery worker and an open console poll these every few seconds:
-                # DEBUG, not INFO.
-                (log.debug if method.endswith(POLLED_METHODS) else log.info)(
+                loud = outcome != "OK" or (not polled and sampled(request_id))
+                (log.info if loud else log.debug)(
                     "rpc", method=method, outcome=outcome, ms=round(elapsed * 1000, 2)
                 )
 

@@ -48,11 +48,21 @@ class ServiceMetrics:
         )
         if process:
             ProcessCollector(registry=self.registry)
+        # Each (method, code)'s children, looked up once: labels() costs a lock and a
+        # dict look-up per metric on every call otherwise.
+        self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe_rpc(self, full_method: str, code: str, seconds: float) -> None:
-        service, method = split_method(full_method)
-        self.rpcs.labels(service, method, code).inc()
-        self.rpc_latency.labels(service, method, code).observe(seconds)
+        children = self._children.get((full_method, code))
+        if children is None:
+            service, method = split_method(full_method)
+            children = (
+                self.rpcs.labels(service, method, code),
+                self.rpc_latency.labels(service, method, code),
+            )
+            self._children[(full_method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class RegistryCollector(Collector):
