@@ -30,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar, cast
 
+import structlog
 from sqlalchemy import Table, create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -43,8 +44,14 @@ T = TypeVar("T")
 U = TypeVar("U", bound="Transactional")
 U_co = TypeVar("U_co", covariant=True)
 
+log = structlog.get_logger("orderflow.db")
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 SQLITE_INLINE_BUSY_MS = 20
+# How long a cancelled unit of work waits for its connection's rollback and return (a few
+# milliseconds as a rule) before it lets the cancellation through anyway, leaving them to
+# finish in the background: a server gone silent must not keep a cancelled call forever.
+GIVE_BACK_GRACE_SECONDS = 5.0
 
 # PostgreSQL SQLSTATEs worth retrying the whole transaction for.
 _RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}  # serialization, deadlock, lock not available
@@ -276,8 +283,9 @@ def create_database(url: str, *, pool_size: int = 10) -> Database:
 
 
 async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
-    """Run cleanup to its end, even if this task is cancelled meanwhile (once or more), and
-    only then let the cancellation through.
+    """Run cleanup (a connection's rollback and return) to its end, even if this task is
+    cancelled meanwhile, once or more, and only then let the cancellation through — unless
+    it takes longer than GIVE_BACK_GRACE_SECONDS, when it goes on in the background.
 
     A bare asyncio.shield would let a second cancel end the task while its connection is
     still being given back: the pool then counts that connection as checked out, and a
@@ -286,22 +294,33 @@ async def _to_the_end(cleanup: Coroutine[Any, Any, None]) -> None:
     closed overflow connection makes room.
     """
     task = asyncio.ensure_future(cleanup)
-    cancelled: asyncio.CancelledError | None = None
-    while True:
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError as exc:
-            if task.done():  # the clean-up is over (or was itself cancelled: loop closing)
-                raise
-            cancelled = exc  # this task was: wait on
-            continue
-        except BaseException as failed:
-            if cancelled is not None:
-                raise cancelled from failed  # the task was cancelled; the clean-up failed too
+    try:
+        await asyncio.shield(task)
+        return
+    except asyncio.CancelledError as exc:
+        if task.done():  # the clean-up is over (or was itself cancelled: loop closing)
             raise
-        break
-    if cancelled is not None:
+        cancelled = exc
+    loop = asyncio.get_running_loop()
+    until = loop.time() + GIVE_BACK_GRACE_SECONDS
+    while not task.done() and (left := until - loop.time()) > 0:
+        with contextlib.suppress(asyncio.CancelledError):  # cancelled again: wait on
+            await asyncio.wait((task,), timeout=left)  # (never cancels the clean-up)
+    if not task.done():
+        log.warning("connection_give_back_slow", waited_seconds=GIVE_BACK_GRACE_SECONDS)
+        task.add_done_callback(_retrieve)
         raise cancelled
+    failed = None if task.cancelled() else task.exception()
+    if failed is not None:
+        raise cancelled from failed
+    raise cancelled
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Read the outcome of a clean-up nobody waits for any more (asyncio would log it as
+    never retrieved)."""
+    if not task.cancelled():
+        task.exception()
 
 
 async def _give_back(conn: AsyncConnection, *, rollback: bool) -> None:
