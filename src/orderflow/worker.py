@@ -55,7 +55,12 @@ def main(argv: list[str] | None = None) -> None:
     sys.modules.setdefault("rich", None)  # type: ignore[arg-type]  # "import rich" fails
     from orderflow.platform.logging import configure_logging
 
-    configure_logging(common.log_level, common.log_format, component=args.name)
+    configure_logging(
+        common.log_level,
+        common.log_format,
+        component=args.name,
+        sample_rate=common.log_sample_rate,
+    )
     from orderflow.platform.telemetry import configure_tracing
 
     configure_tracing(args.name, common.otlp_endpoint)
