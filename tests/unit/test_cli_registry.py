@@ -52,6 +52,8 @@ def test_a_served_service_loads_no_other_service_nor_the_cli_toolkit() -> None:
         "definition = registry.service(args.component)\n"
         "definition.settings_cls\n"
         "definition._build()\n"
+        "import orderflow.platform.component, orderflow.platform.migrations\n"
+        "import orderflow.events.settings\n"
         "print(json.dumps(sorted(sys.modules)))\n"
     )
     done = subprocess.run(
@@ -61,4 +63,7 @@ def test_a_served_service_loads_no_other_service_nor_the_cli_toolkit() -> None:
     assert "orderflow.inventory.bootstrap" in loaded
     unwanted: tuple[str, ...] = ("orderflow.orders", "orderflow.loyalty", "orderflow.gateway")
     unwanted += ("orderflow.cli", "typer", "click", "alembic")
+    # Nor what a service never uses at rest: SQLAlchemy's ORM (Core only), OpenTelemetry
+    # (tracing is off), the NATS client (ORDERFLOW_NATS_URL is not set).
+    unwanted += ("sqlalchemy.orm", "opentelemetry", "nats")
     assert not {m for m in loaded if m.startswith(unwanted)}

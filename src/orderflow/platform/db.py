@@ -34,10 +34,10 @@ import structlog
 from sqlalchemy import Table, create_engine, event, text
 from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 from sqlalchemy.sql.dml import Insert
 
+from orderflow.platform.async_engine import AsyncConnection, AsyncEngine, create_async_engine
 from orderflow.platform.inline_sql import MAX_PLANS, StatementPlan, plan_for
 
 T = TypeVar("T")

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import MetaData, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import create_async_engine
 
+from orderflow.platform.async_engine import create_async_engine
 from orderflow.platform.db import Database, create_database
 from orderflow.settings import StartupError
 
