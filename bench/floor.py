@@ -1,4 +1,9 @@
-"""The floor: the least a gateway making N sequential gRPC calls, each one small write, can cost.
+"""A floor: the least a gateway making N sequential gRPC calls, each one small write, can cost.
+
+bench/run.py runs two in the same run as orderflow: floor-7 (create, reserve, apply,
+confirm, commit stock, commit points, settle) and floor-4 (the first four: an order's path).
+The calls cycle over the targets, so with orders, inventory and loyalty as targets they go
+orders, inventory, loyalty, orders, ... as orderflow's do.
 
 `python -m bench.floor service --port P --database-url URL` runs a minimal gRPC server whose
 one method does one small write transaction through the same platform database layer

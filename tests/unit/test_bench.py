@@ -2,27 +2,46 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import asyncpg
+import httpx
 import pytest
 
 from bench.run import (
+    FLOORS,
     OutboxRow,
+    Servers,
     cpu_seconds,
     event_lags,
+    floor_system,
+    listening_pid,
     measurement,
     parse_wrk,
     percentile,
     report,
     run_wrk,
+    runs_from_json,
+    runs_to_json,
+    server_cpu_seconds,
 )
+from tests.conftest import PG_ADMIN_DSN, PgDatabases
 from tests.system import free_port, wait_for_port
+
+NATS_URL = os.environ.get("ORDERFLOW_TEST_NATS", "nats://127.0.0.1:4222")
+IN_CI = os.environ.get("CI", "").lower() == "true"
 
 FLAKY_SERVER = textwrap.dedent(
     """
@@ -186,23 +205,17 @@ def test_report_shows_the_event_lags_per_level() -> None:
         "ready_s": 1.0,
         "idle_rss_mb": {"orders": 70.0},
         "orderflow": [ours],
-        "floor": [floor],
+        "floors": {"floor-7": [floor]},
         "commit": "abc1234",
     }
     text = report([run], 10)
     assert "Ready in 1.00 s; events JetStream;" in text
-    header = next(line for line in text.splitlines() if line.startswith("| clients"))
-    assert "| outbox lag p99 ms | settled after last reply ms |" in header
-    row = next(line for line in text.splitlines() if line.startswith("| 8 |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[9:11] == ["12.3", "456.0"]
-    assert len(cells) == len(header.strip("|").split("|"))
-    # The floor has no events: shown as such, not as zero.
-    floor.outbox_lag_p99_ms = None
+    table = floor_rows(text)
+    assert table[0]["outbox lag p99 ms"] == "12.3"
+    assert table[0]["settled after last reply ms"] == "456.0"
+    # Not measured: shown as such, not as zero.
     ours.outbox_lag_p99_ms = None
-    text = report([run], 10)
-    row = next(line for line in text.splitlines() if line.startswith("| 8 |"))
-    assert [c.strip() for c in row.strip("|").split("|")][9] == "-"
+    assert floor_rows(report([run], 10))[0]["outbox lag p99 ms"] == "-"
 
 
 def test_report_puts_grpc_beside_rest_and_in_the_closing_note() -> None:
@@ -221,7 +234,7 @@ def test_report_puts_grpc_beside_rest_and_in_the_closing_note() -> None:
         "idle_rss_mb": {"orders": 70.0},
         "orderflow": [rest],
         "grpc": [rpc],
-        "floor": [floor],
+        "floors": {"floor-7": [floor]},
     }
     text = report([run], 10)
     row = next(line for line in text.splitlines() if line.startswith("| 64 | 420.0 |"))
@@ -239,3 +252,289 @@ def test_grpc_load_percentiles_are_nearest_rank() -> None:
     values = list(range(1, 101))
     assert (nearest_rank(values, 50), nearest_rank(values, 99)) == (50, 99)
     assert nearest_rank([], 99) == 0
+
+
+# -- both floors -------------------------------------------------------------------------
+
+
+def floor_rows(text: str) -> list[dict[str, str]]:
+    """The first table of a report (orderflow beside the floors), as {header: cell} rows."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| clients |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header)
+        rows.append(dict(zip(header, cells, strict=True)))
+    return rows
+
+
+def _at(system: str, concurrency: int, rps: int, p99_ms: float, cpu: dict[str, float]) -> Any:
+    fields = parse_wrk(
+        f"RESULT requests={rps * 10} duration_us=10000000 p50_us=1000 "
+        f"p99_us={int(p99_ms * 1000)} non2xx=0 connect=0 read=0 write=0 timeout=0"
+    )
+    seconds = {name: ms * rps * 10 / 1000 for name, ms in cpu.items()}
+    return measurement(system, "per-service-sqlite", concurrency, fields, {}, seconds)
+
+
+def two_floor_run() -> dict[str, Any]:
+    ours = [
+        _at("orderflow", 8, 100, 60.0, {"orders": 4.0, "gateway": 3.0}),
+        _at("orderflow", 64, 220, 400.0, {"orders": 3.0, "gateway": 2.0}),
+    ]
+    for m, lag in zip(ours, (40.0, 120.0), strict=True):
+        m.outbox_lag_p99_ms, m.settle_lag_ms = lag, 300.0
+        m.cpu_ms_settled = {"orders": m.cpu_ms_per_order["orders"] + 1.0, "gateway": 2.0}
+        m.server_cpu_ms_per_order = {"nats-server": 0.5}
+        m.work_per_order = {"nats_messages": 5.0, "nats_kb": 2.5}
+    return {
+        "mode": "per-service-sqlite",
+        "events": "JetStream",
+        "ready_s": 1.0,
+        "idle_rss_mb": {"orders": 70.0, "gateway": 60.0},
+        "orderflow": ours,
+        "floors": {
+            "floor-7": [
+                _at("floor-7", 8, 80, 50.0, {"orders": 2.0, "gateway": 2.0}),
+                _at("floor-7", 64, 200, 300.0, {"orders": 2.0, "gateway": 3.0}),
+            ],
+            "floor-4": [
+                _at("floor-4", 8, 160, 50.0, {"orders": 1.0, "gateway": 1.0}),
+                _at("floor-4", 64, 400, 150.0, {"orders": 1.0, "gateway": 1.0}),
+            ],
+        },
+        "commit": "abc1234",
+    }
+
+
+def test_the_floors_are_seven_and_four_calls() -> None:
+    assert [(f.name, f.calls) for f in FLOORS] == [("floor-7", 7), ("floor-4", 4)]
+
+
+def test_report_sets_orderflow_beside_both_floors() -> None:
+    text = report([two_floor_run()], 10)
+    at8, at64 = floor_rows(text)
+    assert (at64["orderflow orders/s"], at64["floor-7 orders/s"], at64["floor-4 orders/s"]) == (
+        "220.0",
+        "200.0",
+        "400.0",
+    )
+    assert (at64["of floor-7"], at64["of floor-4"]) == ("110%", "55%")
+    assert at8["p99 x floor-4"] == "1.20x"
+    assert at64["errors (ours / floor-7 / floor-4)"] == "0 / 0 / 0"
+    assert at64["CPU ms/order ours to reply / settled"] == "5.00 / 6.00"
+    assert at64["CPU ms/order floor-7 / floor-4"] == "5.00 / 2.00"
+    assert "floor-4 4 (create, reserve, apply, confirm" in text
+    # The targets, judged from those figures.
+    assert "64 clients: 1.10x floor-7's orders/s (220.0 against 200.0; target ≥ 1.0x): met" in text
+    assert "64 clients: 0.55x floor-4's orders/s (400.0; target ≥ 0.6x): NOT met" in text
+    assert "8 clients: p99 60 ms, 1.20x floor-4's 50 ms (target ≤ 1.5x): met" in text
+    assert "until settled: 6.00 ms (5.00 until the reply) against floor-7's 5.00" in text
+    assert "outbox lag p99 at most 120 ms" in text and "at most 0.30 s" in text
+
+
+def test_report_breaks_cpu_and_work_down_by_process_and_server() -> None:
+    text = report([two_floor_run()], 10)
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| clients | system |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    assert header == [
+        "clients",
+        "system",
+        "orders",
+        "gateway",
+        "all",
+        "nats-server CPU",
+        "NATS msgs",
+        "NATS kB",
+    ]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 :]]
+    rows = [r for r in rows if r[0] == "64"]
+    assert rows == [
+        ["64", "orderflow, to reply", "3.00", "2.00", "5.00", "-", "-", "-"],
+        ["64", "orderflow, settled", "4.00", "2.00", "6.00", "0.50", "5.0", "2.50"],
+        ["64", "floor-7", "2.00", "3.00", "5.00", "-", "-", "-"],
+        ["64", "floor-4", "1.00", "1.00", "2.00", "-", "-", "-"],
+    ]
+
+
+def test_results_json_keeps_both_floors_and_reads_an_earlier_single_floor() -> None:
+    run = two_floor_run()
+    again = runs_from_json(json.loads(json.dumps(runs_to_json([run]))))
+    assert again[0]["floors"] == run["floors"]
+    assert again[0]["orderflow"] == run["orderflow"]
+    # A results.json from before floor-4: its one floor was floor-7.
+    earlier = runs_to_json([run])[0]
+    earlier["floor"] = earlier.pop("floors")["floor-7"]
+    [read] = runs_from_json([earlier])
+    assert list(read["floors"]) == ["floor-7"]
+    assert "| of floor-7 |" in report([read], 10)
+
+
+@pytest.mark.parametrize(
+    ("floor", "writes"),
+    [
+        # create, reserve, apply, confirm
+        (FLOORS[1], {"orders": 2, "inventory": 1, "loyalty": 1}),
+        # ... then commit stock, commit points, settle
+        (FLOORS[0], {"orders": 3, "inventory": 2, "loyalty": 2}),
+    ],
+    ids=lambda v: getattr(v, "name", ""),
+)
+def test_a_floor_makes_its_calls_each_one_write(
+    tmp_path: Path, floor: Any, writes: dict[str, int]
+) -> None:
+    urls = {label: f"sqlite+aiosqlite:///{tmp_path}/{label}.db" for label in writes}
+    system = floor_system("per-service-sqlite", tmp_path, urls, floor)
+    system.start()
+    try:
+        with httpx.Client(base_url=system.base_url, timeout=10) as client:
+            for _ in range(5):
+                assert client.post("/api/v1/orders").status_code == 201
+    finally:
+        system.stop()
+    for label, per_order in writes.items():
+        with sqlite3.connect(tmp_path / f"{label}.db") as db:
+            assert db.execute("SELECT count(*) FROM floor_writes").fetchone()[0] == 5 * per_order
+
+
+# -- the shared servers ----------------------------------------------------------------------
+
+FORKING_SERVER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    # A child that spins for half a second of CPU, then ends and is reaped.
+    spin = "import time\\nwhile time.process_time() < 0.5: pass"
+    subprocess.run([sys.executable, "-c", spin], check=True)
+    print("reaped", flush=True)
+    time.sleep(30)
+    """
+)
+
+
+def test_server_cpu_counts_the_children_it_reaped() -> None:
+    # PostgreSQL's backends end with their connections: their CPU must still count.
+    server = subprocess.Popen([sys.executable, "-c", FORKING_SERVER], stdout=subprocess.PIPE)
+    out = server.stdout
+    assert out is not None
+    try:
+        assert out.readline() == b"reaped\n"
+        used = server_cpu_seconds({"server": server.pid})
+        assert 0.45 <= used["server"] <= 2.0
+        assert cpu_seconds({"server": server.pid})["server"] < 0.45  # its own only
+    finally:
+        server.kill()
+        server.wait()
+        out.close()
+    assert server_cpu_seconds({"gone": server.pid}) == {}
+
+
+def test_listening_pid_names_the_server_on_a_port(flaky_server: str) -> None:
+    port = int(flaky_server.split(":")[2].split("/")[0])
+    pid = listening_pid(port)
+    assert pid is not None
+    assert b"server.py" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert listening_pid(free_port()) is None
+
+
+@pytest.mark.postgres
+def test_servers_count_commits_and_rows_in_the_run_databases_only() -> None:
+    dbs = PgDatabases()  # no server: skipped, or failed under CI=true
+    name = asyncio.run(dbs.create("bench")).rsplit("/", 1)[1]
+    other = asyncio.run(dbs.create("other")).rsplit("/", 1)[1]
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+
+    async def session(db: str, *statements: str) -> None:
+        # A backend publishes its statistics as it ends, so none are pending after this.
+        conn = await asyncpg.connect(f"{base}/{db}")
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(session(name, "CREATE TABLE t (id int PRIMARY KEY, n int)"))
+        servers = Servers({}, (name,))
+        before = wait_stable(servers)
+        asyncio.run(
+            session(
+                name,
+                "INSERT INTO t VALUES (1, 0), (2, 0), (3, 0)",
+                "UPDATE t SET n = 1 WHERE id = 1",
+                "DELETE FROM t WHERE id = 2",
+            )
+        )
+        asyncio.run(session(other, "CREATE TABLE u (id int)", "INSERT INTO u VALUES (1)"))
+        after = wait_stable(servers, until=lambda w: w["pg_commits"] > before["pg_commits"])
+        # Three statements and the connection's start, each a transaction; five rows;
+        # nothing of the other database.
+        assert after["pg_commits"] - before["pg_commits"] == 4
+        assert after["pg_rows_written"] - before["pg_rows_written"] == 5
+        assert after["wal_kb"] > before["wal_kb"]
+    finally:
+        asyncio.run(dbs.drop_all())
+
+
+def wait_stable(servers: Servers, until: Any = None, timeout: float = 10.0) -> dict[str, float]:
+    """The counters once two readings a little apart agree (an ended backend's statistics
+    arrive just after it ends), and `until` holds of them."""
+    deadline = time.monotonic() + timeout
+    last = servers.work()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = servers.work()
+        if now["pg_commits"] == last["pg_commits"] and (until is None or until(now)):
+            return now
+        last = now
+    raise AssertionError(f"PostgreSQL's statistics did not settle: {last}")
+
+
+def test_servers_count_messages_on_the_run_stream() -> None:
+    from orderflow.events import BrokerUnavailableError, JetStreamBus, WireMessage
+    from orderflow.events.registry import EVENT_TYPES
+
+    tag = uuid.uuid4().hex[:10]
+
+    def on_stream(work: Any) -> None:
+        """work(bus) on a stream of the test's own, on an event loop of its own."""
+
+        async def run() -> None:
+            bus = JetStreamBus(NATS_URL, stream=f"TEST_{tag}", subject_prefix=f"test{tag}.ev")
+            try:
+                await work(bus)
+            finally:
+                await bus.close()
+
+        asyncio.run(run())
+
+    async def publish(bus: JetStreamBus) -> None:
+        body = b"x" * 100
+        messages = [WireMessage(EVENT_TYPES[0], {"ce-id": f"{tag}-{i}"}, body) for i in range(3)]
+        assert await bus.publish(messages, 5.0) == 3
+
+    async def create(bus: JetStreamBus) -> None:
+        await bus.jetstream()
+
+    async def delete(bus: JetStreamBus) -> None:
+        await bus.delete_stream()
+
+    try:
+        on_stream(create)
+    except BrokerUnavailableError as exc:
+        if IN_CI:
+            pytest.fail(f"NATS is required under CI=true: {exc}")
+        pytest.skip(f"NATS JetStream not reachable at {NATS_URL}: {exc}")
+    try:
+        servers = Servers({}, (), (NATS_URL, f"TEST_{tag}"))
+        before = servers.work()
+        on_stream(publish)
+        after = servers.work()
+        assert after["nats_messages"] - before["nats_messages"] == 3
+        assert after["nats_kb"] - before["nats_kb"] >= 0.3  # three 100-byte bodies and more
+    finally:
+        on_stream(delete)
