@@ -427,11 +427,12 @@ def wait_for_events(
     return asyncio.run(wait())
 
 
-def run_wrk(url: str, concurrency: int, seconds: float) -> dict[str, int]:
+def run_wrk(url: str, concurrency: int, seconds: float, skus: int = SKUS) -> dict[str, int]:
+    """wrk with bench/order.lua: orders spread over the first `skus` of the catalog."""
     wrk = shutil.which("wrk")
     if wrk is None:
         raise SystemExit("wrk is not installed (Debian: apt-get install wrk)")
-    env = {**os.environ, "BENCH_SKUS": str(SKUS), "BENCH_CUSTOMERS": str(CUSTOMERS)}
+    env = {**os.environ, "BENCH_SKUS": str(skus), "BENCH_CUSTOMERS": str(CUSTOMERS)}
     out = subprocess.run(
         [
             wrk,

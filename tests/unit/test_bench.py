@@ -538,3 +538,39 @@ def test_servers_count_messages_on_the_run_stream() -> None:
         assert after["nats_kb"] - before["nats_kb"] >= 0.3  # three 100-byte bodies and more
     finally:
         on_stream(delete)
+
+
+# -- the hot item ----------------------------------------------------------------------------
+
+
+def test_hot_item_report_sets_one_sku_beside_fifty() -> None:
+    from bench.hot_item import report as hot_report
+
+    def at(skus: int, concurrency: int, rps: int) -> Any:
+        m = _at("sql", concurrency, rps, 10.0, {})
+        m.mode = "1 sku" if skus == 1 else f"{skus} skus"
+        return m
+
+    results = {"sql": [at(1, 8, 400), at(50, 8, 1600), at(1, 64, 450), at(50, 64, 2000)]}
+    text = hot_report(results, 10, "python -m bench.hot_item --parts sql")
+    assert "| sql | 8 | 400.0 | 1.0 / 10.0 | 1600.0 | 1.0 / 10.0 | 0.25 | 0 / 0 |" in text
+    assert "| sql | 64 | 450.0 |" in text
+    assert "Reproduce: `python -m bench.hot_item --parts sql`" in text
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(
+    shutil.which("pgbench") is None and not IN_CI,
+    reason="pgbench not installed (apt-get install postgresql-client); under CI=true this fails",
+)
+def test_hot_item_sql_part_reserves_on_one_row_and_on_fifty(tmp_path: Path) -> None:
+    from bench.hot_item import part_sql
+
+    said: list[str] = []
+    results = part_sql([4], 1, said.append, tmp_path)
+    assert [(m.mode, m.concurrency) for m in results] == [("1 sku", 4), ("50 skus", 4)]
+    for m in results:
+        assert m.requests > 10 and not m.failed
+        assert 0 < m.p50_ms <= m.p99_ms
+    # Each committed reservation took exactly one unit: stock and rows agree.
+    assert any(line.startswith("  sql: ") and line.endswith(": equal") for line in said)
