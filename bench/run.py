@@ -267,7 +267,9 @@ class Servers:
     Both servers serve the whole machine: their figures hold on a quiet one."""
 
     pids: dict[str, int]
-    pg_databases: tuple[str, ...] = ()
+    # (label, name) of each database: the counters are given in total and per label
+    # ("pg_commits.orders", ...), as each service's database may have a server of its own.
+    pg_databases: tuple[tuple[str, str], ...] = ()
     nats: tuple[str, str] | None = None  # (url, stream)
 
     def cpu(self) -> dict[str, float]:
@@ -287,20 +289,23 @@ class Servers:
         if self.pg_databases:
             import asyncpg
 
+            labels = {name: label for label, name in self.pg_databases}
             conn = await asyncpg.connect(PG_ADMIN, timeout=5)
             try:
-                row = await conn.fetchrow(
-                    "SELECT coalesce(sum(xact_commit), 0) AS commits, "
-                    "coalesce(sum(tup_inserted + tup_updated + tup_deleted), 0) AS written, "
-                    "pg_current_wal_lsn() - '0/0'::pg_lsn AS wal "
+                rows = await conn.fetch(
+                    "SELECT datname, xact_commit AS commits, "
+                    "tup_inserted + tup_updated + tup_deleted AS written "
                     "FROM pg_stat_database WHERE datname = ANY($1::text[])",
-                    list(self.pg_databases),
+                    list(labels),
                 )
+                wal = await conn.fetchval("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")
             finally:
                 await conn.close()
-            found["pg_commits"] = float(row["commits"])
-            found["pg_rows_written"] = float(row["written"])
-            found["wal_kb"] = float(row["wal"]) / 1024
+            for key, column in (("pg_commits", "commits"), ("pg_rows_written", "written")):
+                per = {labels[row["datname"]]: float(row[column]) for row in rows}
+                found[key] = sum(per.values())
+                found |= {f"{key}.{label}": value for label, value in per.items()}
+            found["wal_kb"] = float(wal) / 1024
         if self.nats is not None:
             import nats
 
@@ -318,9 +323,9 @@ class Servers:
 def servers_of(mode: str, urls: dict[str, str], events_env: dict[str, str]) -> Servers:
     """The servers under a system in `mode` on databases `urls` with `events_env`."""
     pids: dict[str, int] = {}
-    pg_databases: tuple[str, ...] = ()
+    pg_databases: tuple[tuple[str, str], ...] = ()
     if mode.endswith("-pg"):
-        pg_databases = tuple(url.rsplit("/", 1)[1] for url in urls.values())
+        pg_databases = tuple((label, url.rsplit("/", 1)[1]) for label, url in urls.items())
         pid = listening_pid(urlsplit(PG_ADMIN).port or 5432)
         if pid is not None:
             pids["postgres"] = pid
@@ -717,7 +722,7 @@ def per_order(totals: dict[str, float], orders: int, scale: float = 1000.0) -> d
 
 def _work_line(m: Measurement) -> str:
     cpu = ", ".join(f"{n} CPU {ms:.2f} ms" for n, ms in m.server_cpu_ms_per_order.items())
-    work = ", ".join(f"{n} {v:.1f}" for n, v in m.work_per_order.items())
+    work = ", ".join(f"{WORK[n][0]} {v:.1f}" for n, v in m.work_per_order.items() if n in WORK)
     total = m.cpu_ms_settled_total
     ours = f"all its processes {total:.2f} ms CPU" if total is not None else ""
     return "; ".join(part for part in (ours, cpu, work) if part)

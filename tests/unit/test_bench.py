@@ -459,7 +459,7 @@ def test_servers_count_commits_and_rows_in_the_run_databases_only() -> None:
 
     try:
         asyncio.run(session(name, "CREATE TABLE t (id int PRIMARY KEY, n int)"))
-        servers = Servers({}, (name,))
+        servers = Servers({}, (("bench", name),))
         before = wait_stable(servers)
         asyncio.run(
             session(
@@ -475,6 +475,7 @@ def test_servers_count_commits_and_rows_in_the_run_databases_only() -> None:
         # nothing of the other database.
         assert after["pg_commits"] - before["pg_commits"] == 4
         assert after["pg_rows_written"] - before["pg_rows_written"] == 5
+        assert after["pg_rows_written.bench"] == after["pg_rows_written"]  # per database too
         assert after["wal_kb"] > before["wal_kb"]
     finally:
         asyncio.run(dbs.drop_all())
