@@ -116,8 +116,13 @@ class Measurement:
     # until the last reply (the floors).
     server_cpu_ms_per_order: dict[str, float] = dataclasses.field(default_factory=dict)
     work_per_order: dict[str, float] = dataclasses.field(default_factory=dict)
-    # After the last level, the system idle (idle_cost): CPU ms per second of each process
-    # and server, and the servers' counters per second; empty where not measured.
+    # The orders those three are per: every order confirmed in the window (the outboxes
+    # say), or the replies counted where there are no events (the floors). None: an
+    # earlier run, whose figures are per reply counted.
+    orders_in_window: int | None = None
+    # The system idle before the first level (idle_cost), kept on the last level's: CPU ms
+    # per second of each process and server, and the servers' counters per second; empty
+    # where not measured.
     idle_per_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
@@ -277,7 +282,7 @@ class Servers:
 
     def work(self, *, flushed: bool = False) -> dict[str, float]:
         """The counters so far. PostgreSQL's lag by up to a second of each connection's
-        work; flushed: wait until it is all published first (10 s)."""
+        work; flushed: wait until it is all published first (PG_STATS_FLUSH_S)."""
         if not self.pg_databases and self.nats is None:
             return {}
         if flushed and self.pg_databases:
@@ -362,7 +367,10 @@ class EventLags:
     outbox_lag_p99_ms: float
     settle_lag_ms: float
     events: int
-    orders: int
+    orders: int  # confirmed during the level
+    # Confirmed since the level began, those still in flight when the load stopped
+    # included: their work is in the level's window, though the load counted no reply.
+    begun: int = 0
 
 
 def event_lags(rows: list[OutboxRow], since_us: int, until_us: int) -> EventLags | None:
@@ -387,6 +395,7 @@ def event_lags(rows: list[OutboxRow], since_us: int, until_us: int) -> EventLags
         settle_lag_ms=max(last_settled - max(confirmed.values()), 0) / 1000,
         events=len(recent),
         orders=len(confirmed),
+        begun=len({r.aggregate_id for r in recent if r.event_type == "order.confirmed"}),
     )
 
 
@@ -645,12 +654,15 @@ def drive(
     if outboxes:  # the warm-up's follow-up done before the first level counts anything
         wait_for_events(outboxes, since_us, time.time_ns() // 1000)
     results = []
-    # One level's PostgreSQL statistics may come in with the next (see Servers.work): the
-    # levels' windows are contiguous, so nothing is lost, and the last is waited for.
+    pids = {n: p.popen.pid for n, p in system.processes.items() if p.popen}
     work_before = servers.work(flushed=True)
+    idle: dict[str, float] = {}
+    if outboxes and servers.pids:
+        # Idle, the relays and consumers poll on: what that costs a second, so that the
+        # waits for PostgreSQL's statistics below can be taken off each level's counters.
+        idle, work_before = idle_cost(pids, servers)
     for concurrency in levels:
         say(f"  {name}: {concurrency} concurrent clients for {seconds:g}s ...")
-        pids = {n: p.popen.pid for n, p in system.processes.items() if p.popen}
         before, servers_before = cpu_seconds(pids), servers.cpu()
         since_us = time.time_ns() // 1000
         with RssSampler(pids) as sampler:
@@ -663,9 +675,14 @@ def drive(
             f"    {m.rps:8.1f} orders/s  p50 {m.p50_ms:6.1f} ms  p99 {m.p99_ms:6.1f} ms"
             f"  errors {m.errors}  CPU {m.cpu_ms_total:.2f} ms/order"
         )
+        # The work until settled is over every order confirmed in the window, the ones
+        # in flight when the load stopped too (wrk counts none of those; at 64 clients
+        # they are a few percent of a level).
+        orders = m.requests
         if outboxes:
             lags = wait_for_events(outboxes, since_us, until_us)
             after = cpu_seconds(pids)  # now with the follow-up
+            orders = lags.begun if lags is not None else orders
             if lags is None:
                 say("    events: orders not all settled (or events unpublished) after 120 s")
                 m.errors += 1
@@ -677,38 +694,38 @@ def drive(
                     f"{lags.settle_lag_ms:.0f} ms after the last reply"
                 )
         servers_after = servers.cpu()
-        last = concurrency == levels[-1]
-        work_after = servers.work(flushed=last)
-        if last and outboxes:
-            m.idle_per_s, background = idle_cost(pids, servers, work_after)
-            if servers.pg_databases:
-                # The wait for PostgreSQL's statistics was as long, and as idle: its
-                # background work (relays polling) is not the level's.
-                work_after = {k: v - background.get(k, 0.0) for k, v in work_after.items()}
-        m.cpu_ms_settled = per_order(_minus(after, before), m.requests)
-        m.server_cpu_ms_per_order = per_order(_minus(servers_after, servers_before), m.requests)
-        m.work_per_order = per_order(_minus(work_after, work_before), m.requests, 1.0)
+        # Every level's PostgreSQL statistics waited for (Servers.work), and the idle
+        # polling meanwhile taken off, so each level counts its own work only.
+        settled = time.monotonic()
+        work_after = servers.work(flushed=True)
+        waited = time.monotonic() - settled
+        counted = {k: v - idle.get(k, 0.0) * waited for k, v in work_after.items()}
+        m.orders_in_window = orders
+        m.cpu_ms_settled = per_order(_minus(after, before), orders)
+        m.server_cpu_ms_per_order = per_order(_minus(servers_after, servers_before), orders)
+        m.work_per_order = per_order(_minus(counted, work_before), orders, 1.0)
         work_before = work_after
         if m.server_cpu_ms_per_order or m.work_per_order:
             say(f"    per order, follow-up included: {_work_line(m)}")
         results.append(m)
+    if results:
+        results[-1].idle_per_s = idle
     return results
 
 
-def idle_cost(
-    pids: dict[str, int], servers: Servers, work_start: dict[str, float]
-) -> tuple[dict[str, float], dict[str, float]]:
-    """A system left idle for PG_STATS_FLUSH_S: per second, the CPU ms of each process and
-    server and the servers' counters; and how much those counters grew."""
+def idle_cost(pids: dict[str, int], servers: Servers) -> tuple[dict[str, float], dict[str, float]]:
+    """A system left idle for PG_STATS_FLUSH_S, its statistics waited for beforehand: per
+    second, the CPU ms of each process and server and the servers' counters; and the
+    counters at the end."""
+    start = servers.work()
     started = time.monotonic()
     cpu, server_cpu = cpu_seconds(pids), servers.cpu()
-    time.sleep(PG_STATS_FLUSH_S)
-    work = servers.work()
+    time.sleep(0 if servers.pg_databases else PG_STATS_FLUSH_S)
+    work = servers.work(flushed=True)  # on PostgreSQL, its wait is the idle time
     elapsed = time.monotonic() - started
     used = {**_minus(cpu_seconds(pids), cpu), **_minus(servers.cpu(), server_cpu)}
-    grown = _minus(work, work_start)
     rates = {n: v * 1000 / elapsed for n, v in used.items()}
-    return rates | {k: v / elapsed for k, v in grown.items()}, grown
+    return rates | {k: v / elapsed for k, v in _minus(work, start).items()}, work
 
 
 def _minus(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
@@ -960,15 +977,15 @@ def by_process_table(run: dict) -> list[str]:
             lines.append(_row(cells))
     idle = run["orderflow"][-1].idle_per_s
     if idle:
-        cpu = ", ".join(f"{n} {v:.1f}" for n, v in idle.items() if n not in WORK)
+        cpu = ", ".join(f"{n} {v:.1f}" for n, v in idle.items() if n not in WORK and "." not in n)
         counters = ", ".join(f"{WORK[k][0]} {idle[k]:.1f}" for k in WORK if k in idle)
         lines += [
             "",
-            "orderflow idle after the last level, per second: CPU ms "
+            "orderflow idle before the first level, per second: CPU ms "
             + cpu
             + (f"; {counters}" if counters else "")
-            + ". (Where PostgreSQL's statistics were waited for, as much idle work is "
-            "taken off the last level's counters.)",
+            + ". (Each level's counters are read once PostgreSQL has published its "
+            "statistics, 10 s after; that much idle work is taken off them.)",
         ]
     return lines
 
