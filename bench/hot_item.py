@@ -10,6 +10,8 @@ the other, on the local PostgreSQL:
 - `sql`: Reserve's transaction as SQL, from pgbench (C, no Python in the way): UPDATE the
   item ... RETURNING, INSERT the reservation, COMMIT — on a database migrated by orderflow
   itself. The row's own ceiling on this PostgreSQL.
+- `sql-update-last`: the same with the INSERT first, so the row is locked for the UPDATE
+  and the COMMIT only: what reordering Reserve's statements would give.
 - `service`: the inventory service alone (`orderflow serve inventory`, its events on a
   JetStream stream of the run's own), ReserveStock over gRPC from a load process of its
   own. After each level the reserved stock is checked against the reservations answered.
@@ -17,7 +19,7 @@ the other, on the local PostgreSQL:
   POST /api/v1/orders with wrk: the inventory row is then written twice per order
   (reserved when placed, sold when the order's event is handled).
 
-    python -m bench.hot_item                              # every part, 1, 8, 64 clients, 10 s
+    python -m bench.hot_item                              # every part, 1, 8, 32 clients, 10 s
     python -m bench.hot_item --parts sql --duration 5 --record bench/HOT_ITEM.md
 
 Run it on a quiet machine (the notes' QUIET protocol): it measures a limit.
@@ -61,23 +63,30 @@ from bench.run import (
 from tests.system import Process, _base_env, free_port
 
 HERE = Path(__file__).resolve().parent
-PARTS = ("sql", "service", "system")
+PARTS = ("sql", "sql-update-last", "service", "system")
 STOCK = 10**9  # the most an item may hold; runs out at no rate this machine reaches
 PRICE = 1000
 Say = Callable[[str], None]
 
 # Reserve's transaction on PostgreSQL (inventory/storage.py: take_stock, add_if_absent),
-# one unit of one sku: the statements orderflow sends, as pgbench sends them.
-PGBENCH_SCRIPT = """\\set n random(0, :skus - 1)
-BEGIN;
-UPDATE items SET available = available - 1, reserved = reserved + 1, updated_us = 1
+# one unit of one sku: the statements orderflow sends, as pgbench sends them. The row is
+# locked from the UPDATE to the end of the COMMIT.
+_TAKE = """UPDATE items SET available = available - 1, reserved = reserved + 1, updated_us = 1
   WHERE sku = 'HOT-' || :n AND available >= 1 RETURNING price, available;
-INSERT INTO reservations (order_id, state, currency, lines, created_us, updated_us)
+"""
+_RECORD = """INSERT INTO reservations (order_id, state, currency, lines, created_us, updated_us)
   VALUES (md5(random()::text || clock_timestamp()::text), 'RESERVED', 'USD',
           '[{"sku": "HOT", "quantity": 1, "unit_price": 1000}]', 1, 1)
   ON CONFLICT (order_id) DO NOTHING;
-END;
 """
+_SCRIPT = "\\set n random(0, :skus - 1)\nBEGIN;\n{}{}END;\n"
+PGBENCH_SCRIPTS = {
+    # As orderflow does it: take the stock, record the reservation, commit.
+    "sql": _SCRIPT.format(_TAKE, _RECORD),
+    # The same statements with the stock taken last: the row is locked for one statement
+    # and the commit, not for the round trip of the INSERT too.
+    "sql-update-last": _SCRIPT.format(_RECORD, _TAKE),
+}
 _TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 _FAILED = re.compile(r"number of failed transactions: (\d+)")
 _DONE = re.compile(r"number of transactions actually processed: (\d+)")
@@ -117,14 +126,16 @@ def add_hot_items(url: str, count: int) -> None:
     )
 
 
-def run_pgbench(url: str, concurrency: int, seconds: float, skus: int, workdir: Path) -> dict:
+def run_pgbench(
+    url: str, concurrency: int, seconds: float, skus: int, workdir: Path, part: str = "sql"
+) -> dict:
     """pgbench's RESULT fields (as bench/order.lua prints them) for Reserve's transaction."""
     pgbench = shutil.which("pgbench")
     if pgbench is None:
         raise SystemExit("pgbench is not installed (Debian: apt-get install postgresql-client)")
-    script = workdir / "reserve.sql"
-    script.write_text(PGBENCH_SCRIPT)
-    logs = workdir / f"log-{skus}-{concurrency}"
+    script = workdir / f"{part}.sql"
+    script.write_text(PGBENCH_SCRIPTS[part])
+    logs = workdir / f"log-{part}-{skus}-{concurrency}"
     logs.mkdir()
     parts = urlsplit(url.replace("postgresql+asyncpg://", "postgresql://", 1))
     out = subprocess.run(
@@ -164,18 +175,20 @@ def run_pgbench(url: str, concurrency: int, seconds: float, skus: int, workdir: 
     }
 
 
-def part_sql(levels: list[int], seconds: float, say: Say, workdir: Path) -> list[Measurement]:
+def part_sql(
+    levels: list[int], seconds: float, say: Say, workdir: Path, part: str = "sql"
+) -> list[Measurement]:
     results = []
     with databases("per-service-pg", workdir, ["inventory"]) as urls:
         url = urls["inventory"]
         migrate_inventory(url)
         add_hot_items(url, SKUS)
         for concurrency, skus in itertools.product(levels, (1, SKUS)):
-            fields = run_pgbench(url, concurrency, seconds, skus, workdir)
-            results.append(_measured("sql", skus, concurrency, fields, say))
+            fields = run_pgbench(url, concurrency, seconds, skus, workdir, part)
+            results.append(_measured(part, skus, concurrency, fields, say))
         reserved = int(psql(url, "SELECT sum(reserved) FROM items"))
         rows = int(psql(url, "SELECT count(*) FROM reservations"))
-        _check(say, "sql", reserved, rows, "units reserved", "reservation rows")
+        _check(say, part, reserved, rows, "units reserved", "reservation rows")
     return results
 
 
@@ -350,15 +363,20 @@ def _check(say: Say, part: str, got: int, want: int, what: str, against: str) ->
         raise SystemExit(f"{part}: {what} {got} != {against} {want}")
 
 
-def report(results: dict[str, list[Measurement]], seconds: float, command: str) -> str:
+def report(
+    results: dict[str, list[Measurement]], seconds: float, command: str, when: str = ""
+) -> str:
+    """The results as Markdown; `when`: the run's date and commit (default: now, HEAD)."""
+    when = when or f"{time.strftime('%Y-%m-%d', time.gmtime())}, commit {_commit()}"
     lines = [
         "# Hot item: reservations a second on one sku's row (PostgreSQL)",
         "",
         f"Each level runs {seconds:g} s with every reservation on one sku, then spread over "
-        f"{SKUS} skus, same clients; {time.strftime('%Y-%m-%d', time.gmtime())}, commit "
-        f"{_commit()}. Parts (bench/hot_item.py): *sql* Reserve's transaction from pgbench; "
-        "*service* ReserveStock on the inventory service alone over gRPC; *system* "
-        "POST /api/v1/orders on orderflow per service (PostgreSQL, JetStream) with wrk.",
+        f"{SKUS} skus, same clients; {when}. Parts (bench/hot_item.py): *sql* Reserve's "
+        "transaction from pgbench; *sql-update-last* the same with its UPDATE after the "
+        "INSERT; *service* ReserveStock on the inventory service alone over gRPC; *system* "
+        "POST /api/v1/orders on orderflow per service (PostgreSQL, JetStream) with wrk. "
+        "docs/capacity.md reads these.",
         "",
         f"Reproduce: `{command}`.",
         "",
@@ -400,14 +418,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--parts", default=",".join(PARTS))
-    parser.add_argument("--concurrency", default="1,8,64")
+    parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument(
         "--nats-url", default=os.environ.get("ORDERFLOW_NATS_URL", "nats://127.0.0.1:4222")
     )
     parser.add_argument("--record", type=Path, help="write the results (Markdown) here")
     parser.add_argument("--json", type=Path, help="also write raw results as JSON")
+    parser.add_argument(
+        "--from-json", type=Path, help="only rewrite the report from an earlier run's JSON"
+    )
     args = parser.parse_args(argv)
+    if args.from_json:
+        raw = json.loads(args.from_json.read_text())
+        results = {p: [Measurement(**m) for m in ms] for p, ms in raw["parts"].items()}
+        text = report(results, raw["seconds"], raw["command"], raw["when"])
+        print(text)
+        if args.record:
+            args.record.write_text(text)
+        return 0
     parts = [p for p in args.parts.split(",") if p]
     if set(parts) - set(PARTS):
         parser.error(f"parts are {', '.join(PARTS)}")
@@ -419,8 +448,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"[{part}]")
             workdir = Path(tmp) / part
             workdir.mkdir()
-            if part == "sql":
-                results[part] = part_sql(levels, args.duration, say, workdir)
+            if part.startswith("sql"):
+                results[part] = part_sql(levels, args.duration, say, workdir, part)
             elif part == "service":
                 results[part] = part_service(levels, args.duration, say, workdir, args.nats_url)
             else:
@@ -429,14 +458,22 @@ def main(argv: list[str] | None = None) -> int:
         f"python -m bench.hot_item --parts {','.join(parts)} --concurrency {args.concurrency} "
         f"--duration {args.duration:g}"
     )
-    text = report(results, args.duration, command)
+    when = f"{time.strftime('%Y-%m-%d', time.gmtime())}, commit {_commit()}"
+    text = report(results, args.duration, command, when)
     print(text)
     if args.record:
         args.record.write_text(text)
     if args.json:
+        parts_json = {p: [dataclasses.asdict(m) for m in ms] for p, ms in results.items()}
         args.json.write_text(
             json.dumps(
-                {p: [dataclasses.asdict(m) for m in ms] for p, ms in results.items()}, indent=2
+                {
+                    "when": when,
+                    "seconds": args.duration,
+                    "command": command,
+                    "parts": parts_json,
+                },
+                indent=2,
             )
         )
     failed = [m for ms in results.values() for m in ms if m.failed]

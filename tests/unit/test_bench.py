@@ -176,10 +176,13 @@ def test_event_lags_wait_for_every_order_settled_and_every_row_published() -> No
     rows.append(_row("orders", "o-2", "order.settled", 2_300_000, None))
     assert event_lags(rows, since, until) is None  # settled, but its event unpublished
     rows[-1] = _row("orders", "o-2", "order.settled", 2_300_000, 2_301_000)
+    # An order in flight when the load stopped: confirmed after it, settled too.
+    rows.append(_row("orders", "o-3", "order.confirmed", 2_100_000, 2_101_000))
+    rows.append(_row("orders", "o-3", "order.settled", 2_200_000, 2_201_000))
     lags = event_lags(rows, since, until)
     assert lags is not None
-    assert (lags.orders, lags.events) == (2, 6)
-    # Publish delays 2, 1, 1, 50, 1, 1 ms: the p99 (nearest rank) is the largest.
+    assert (lags.orders, lags.begun, lags.events) == (2, 3, 8)
+    # Publish delays 2, 1, 1, 50, 1, 1, 1, 1 ms: the p99 (nearest rank) is the largest.
     assert lags.outbox_lag_p99_ms == 50.0
     # Last confirmation at 1.9 s, last settlement at 2.3 s.
     assert lags.settle_lag_ms == 400.0
@@ -575,3 +578,36 @@ def test_hot_item_sql_part_reserves_on_one_row_and_on_fifty(tmp_path: Path) -> N
         assert 0 < m.p50_ms <= m.p99_ms
     # Each committed reservation took exactly one unit: stock and rows agree.
     assert any(line.startswith("  sql: ") and line.endswith(": equal") for line in said)
+
+
+# -- capacity ----------------------------------------------------------------------------------
+
+
+def test_capacity_scales_the_measured_cpu_and_work_per_order() -> None:
+    from bench.capacity import plan
+
+    top = _at("orderflow", 64, 50, 900.0, {"orders": 9.0})
+    top.mode = "per-service-pg"
+    top.cpu_ms_settled = {"orders": 10.0, "inventory": 5.0, "loyalty": 6.0, "gateway": 3.0}
+    top.server_cpu_ms_per_order = {"postgres": 8.0, "nats-server": 2.0}
+    top.work_per_order = {
+        "pg_commits": 8.0,
+        "pg_commits.orders": 4.0,
+        "pg_rows_written": 30.0,
+        "wal_kb": 12.0,
+        "nats_messages": 5.0,
+        "nats_kb": 2.5,
+    }
+    low = _at("orderflow", 8, 30, 300.0, {"orders": 12.0})
+    run = {"mode": "per-service-pg", "orderflow": [low, top], "floors": {}, "commit": "abc"}
+    text = plan([run])
+    assert "Basis: `per-service-pg` at 64 clients, commit abc: 50.0 orders/s" in text
+    # orders: 1,000/s x 10 ms = 10 cores; at 60% a core each, 17 replicas, and one spare.
+    assert "| orders | 10.00 | 1,000 x 10.00 / 1000 = 10.0 | ceil(10.0 / 0.6) + 1 = 18 |" in text
+    assert "10,000 x 10.00 / 1000 = 100.0 | ceil(100.0 / 0.6) + 1 = 168 |" in text
+    assert "| commits (orders database) | 4.0 | 4,000/s | 40,000/s |" in text
+    assert "| WAL | 12.0 kB | 11.7 MB/s | 117.2 MB/s |" in text
+    assert "| CPU | 8.00 ms | 8.0 cores used, 14 provisioned |" in text
+    # 18 orders replicas, each pool opening up to 20 connections.
+    assert "| connections, orders database | 20 per replica | 360 |" in text
+    assert "| messages | 5.0 | 5,000/s | 50,000/s |" in text
