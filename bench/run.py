@@ -984,8 +984,13 @@ def by_process_table(run: dict) -> list[str]:
             "orderflow idle before the first level, per second: CPU ms "
             + cpu
             + (f"; {counters}" if counters else "")
-            + ". (Each level's counters are read once PostgreSQL has published its "
-            "statistics, 10 s after; that much idle work is taken off them.)",
+            + "."
+            + (
+                " (Each level's counters are read once PostgreSQL has published its "
+                "statistics, 10 s after; that much idle work is taken off them.)"
+                if "pg_commits" in idle
+                else ""
+            ),
         ]
     return lines
 
