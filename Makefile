@@ -18,8 +18,14 @@ install: $(STAMP)  ## create .venv with orderflow and the dev tools
 run: $(STAMP)  ## one process, demo data: gateway on :8080, gRPC on :50051
 	$(BIN)/orderflow run --demo
 
+# Two pytest-xdist workers: most of the suite waits on processes, sockets and databases,
+# not on the CPU. A module runs whole in one worker (its module-scoped systems start once),
+# in file order, so the chaos soak and the container tests start first, side by side.
+# TEST_WORKERS=0 runs everything in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)  ## every test: unit, integration (SQLite + PostgreSQL), end-to-end; coverage report
-	$(BIN)/pytest -q --durations=25 --cov=orderflow --cov-report=term:skip-covered
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder \
+		--durations=25 --cov=orderflow --cov-report=term:skip-covered
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/pytest -q tests/unit

@@ -8,25 +8,57 @@ bring things back — exactly what an operator would do.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from orderflow.registry import COMPONENT_NAMES, SERVICE_NAMES
+from orderflow.registry import COMPONENT_NAMES, GATEWAY, SERVICE_NAMES
+
+# Under pytest-xdist (`make test` runs two workers) each worker hands out ports from a range
+# of its own, below the kernel's ephemeral range: a port is picked here and bound only later
+# by the process a test starts, and in that gap the other worker's port 0 (or any outgoing
+# connection) could be given the same one. Ports go in order from a random start, so one
+# worker does not hand out a port again until it has gone round its whole range.
+_PORTS_LOW, _PORTS_HIGH = 12000, 32000
+_worker_ports: Iterator[int] | None = None
+
+
+def _worker_range() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    span = (_PORTS_HIGH - _PORTS_LOW) // max(count, 1)
+    low = _PORTS_LOW + int(worker.removeprefix("gw")) * span
+    first = random.randrange(span)
+    return itertools.cycle([*range(low + first, low + span), *range(low, low + first)])
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on now, for a process a test is about to start."""
+    global _worker_ports
+    if not os.environ.get("PYTEST_XDIST_WORKER", "").startswith("gw"):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    if _worker_ports is None:
+        _worker_ports = _worker_range()
+    for port in itertools.islice(_worker_ports, _PORTS_HIGH - _PORTS_LOW):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a service of this machine, or a process still running)
+            return port
+    raise RuntimeError("no free port left in this worker's range")
 
 
 def wait_for_port(port: int, timeout: float = 20.0) -> None:
@@ -49,18 +81,30 @@ class Process:
     popen: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        self.launch()
+        self.wait_listening()
+
+    def launch(self) -> None:
+        """Start the process, without waiting for it to listen."""
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
-        try:
-            wait_for_port(self.port)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(
-                f"{self.name} did not start; its log:\n{self.log_path.read_text()[-4000:]}"
-            ) from None
+
+    def wait_listening(self, timeout: float = 20.0) -> None:
+        """Wait until the process listens on its port; stop it and raise with the end of its
+        log if it does not within timeout, or exits first (no use waiting for that)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.running:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(
+            f"{self.name} did not start; its log:\n{self.log_path.read_text()[-4000:]}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
         if self.popen is None or self.popen.poll() is not None:
@@ -89,8 +133,23 @@ class System:
     grpc_target: str = ""
 
     def start(self, name: str | None = None) -> None:
-        for proc in [self.processes[name]] if name else self.processes.values():
-            proc.start()
+        """Start one process, or all: the services side by side (each has its own database),
+        then the gateway once they listen, as before."""
+        if name:
+            self.processes[name].start()
+            return
+        first = [p for n, p in self.processes.items() if n != GATEWAY]
+        try:
+            for proc in first:
+                proc.launch()
+            for proc in first:
+                proc.wait_listening()
+        except Exception:
+            for proc in first:
+                proc.stop()
+            raise
+        if GATEWAY in self.processes:
+            self.processes[GATEWAY].start()
 
     def stop(self, name: str | None = None) -> None:
         targets = [self.processes[name]] if name else list(self.processes.values())[::-1]

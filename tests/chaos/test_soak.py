@@ -573,13 +573,12 @@ async def run_soak(soak: Soak, seed: int, stream: int) -> Outcome:
 
 @pytest.mark.postgres
 async def test_chaos_soak_keeps_every_invariant(
-    soaks: list[Soak], capsys: pytest.CaptureFixture[str]
+    soaks: list[Soak], record_property: Callable[[str, object], None]
 ) -> None:
     seed = int(SEED) if SEED else random.randrange(1_000_000)
     outcomes = await asyncio.gather(*(run_soak(s, seed, i) for i, s in enumerate(soaks)))
-    with capsys.disabled():
-        for outcome in outcomes:
-            print("\n" + outcome.report)
+    for outcome in outcomes:  # printed after the results (tests/conftest.py), pass or fail
+        record_property("summary", outcome.report)
     failed = [
         f"{soak.backend}: {len(o.found)} invariant violation(s):\n"
         + "\n".join(o.found[:60])

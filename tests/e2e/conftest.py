@@ -34,14 +34,18 @@ def pytest_runtest_makereport(
     return report
 
 
-@pytest.fixture(scope="module")
+# The two shared systems are started once per test session (per xdist worker) and used by
+# every module that asks for them: a test there creates the items and customers it uses
+# (new_item, new_customer), so what other tests did to the system does not matter to it,
+# and a test that stops, kills or reconfigures processes starts a system of its own.
+@pytest.fixture(scope="session")
 def onebox_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     system = start(one_process(tmp_path_factory.mktemp("onebox")))
     yield system
     system.stop()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def per_service_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     """One process per service on PostgreSQL, events over a JetStream of its own."""
     workdir = tmp_path_factory.mktemp("per-service")
