@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Generic
+from typing import Any, Generic, TypeVar
 
+import grpc
 from sqlalchemy import func, select
 
 from orderflow.events.consumer import ParkedEvent
 from orderflow.events.store import TransactionFactory, TxT, in_transaction
 from orderflow.events.tables import EventTables
 from orderflow.validation import check_limit
+
+R = TypeVar("R")
 
 DEFAULT_PARKED = 20
 MAX_PARKED = 100
@@ -119,3 +122,19 @@ def fill_response(response: Any, parked_type: Any, backlog: Backlog) -> None:
         )
         msg.parked_at.FromMicroseconds(p.parked_us)
         response.parked.append(msg)
+
+
+async def answer(
+    reader: BacklogReader[Any] | None,
+    limit: int,
+    context: grpc.aio.ServicerContext,
+    response: R,
+    parked_type: Any,
+) -> R:
+    """A service's GetEventsBacklog, the same in each: UNIMPLEMENTED where the service has no
+    event tables, else its backlog read and filled into response."""
+    if reader is None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
+    assert reader is not None
+    fill_response(response, parked_type, await reader.read(limit))
+    return response

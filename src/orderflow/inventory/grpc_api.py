@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from orderflow.events.backlog import BacklogReader, fill_response
+from orderflow.events import backlog as event_backlog
+from orderflow.events.backlog import BacklogReader
 from orderflow.inventory.domain import Item, ReservationState
 from orderflow.inventory.migrations import HEAD
 from orderflow.inventory.service import InventoryService
@@ -49,13 +50,9 @@ class InventoryServicer(pb_grpc.InventoryServiceServicer):
     async def GetEventsBacklog(
         self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsBacklogResponse:
-        if self.backlog is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
-        assert self.backlog is not None
-        found = await self.backlog.read(request.limit)
-        response = pb.GetEventsBacklogResponse()
-        fill_response(response, pb.ParkedEvent, found)
-        return response
+        return await event_backlog.answer(
+            self.backlog, request.limit, context, pb.GetEventsBacklogResponse(), pb.ParkedEvent
+        )
 
     async def CreateItem(
         self, request: pb.CreateItemRequest, context: grpc.aio.ServicerContext

@@ -7,7 +7,8 @@ from typing import Any
 
 import grpc
 
-from orderflow.events.backlog import BacklogReader, fill_response
+from orderflow.events import backlog as event_backlog
+from orderflow.events.backlog import BacklogReader
 from orderflow.loyalty.domain import Account, ApplicationState, BookedEntry
 from orderflow.loyalty.migrations import HEAD
 from orderflow.loyalty.service import LoyaltyService
@@ -54,13 +55,9 @@ class LoyaltyServicer(pb_grpc.LoyaltyServiceServicer):
     async def GetEventsBacklog(
         self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsBacklogResponse:
-        if self.backlog is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
-        assert self.backlog is not None
-        found = await self.backlog.read(request.limit)
-        response = pb.GetEventsBacklogResponse()
-        fill_response(response, pb.ParkedEvent, found)
-        return response
+        return await event_backlog.answer(
+            self.backlog, request.limit, context, pb.GetEventsBacklogResponse(), pb.ParkedEvent
+        )
 
     async def ListPointsEntries(
         self, request: pb.ListPointsEntriesRequest, context: grpc.aio.ServicerContext

@@ -10,7 +10,8 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from orderflow.events.backlog import BacklogReader, fill_response
+from orderflow.events import backlog as event_backlog
+from orderflow.events.backlog import BacklogReader
 from orderflow.orders.domain import (
     Driver,
     Failure,
@@ -151,13 +152,9 @@ class OrdersServicer(pb_grpc.OrderServiceServicer):
     async def GetEventsBacklog(
         self, request: pb.GetEventsBacklogRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEventsBacklogResponse:
-        if self.backlog is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no event tables here")
-        assert self.backlog is not None
-        found = await self.backlog.read(request.limit)
-        response = pb.GetEventsBacklogResponse()
-        fill_response(response, pb.ParkedEvent, found)
-        return response
+        return await event_backlog.answer(
+            self.backlog, request.limit, context, pb.GetEventsBacklogResponse(), pb.ParkedEvent
+        )
 
     async def CreateOrder(
         self, request: pb.CreateOrderRequest, context: grpc.aio.ServicerContext
