@@ -198,6 +198,18 @@ async def check_finished(
 
     took = await wait_until(all_settled, 90, "every order settled by its events")
     print(f"settled {len(ids)} orders {took:.1f}s after the broker was back")
+
+    async def all_published() -> bool:
+        # A settle commits its event to the outbox; the relay publishes it a moment later.
+        for service in ("orders", "inventory", "loyalty"):
+            rows = await events.query(
+                service, "SELECT count(*) AS n FROM outbox WHERE published_us IS NULL"
+            )
+            if int(rows[0]["n"]):
+                return False
+        return True
+
+    await wait_until(all_published, 30, "every outbox published")
     for sku in skus:
         now = await item(api, sku)
         sold = sum(x["quantity"] for o in orders for x in o["items"] if x["sku"] == sku)

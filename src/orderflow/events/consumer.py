@@ -124,6 +124,7 @@ class ConsumerRunner(Generic[TxT]):
         fetch_timeout: float = 1.0,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
+        max_round_delay: float = 5.0,
         redrive_every: float = 1.0,
         inbox_retention_seconds: float = 30 * 86_400,
         upkeep_every: float = 300.0,
@@ -140,6 +141,7 @@ class ConsumerRunner(Generic[TxT]):
         self.fetch_timeout = fetch_timeout
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
+        self.max_round_delay = max_round_delay
         self.redrive_every = redrive_every
         self.inbox_retention_us = int(inbox_retention_seconds * 1_000_000)
         self.upkeep_every = upkeep_every
@@ -187,7 +189,9 @@ class ConsumerRunner(Generic[TxT]):
                 raise
             except Exception as exc:  # the broker or the database: try again, forever
                 failures += 1
-                delay = min(self.max_retry_delay, self.retry_delay * 2 ** min(failures, 20))
+                # Capped low: a service started before its broker (containers start in
+                # any order) takes its backlog within seconds of the broker being there.
+                delay = min(self.max_round_delay, self.retry_delay * 2 ** min(failures, 20))
                 log.warning(
                     "event consumer failed; retrying",
                     consumer=self.name,

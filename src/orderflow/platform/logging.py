@@ -74,7 +74,10 @@ def configure_logging(
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line: a PrintLogger writes the line and its newline apart, which an
+        # unbuffered stream (PYTHONUNBUFFERED, as the image sets) turns into two system
+        # calls, and processes sharing one stream then interleave their lines.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
