@@ -77,3 +77,17 @@ async def test_a_republish_waits_for_the_first_copy_instead_of_adding_one() -> N
     # Once acked, a republish is taken at once, and not delivered again.
     assert await bus.publish([message], 0.05) == 1
     assert await sub.fetch(10, 0.05) == []
+
+
+async def test_a_batch_is_taken_up_to_its_first_event_not_acked() -> None:
+    bus = InProcessBus()
+    sub = await bus.subscribe("inventory", [event_type("order.confirmed")])
+    messages = [Event.new(events_pb2.OrderConfirmed(order_id=f"o-{i}")).wire() for i in range(4)]
+    publishing = asyncio.create_task(bus.publish(messages, 0.3))
+    deliveries = await sub.fetch(10, 1.0)
+    assert len(deliveries) == 4  # the whole batch at once
+    for i in (0, 2, 3):  # the second is never acked
+        await deliveries[i].ack()
+    with pytest.raises(PublishError) as caught:
+        await publishing
+    assert caught.value.acked == 1

@@ -30,6 +30,19 @@ def test_nats_url_switches_to_jetstream(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.relay_options()["lease_seconds"] == 10.0
 
 
+def test_batch_sizes_and_lingers_reach_the_relay_and_the_consumer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ORDERFLOW_EVENTS_RELAY_BATCH", "250")
+    monkeypatch.setenv("ORDERFLOW_EVENTS_RELAY_LINGER_SECONDS", "0")
+    monkeypatch.setenv("ORDERFLOW_EVENTS_CONSUMER_BATCH", "20")
+    monkeypatch.setenv("ORDERFLOW_EVENTS_CONSUMER_LINGER_SECONDS", "0.05")
+    settings = EventsSettings()
+    relay, consumer = settings.relay_options(), settings.consumer_options()
+    assert (relay["batch_size"], relay["linger_seconds"]) == (250, 0.0)
+    assert (consumer["batch_size"], consumer["linger_seconds"]) == (20, 0.05)
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -37,6 +50,9 @@ def test_nats_url_switches_to_jetstream(monkeypatch: pytest.MonkeyPatch) -> None
         ("ORDERFLOW_EVENTS_MAX_ATTEMPTS", "0"),
         ("ORDERFLOW_EVENTS_SUBJECT_PREFIX", "orderflow.events.>"),
         ("ORDERFLOW_EVENTS_PUBLISH_TIMEOUT_SECONDS", "9"),
+        ("ORDERFLOW_EVENTS_RELAY_LINGER_SECONDS", "-0.01"),
+        ("ORDERFLOW_EVENTS_CONSUMER_LINGER_SECONDS", "2"),
+        ("ORDERFLOW_EVENTS_CONSUMER_BATCH", "0"),
     ],
 )
 def test_bad_values_stop_start_up(

@@ -200,12 +200,13 @@ class InProcessBus:
                     waits.append(taken)
             self._recent[message.id] = (now, waits)
             pending.append(waits)
-        deadline = loop.time() + wait
+        # Every ack of the batch is awaited at once: one wake-up, not one per event.
+        every = {w for waits in pending for w in waits}
+        if every:
+            await asyncio.wait(every, timeout=wait)
         for acked, waits in enumerate(pending):
-            if waits:
-                _, not_done = await asyncio.wait(waits, timeout=max(deadline - loop.time(), 0))
-                if not_done:
-                    raise PublishError(f"consumers did not take the event within {wait}s", acked)
+            if not all(w.done() for w in waits):
+                raise PublishError(f"consumers did not take the event within {wait}s", acked)
         return len(messages)
 
     def _forget_before(self, moment: float) -> None:

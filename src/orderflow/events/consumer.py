@@ -19,6 +19,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import random
@@ -29,12 +30,12 @@ from dataclasses import dataclass
 from typing import Any, Generic
 
 import structlog
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import TextClause, delete, func, select, text, update
 
 from orderflow.events.bus import Delivery, EventBus, Subscription
 from orderflow.events.envelope import Event, InvalidEventError
 from orderflow.events.metrics import EventMetrics
-from orderflow.events.registry import event_type
+from orderflow.events.registry import EVENT_TYPES, event_type
 from orderflow.events.store import SqlConnection, TransactionFactory, TxT, in_transaction
 from orderflow.events.tables import EventTables
 from orderflow.platform.db import now_us
@@ -43,6 +44,9 @@ from orderflow.platform.telemetry import span
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[TxT, Event], Awaitable[None]]
+
+# How many failing event ids a runner remembers, to handle them alone when they return.
+_FAILING_REMEMBERED = 1000
 
 
 @dataclass(frozen=True)
@@ -63,20 +67,47 @@ async def record_handled(
     connection: SqlConnection, tables: EventTables, consumer: str, event: Event
 ) -> bool:
     """Insert the inbox row of (consumer, event); False if it was there (already handled)."""
-    result = await connection.execute(
-        text(
-            f"INSERT INTO {tables.inbox.name} (consumer, event_id, event_type, handled_us) "
-            "VALUES (:consumer, :event_id, :event_type, :handled_us) "
-            "ON CONFLICT (consumer, event_id) DO NOTHING"
-        ),
-        {
-            "consumer": consumer,
-            "event_id": event.id,
-            "event_type": event.type.name,
-            "handled_us": now_us(),
-        },
-    )
-    return result.rowcount == 1
+    return event.id in await record_all_handled(connection, tables, consumer, [event])
+
+
+# Rows per INSERT: 4 parameters each, well under SQLite's and PostgreSQL's limits.
+_INBOX_ROWS_PER_STATEMENT = 500
+_inbox_inserts: dict[tuple[str, int], TextClause] = {}
+
+
+def _inbox_insert(table: str, rows: int) -> TextClause:
+    """INSERT of `rows` inbox rows that skips those already there and returns the ids of
+    those it inserted (the same text on SQLite and PostgreSQL; built once per size)."""
+    key = (table, rows)
+    statement = _inbox_inserts.get(key)
+    if statement is None:
+        values = ", ".join(f"(:c{i}, :e{i}, :t{i}, :h{i})" for i in range(rows))
+        statement = _inbox_inserts[key] = text(
+            f"INSERT INTO {table} (consumer, event_id, event_type, handled_us) VALUES {values} "
+            "ON CONFLICT (consumer, event_id) DO NOTHING RETURNING event_id"
+        )
+    return statement
+
+
+async def record_all_handled(
+    connection: SqlConnection, tables: EventTables, consumer: str, events: Sequence[Event]
+) -> set[str]:
+    """Insert the inbox rows of (consumer, event) for each event, a statement per 500, and
+    return the ids of those inserted; the others were handled before."""
+    unique = list({event.id: event for event in events}.values())
+    handled_us = now_us()
+    inserted: set[str] = set()
+    for start in range(0, len(unique), _INBOX_ROWS_PER_STATEMENT):
+        chunk = unique[start : start + _INBOX_ROWS_PER_STATEMENT]
+        parameters: dict[str, object] = {}
+        for i, event in enumerate(chunk):
+            parameters[f"c{i}"] = consumer
+            parameters[f"e{i}"] = event.id
+            parameters[f"t{i}"] = event.type.name
+            parameters[f"h{i}"] = handled_us
+        result = await connection.execute(_inbox_insert(tables.inbox.name, len(chunk)), parameters)
+        inserted.update(row[0] for row in result.all())
+    return inserted
 
 
 @contextlib.contextmanager
@@ -122,6 +153,7 @@ class ConsumerRunner(Generic[TxT]):
         max_attempts: int = 5,
         batch_size: int = 50,
         fetch_timeout: float = 1.0,
+        linger_seconds: float = 0.0,
         retry_delay: float = 0.5,
         max_retry_delay: float = 30.0,
         max_round_delay: float = 5.0,
@@ -135,10 +167,15 @@ class ConsumerRunner(Generic[TxT]):
         self.tables = tables
         self.handlers = dict(handlers)
         self.types = [event_type(t) for t in self.handlers]
+        # The other registry types, by ce-type: acked unread if the filter lets them in.
+        self._ignored_types = {t.ce_type for t in EVENT_TYPES if t.name not in self.handlers}
+        # Ids of events whose handling failed alone, oldest first (a dict as ordered set).
+        self._failing: dict[str, None] = {}
         self.metrics = metrics
         self.max_attempts = max_attempts
         self.batch_size = batch_size
         self.fetch_timeout = fetch_timeout
+        self.linger_seconds = linger_seconds
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
         self.max_round_delay = max_round_delay
@@ -180,10 +217,12 @@ class ConsumerRunner(Generic[TxT]):
                 await subscription.close()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            started = loop.time()
             try:
-                await self.run_once()
+                fetched = await self.run_once()
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -199,6 +238,12 @@ class ConsumerRunner(Generic[TxT]):
                     retry_in=round(delay, 3),
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
+                continue
+            # Events trickling in: let the next batch gather for up to linger_seconds since
+            # this fetch began, instead of a transaction for every event or two.
+            pause = self.linger_seconds - (loop.time() - started)
+            if 0 < fetched < self.batch_size and pause > 0:
+                await asyncio.sleep(pause)
 
     async def run_once(self) -> int:
         """Fetch one batch and handle it, then any redrive that was asked for; return how
@@ -228,8 +273,19 @@ class ConsumerRunner(Generic[TxT]):
     # -- handling -------------------------------------------------------------------------
 
     async def handle_batch(self, deliveries: Sequence[Delivery]) -> None:
+        """Handle fetched deliveries: together in one transaction (inbox rows included),
+        acked after its commit. If that fails, each is handled in a transaction of its
+        own, so the one that fails is retried or parked and the others commit. An event
+        that failed alone is handled alone when it comes back, not with a batch again."""
         events: list[tuple[Delivery, Event]] = []
+        ignored = 0
         for delivery in deliveries:
+            if delivery.headers.get("ce-type") in self._ignored_types:
+                # A type this consumer does not handle, let through by its filter subject:
+                # acked without reading the body.
+                await delivery.ack()
+                ignored += 1
+                continue
             try:
                 event = Event.decode(delivery.headers, delivery.body)
             except InvalidEventError as exc:
@@ -237,42 +293,56 @@ class ConsumerRunner(Generic[TxT]):
                 continue
             if event.type.name not in self.handlers:
                 await delivery.ack()
-                self._count("ignored")
+                ignored += 1
                 continue
             events.append((delivery, event))
+        self._count("ignored", ignored)
+        together: list[tuple[Delivery, Event]] = []
+        for one in events:
+            if one[1].id in self._failing:
+                await self._handle_together(together)
+                together = []
+                await self._handle_together([one])
+            else:
+                together.append(one)
+        await self._handle_together(together)
+
+    async def _handle_together(self, events: Sequence[tuple[Delivery, Event]]) -> None:
         if not events:
             return
-
-        async def apply_all(tx: TxT) -> list[str]:
-            return await self._apply(tx, [event for _, event in events])
-
         try:
-            outcomes = await in_transaction(self.begin, apply_all)
+            outcomes = await in_transaction(self.begin, self._applier([e for _, e in events]))
         except Exception as exc:
             if len(events) == 1:
                 await self._failed(*events[0], exc)
                 return
-            # One of them failed: find which, one per transaction.
+            log.info(
+                "event batch failed; handling its events one at a time",
+                consumer=self.name,
+                events=len(events),
+                error=repr(exc),
+            )
             for one in events:
-                try:
-                    outcome = await in_transaction(self.begin, self._applier(one[1]))
-                except Exception as exc_one:
-                    await self._failed(*one, exc_one)
-                else:
-                    await self._acked([one], outcome)
+                await self._handle_together([one])
             return
+        for _, event in events:
+            self._failing.pop(event.id, None)
         await self._acked(events, outcomes)
 
-    def _applier(self, event: Event) -> Callable[[TxT], Awaitable[list[str]]]:
-        async def apply_one(tx: TxT) -> list[str]:
-            return await self._apply(tx, [event])
+    def _applier(self, events: Sequence[Event]) -> Callable[[TxT], Awaitable[list[str]]]:
+        async def apply(tx: TxT) -> list[str]:
+            return await self._apply(tx, events)
 
-        return apply_one
+        return apply
 
     async def _apply(self, tx: TxT, events: Sequence[Event]) -> list[str]:
+        """Insert the events' inbox rows (one statement), then run the handler of each
+        whose row was new, in delivery order; return each event's outcome."""
+        new = await record_all_handled(tx.connection, self.tables, self.name, events)
         outcomes = []
         for event in events:
-            if await record_handled(tx.connection, self.tables, self.name, event):
+            if event.id in new:
+                new.discard(event.id)  # a second copy in the batch is a duplicate
                 with handling(event, self.name):
                     await self.handlers[event.type.name](tx, event)
                 outcomes.append("handled")
@@ -283,11 +353,15 @@ class ConsumerRunner(Generic[TxT]):
     async def _acked(
         self, events: Sequence[tuple[Delivery, Event]], outcomes: Sequence[str]
     ) -> None:
-        for (delivery, _), outcome in zip(events, outcomes, strict=True):
+        for delivery, _ in events:
             await delivery.ack()
-            self._count(outcome)
+        for outcome, count in collections.Counter(outcomes).items():
+            self._count(outcome, count)
 
     async def _failed(self, delivery: Delivery, event: Event, exc: BaseException) -> None:
+        self._failing[event.id] = None
+        while len(self._failing) > _FAILING_REMEMBERED:
+            del self._failing[next(iter(self._failing))]
         if delivery.attempt >= self.max_attempts:
             await self._park(delivery, event, exc)
             return
@@ -332,6 +406,8 @@ class ConsumerRunner(Generic[TxT]):
             )
 
         await in_transaction(self.begin, park)
+        if event is not None:
+            self._failing.pop(event.id, None)
         log.error(
             "event parked",
             consumer=self.name,
@@ -344,9 +420,9 @@ class ConsumerRunner(Generic[TxT]):
         self._count("parked")
         await self.refresh_parked()
 
-    def _count(self, outcome: str) -> None:
-        if self.metrics is not None:
-            self.metrics.consumed.labels(self.name, outcome).inc()
+    def _count(self, outcome: str, count: int = 1) -> None:
+        if self.metrics is not None and count:
+            self.metrics.consumed.labels(self.name, outcome).inc(count)
 
     # -- parked events --------------------------------------------------------------------
 

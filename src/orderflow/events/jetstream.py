@@ -3,14 +3,15 @@
 It connects lazily and again after a failed attempt, so a service starts and takes orders
 while the broker is down (its relay's publishes fail, and the outbox keeps the events).
 Once connected, nats-py reconnects by itself. The stream is created if absent.
-Publishes are pipelined: the whole batch is sent, then the acks are awaited in order.
-Each consumer is a durable pull consumer named for the consuming service, with explicit
-acks and unlimited redelivery (parking after too many failures is the consumer runner's
-job, so that a parked event can be redriven).
+Publishes are pipelined: the whole batch is sent, then all its acks are awaited at
+once; the broker has taken the prefix acknowledged. Each consumer is a durable pull
+consumer named for the consuming service, with explicit acks and unlimited redelivery
+(parking after too many failures is the consumer runner's job, so that a parked event
+can be redriven); it fetches deliveries a batch at a time.
 
-JetStream servers before 2.10 take one filter subject per consumer: a consumer of one
-type filters on its subject, one of several filters on `<prefix>.>` and its runner acks
-the types it does not handle.
+JetStream servers before 2.10 take one filter subject per consumer: a consumer filters
+on the narrowest subject covering its types (`<prefix>.*.committed` for orders' two) and
+its runner acks, unread, any other type that subject lets through.
 """
 
 from __future__ import annotations
@@ -170,45 +171,71 @@ class JetStreamBus:
 
     async def publish(self, messages: Sequence[WireMessage], wait: float) -> int:
         js = await self.jetstream()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
         futures: list[asyncio.Future[Any]] = []
-        acked = 0
+        error: BaseException | None = None
         try:
-            for message in messages:
-                futures.append(
-                    await js.publish_async(
-                        message.type.subject(self.subject_prefix),
-                        message.body,
-                        wait_stall=wait,
-                        headers=dict(message.headers),
+            # No wait_stall: with one, nats-py (on Python 3.11) runs each publish's wait for
+            # a slot as a task of its own, a turn of the event loop per event, which under
+            # load cost milliseconds per event. The whole batch has one deadline instead.
+            async with asyncio.timeout_at(deadline):
+                for message in messages:
+                    futures.append(
+                        await js.publish_async(
+                            message.type.subject(self.subject_prefix),
+                            message.body,
+                            headers=dict(message.headers),
+                        )
                     )
-                )
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + wait
-            for future in futures:
-                await asyncio.wait_for(future, max(deadline - loop.time(), 0.001))
-                acked += 1
+            # Every ack is awaited at once: one wake-up for the batch, not one per event.
+            if futures:
+                await asyncio.wait(futures, timeout=max(deadline - loop.time(), 0.001))
         except (NatsError, TimeoutError) as exc:
-            raise PublishError(f"JetStream publish failed: {exc!r}", acked) from exc
-        finally:
-            for future in futures:
-                future.cancel()
+            error = exc
+        acked = 0
+        for future in futures:
+            if not future.done() or future.cancelled() or future.exception() is not None:
+                break
+            acked += 1
+        for future in futures[acked:]:
+            if future.done() and not future.cancelled() and error is None:
+                error = future.exception()
+            future.cancel()
+        if acked < len(messages):
+            reason = repr(error) if error is not None else f"no ack within {wait}s"
+            raise PublishError(f"JetStream publish failed: {reason}", acked) from error
         return acked
 
     async def subscribe(self, consumer: str, types: Sequence[EventType]) -> Subscription:
         js = await self.jetstream()
-        subjects = sorted({t.subject(self.subject_prefix) for t in types})
         config = ConsumerConfig(
             durable_name=consumer,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subject=subjects[0] if len(subjects) == 1 else f"{self.subject_prefix}.>",
+            filter_subject=covering_subject([t.subject(self.subject_prefix) for t in types]),
             ack_wait=self.ack_wait,
             max_deliver=-1,
         )
         try:
-            await js.consumer_info(self.stream, consumer)
+            info = await js.consumer_info(self.stream, consumer)
         except NotFoundError:
             await js.add_consumer(self.stream, config)
+        else:
+            if (info.config.filter_subject, info.config.ack_wait) != (
+                config.filter_subject,
+                config.ack_wait,
+            ):
+                # A consumer made by an earlier version (e.g. filtering on `<prefix>.>`):
+                # narrow it, so the broker stops sending what this one only acks.
+                try:
+                    await js.add_consumer(self.stream, config)
+                except NatsError as exc:
+                    log.warning(
+                        "cannot update the durable consumer; keeping its configuration",
+                        consumer=consumer,
+                        error=repr(exc),
+                    )
         sub = await js.pull_subscribe_bind(durable=consumer, stream=self.stream)
         return _JetStreamSubscription(sub)
 
@@ -222,10 +249,8 @@ class JetStreamBus:
             if msg.subject in subjects:
                 seen(dict(msg.headers or {}))
 
-        prefixes = {s.rsplit(".", 1)[0] for s in subjects}
-        filter_subject = f"{prefixes.pop()}.>" if len(prefixes) == 1 else f"{self.subject_prefix}.>"
         sub = await js.subscribe(
-            filter_subject,
+            covering_subject(sorted(subjects)),
             stream=self.stream,
             cb=deliver,
             ordered_consumer=True,
@@ -249,6 +274,26 @@ class JetStreamBus:
         nc, self._nc, self._js = self._nc, None, None
         if nc is not None:
             await _close_quietly(nc)
+
+
+def covering_subject(subjects: Sequence[str]) -> str:
+    """The narrowest single filter subject matching every subject given: token by token,
+    the token itself where all agree, else `*`; `>` for the rest once their lengths
+    differ. `p.stock.committed` and `p.loyalty.committed` give `p.*.committed`, which
+    matches no other orderflow event."""
+    split = [s.split(".") for s in subjects]
+    if not split:
+        raise ValueError("no subjects to cover")
+    shortest = min(len(tokens) for tokens in split)
+    same_length = all(len(tokens) == shortest for tokens in split)
+    out: list[str] = []
+    for i in range(shortest):
+        column = {tokens[i] for tokens in split}
+        if not same_length and i == shortest - 1:
+            out.append(">")
+            break
+        out.append(column.pop() if len(column) == 1 else "*")
+    return ".".join(out)
 
 
 async def _close_quietly(nc: Client) -> None:

@@ -4,10 +4,15 @@ Every replica of a service runs one; only the holder of the lease row publishes,
 aggregate's events leave in the order they committed (two relays claiming rows side by
 side could swap two events of one order). The others stand by and take the lease over
 once its holder stops renewing it (it died, or lost its database). A relay publishes a
-batch of rows in `seq` order, waits for the broker's acks (sent pipelined), and marks
-the acknowledged rows published, in a transaction that first checks it still holds the
-lease. A crash between publish and mark publishes the rows again: the broker drops them
-by Nats-Msg-Id, and consumers by their inbox.
+batch of rows in `seq` order, all at once, then waits for all the broker's acks, and
+marks the acknowledged rows published in one transaction, which first checks it still
+holds the lease and then reads the next batch: under load, one transaction per batch.
+A crash between publish and mark publishes the rows again: the broker drops them by
+Nats-Msg-Id, and consumers by their inbox.
+
+It is woken by each commit that wrote events (`wake()`), and goes on at once while rows
+keep coming; events committed while a batch is out go in the next. An idle relay looks
+again every `poll_seconds` (for rows of other replicas of its service).
 
 When the broker does not take a batch, the relay retries it with capped, jittered
 exponential backoff, forever; the rows wait in the outbox meanwhile. Published rows
@@ -17,6 +22,7 @@ older than the retention are deleted in batches by the active relay.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import random
@@ -93,6 +99,7 @@ class OutboxRelay(Generic[TxT]):
         batch_size: int = 100,
         lease_seconds: float = 10.0,
         poll_seconds: float = 0.2,
+        linger_seconds: float = 0.0,
         publish_timeout: float = 5.0,
         max_backoff: float = 10.0,
         retention_seconds: float = 7 * 86_400,
@@ -113,6 +120,7 @@ class OutboxRelay(Generic[TxT]):
         self.batch_size = batch_size
         self.lease_us = int(lease_seconds * 1_000_000)
         self.poll_seconds = poll_seconds
+        self.linger_seconds = linger_seconds
         self.publish_timeout = publish_timeout
         self.max_backoff = max_backoff
         self.retention_us = int(retention_seconds * 1_000_000)
@@ -122,6 +130,8 @@ class OutboxRelay(Generic[TxT]):
         self.active = False
         self._lease_until = 0.0  # monotonic time until which this relay may publish
         self._wake = asyncio.Event()
+        # The next batch, read in the transaction that marked the last one.
+        self._next_rows: list[Row[Any]] | None = None
         self._task: asyncio.Task[None] | None = None
         self._next_retention = 0.0
         self._next_metrics = 0.0
@@ -151,14 +161,17 @@ class OutboxRelay(Generic[TxT]):
         self._wake.set()
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         failures = 0
         while True:
+            started = loop.time()
             try:
                 published = await self.run_once()
                 failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker or the database: try again, forever
+                self._next_rows = None
                 failures += 1
                 delay = min(self.max_backoff, self.poll_seconds * 2 ** min(failures, 20))
                 if isinstance(exc, PublishError) and self.metrics is not None:
@@ -172,11 +185,18 @@ class OutboxRelay(Generic[TxT]):
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 continue
-            if published < self.batch_size:
-                self._wake.clear()
+            # A backlog (rows read with the last mark, or a full batch): on at once.
+            if self._next_rows or published >= self.batch_size:
+                continue
+            if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     wait = self.poll_seconds if self.active else self.lease_us / 3_000_000
                     await asyncio.wait_for(self._wake.wait(), wait)
+            # Rows keep coming one commit at a time: let a batch gather for up to
+            # linger_seconds since the last round began, instead of a round per commit.
+            pause = self.linger_seconds - (loop.time() - started)
+            if published and pause > 0:
+                await asyncio.sleep(pause)
 
     # -- one round ------------------------------------------------------------------------
 
@@ -191,6 +211,7 @@ class OutboxRelay(Generic[TxT]):
         if now > self._lease_until - (self.lease_us / 1_000_000) * 2 / 3:
             await self._hold()
         if not self.active:
+            self._next_rows = None
             return 0
         if now >= self._next_retention:
             self._next_retention = now + self.retention_every
@@ -200,7 +221,10 @@ class OutboxRelay(Generic[TxT]):
                     await upkeep()
                 except Exception as exc:  # upkeep never stops publishing; next round again
                     log.warning("housekeeping_failed", service=self.service, error=str(exc))
-        rows = await in_transaction(self.begin, self._unpublished)
+        rows: Sequence[Row[Any]] | None = self._next_rows
+        self._next_rows = None
+        if not rows:
+            rows = await in_transaction(self.begin, self._unpublished)
         if not rows:
             return 0
         messages = [_wire(row) for row in rows]
@@ -208,9 +232,13 @@ class OutboxRelay(Generic[TxT]):
             acked = await self.bus.publish(messages, self.publish_timeout)
         except PublishError as exc:
             if exc.acked:
-                await self._mark(rows[: exc.acked])
+                await self._mark(rows[: exc.acked], read_next=False)
             raise
-        await self._mark(rows[:acked])
+        # The next batch is read with the mark when this one was full (more are surely
+        # waiting), or when the relay does not linger (it goes on at once).
+        await self._mark(
+            rows[:acked], read_next=acked >= self.batch_size or not self.linger_seconds
+        )
         return acked
 
     async def _hold(self) -> None:
@@ -240,6 +268,9 @@ class OutboxRelay(Generic[TxT]):
         )
 
     async def _unpublished(self, tx: TxT) -> Sequence[Row[Any]]:
+        """The next batch, in outbox order. A commit's wake from before this read is
+        cleared: the read sees that commit's rows."""
+        self._wake.clear()
         outbox = self.tables.outbox
         result = await tx.connection.execute(
             select(outbox)
@@ -249,12 +280,14 @@ class OutboxRelay(Generic[TxT]):
         )
         return result.all()
 
-    async def _mark(self, rows: Sequence[Row[Any]]) -> None:
+    async def _mark(self, rows: Sequence[Row[Any]], *, read_next: bool = True) -> None:
+        """Mark rows published; with read_next, read the next batch in the same
+        transaction (kept for the next round: one transaction per batch under load)."""
         if not rows:
             return
         started = time.monotonic()
 
-        async def mark(tx: TxT) -> None:
+        async def mark(tx: TxT) -> Sequence[Row[Any]] | None:
             # The lease first: a relay that lost it while publishing marks nothing, so its
             # successor publishes those rows again (and the broker drops the repeats).
             if not await take_lease(
@@ -267,17 +300,20 @@ class OutboxRelay(Generic[TxT]):
                 .where(outbox.c.seq.in_([row.seq for row in rows]))
                 .values(published_us=now_us())
             )
+            return await self._unpublished(tx) if read_next else None
 
         try:
-            await in_transaction(self.begin, mark)
+            next_rows = await in_transaction(self.begin, mark)
         except LeaseLostError:
             self.active = False
             self._lease_until = 0.0
             raise
         self._lease_until = started + self.lease_us / 1_000_000
+        # Read after the mark, in its transaction: none of the rows just marked.
+        self._next_rows = list(next_rows) if next_rows else None
         if self.metrics is not None:
-            for row in rows:
-                self.metrics.published.labels(self.service, row.event_type).inc()
+            for kind, count in collections.Counter(row.event_type for row in rows).items():
+                self.metrics.published.labels(self.service, kind).inc(count)
 
     # -- upkeep -----------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from orderflow.events.jetstream import JetStreamBus
 
 Seconds = Annotated[float, Field(gt=0, le=86_400 * 365)]
+Linger = Annotated[float, Field(ge=0, le=1.0)]
 
 
 class EventsSettings(BaseSettings):
@@ -37,6 +38,9 @@ class EventsSettings(BaseSettings):
     events_relay_batch: Annotated[int, Field(ge=1, le=10_000)] = 100
     events_relay_lease_seconds: Seconds = 10.0
     events_relay_poll_seconds: Seconds = 0.2
+    # While events trickle in, a relay round (and a consumer's transaction) starts at most
+    # this often, so that each carries a batch rather than an event or two (ADR 32).
+    events_relay_linger_seconds: Linger = 0.05
     events_publish_timeout_seconds: Seconds = 5.0
     events_relay_max_backoff_seconds: Seconds = 10.0
     # Published rows are deleted after this long (7 days), in batches.
@@ -44,6 +48,7 @@ class EventsSettings(BaseSettings):
     # Consumers: a message failing this often is parked; deliveries per batch.
     events_max_attempts: Annotated[int, Field(ge=1, le=1_000)] = 5
     events_consumer_batch: Annotated[int, Field(ge=1, le=10_000)] = 50
+    events_consumer_linger_seconds: Linger = 0.05
     # JetStream: a delivery not acked within this long is delivered again (a consumer
     # that died mid-batch); longer than handling a batch takes.
     events_ack_wait_seconds: Seconds = 30.0
@@ -80,6 +85,7 @@ class EventsSettings(BaseSettings):
             "batch_size": self.events_relay_batch,
             "lease_seconds": self.events_relay_lease_seconds,
             "poll_seconds": self.events_relay_poll_seconds,
+            "linger_seconds": self.events_relay_linger_seconds,
             "publish_timeout": self.events_publish_timeout_seconds,
             "max_backoff": self.events_relay_max_backoff_seconds,
             "retention_seconds": self.events_retention_seconds,
@@ -90,6 +96,7 @@ class EventsSettings(BaseSettings):
         return {
             "max_attempts": self.events_max_attempts,
             "batch_size": self.events_consumer_batch,
+            "linger_seconds": self.events_consumer_linger_seconds,
             "inbox_retention_seconds": self.events_inbox_retention_seconds,
         }
 
