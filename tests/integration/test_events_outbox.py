@@ -294,6 +294,35 @@ async def test_two_relays_one_active_and_the_other_takes_over_after_the_lease(
     assert [e.order_id for e in await toy.effects_of("audit")] == ["o-1", "o-2", "o-3"]
 
 
+async def test_a_standby_relay_woken_by_commits_tries_for_the_lease_once_per_wake(
+    toy: ToyService, running: Running
+) -> None:
+    # A standby relay is woken by its process's commits like the active one; each wake
+    # may cost it one try for the lease, never a loop of them (it once spun: a standby
+    # never read the outbox, so its wake stayed set, and every worker of `orderflow run`
+    # that came back next to a live relay stalled its own requests).
+    bus = InProcessBus()
+    holder = running.relay(toy, bus, lease_seconds=30)
+    await holder.run_once()
+    standby = running.relay(toy, bus, lease_seconds=30)
+    tries = 0
+    hold = standby._hold
+
+    async def counted() -> None:
+        nonlocal tries
+        tries += 1
+        await hold()
+
+    standby._hold = counted  # type: ignore[method-assign]
+    standby.start()
+    for n in range(5):
+        await toy.confirm(f"o-{n}", 100)
+        standby.wake()
+        await asyncio.sleep(0.05)
+    assert not standby.active and holder.active
+    assert 1 <= tries <= 7, f"{tries} tries for the lease after 5 wakes"
+
+
 async def test_a_stopped_relay_hands_the_lease_over_at_once(
     toy: ToyService, running: Running
 ) -> None:

@@ -244,6 +244,10 @@ class ConsumerRunner(Generic[TxT]):
             pause = self.linger_seconds - (loop.time() - started)
             if 0 < fetched < self.batch_size and pause > 0:
                 await asyncio.sleep(pause)
+            elif fetched:
+                # A full batch: on at once, but let the process's other tasks run first
+                # (a bus with deliveries waiting answers a fetch without yielding).
+                await asyncio.sleep(0)
 
     async def run_once(self) -> int:
         """Fetch one batch and handle it, then any redrive that was asked for; return how

@@ -185,13 +185,24 @@ class OutboxRelay(Generic[TxT]):
                 )
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 continue
-            # A backlog (rows read with the last mark, or a full batch): on at once.
+            if not self.active:
+                # Another relay holds the lease: try for it again a third of a lease on, or
+                # at the next commit. The wake is cleared here, since a standby never reads
+                # the outbox (which clears it): left set, every commit would have the relay
+                # try for the lease in a loop that never waits (and, on inline SQLite, never
+                # lets the process's other work run).
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.lease_us / 3_000_000)
+                continue
+            # A backlog (rows read with the last mark, or a full batch): on at once, after
+            # letting the other tasks of the process run.
             if self._next_rows or published >= self.batch_size:
+                await asyncio.sleep(0)
                 continue
             if not self._wake.is_set():
                 with contextlib.suppress(TimeoutError):
-                    wait = self.poll_seconds if self.active else self.lease_us / 3_000_000
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
             # Rows keep coming one commit at a time: let a batch gather for up to
             # linger_seconds since the last round began, instead of a round per commit.
             pause = self.linger_seconds - (loop.time() - started)
