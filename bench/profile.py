@@ -1,6 +1,6 @@
 """Where the CPU of one order goes: each process of a per-service system, by part.
 
-Starts orderflow one process per service (SQLite, events over NATS JetStream as `make
+Starts orderflow one process per service (SQLite or, with --mode per-service-pg, PostgreSQL; events over NATS JetStream as `make
 bench` runs it, default log level INFO), seeds the bench catalog and drives
 POST /api/v1/orders with wrk, twice at the same concurrency:
 
@@ -383,10 +383,10 @@ def profile(args: argparse.Namespace, say: Callable[[str], None]) -> list[Run]:
         workdir = Path(tmp)
         stacks = args.stacks or workdir / "stacks"
         with (
-            databases("per-service-sqlite", workdir, LABELS) as urls,
-            jetstream("per-service-sqlite", args.nats_url) as events_env,
+            databases(args.mode, workdir, LABELS) as urls,
+            jetstream(args.mode, args.nats_url) as events_env,
         ):
-            system = orderflow_system("per-service-sqlite", workdir, urls, events_env)
+            system = orderflow_system(args.mode, workdir, urls, events_env)
 
             def settle(since: int, until: int) -> None:
                 if wait_for_events(urls, since, until) is None:
@@ -396,12 +396,12 @@ def profile(args: argparse.Namespace, say: Callable[[str], None]) -> list[Run]:
                 system.wait_ready(60)
                 seed(system.base_url)
 
-            say("[orderflow, per-service SQLite]")
+            say(f"[orderflow, {args.mode}]")
             with started(system, ready):
                 runs.append(measure(system, "orderflow", args, stacks, settle, say))
         for calls in args.floor_calls:
             (workdir / f"floor{calls}").mkdir()
-            with databases("per-service-sqlite", workdir / f"floor{calls}", LABELS) as urls:
+            with databases(args.mode, workdir / f"floor{calls}", LABELS) as urls:
                 floor = floor_system(workdir, urls, calls)
                 say(f"[floor, {calls} calls]")
                 with started(floor, lambda f=floor: wait_http(f"{f.base_url}/healthz")):
@@ -462,6 +462,12 @@ def current_commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--mode",
+        choices=["per-service-sqlite", "per-service-pg"],
+        default="per-service-sqlite",
+        help="storage of the services and the floors (per-service-pg: the local PostgreSQL)",
     )
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--seconds", type=float, default=10.0)
