@@ -1,8 +1,8 @@
 """Where the CPU of one order goes: each process of a per-service system, by part.
 
-Starts orderflow one process per service (SQLite or, with --mode per-service-pg, PostgreSQL; events over NATS JetStream as `make
-bench` runs it, default log level INFO), seeds the bench catalog and drives
-POST /api/v1/orders with wrk, twice at the same concurrency:
+Starts orderflow one process per service (SQLite, or PostgreSQL with --mode per-service-pg;
+events over NATS JetStream as `make bench` runs it, default log level INFO), seeds the
+bench catalog and drives POST /api/v1/orders with wrk, twice at the same concurrency:
 
 1. measured: the CPU time (user + system) of every process and of each of its threads,
    with nothing else attached: CPU ms per order by process;
